@@ -1,0 +1,290 @@
+//! The values the card protocol carries, as types: money in fen, terminal numbers,
+//! application serial numbers, transaction types, BCD dates and times.
+//!
+//! Each is parsed from bytes at the edge and serialised back by the same type, so
+//! the rest of the code never passes raw byte strings around.
+
+use serde::{Deserialize, Serialize};
+
+/// An amount of money in fen (1/100 yuan), as the card holds it: 4 bytes, big-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fen(pub u32);
+
+impl Fen {
+    pub const ZERO: Fen = Fen(0);
+
+    pub fn to_bytes(self) -> [u8; 4] {
+        self.0.to_be_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 4]) -> Self {
+        Fen(u32::from_be_bytes(bytes))
+    }
+
+    pub fn checked_add(self, other: Fen) -> Option<Fen> {
+        self.0.checked_add(other.0).map(Fen)
+    }
+
+    pub fn checked_sub(self, other: Fen) -> Option<Fen> {
+        self.0.checked_sub(other.0).map(Fen)
+    }
+}
+
+impl std::fmt::Display for Fen {
+    /// Yuan with two decimals, from integer arithmetic only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
+    }
+}
+
+/// What is wrong with a value read from bytes or text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueError {
+    #[error("{what} must be {expected} bytes, got {got}")]
+    Length { what: &'static str, expected: usize, got: usize },
+    #[error("{what} is not valid BCD: {hex}")]
+    NotBcd { what: &'static str, hex: String },
+    #[error("{what} is out of range: {hex}")]
+    OutOfRange { what: &'static str, hex: String },
+    #[error("{what} is not hexadecimal: {text:?}")]
+    NotHex { what: &'static str, text: String },
+    #[error("unknown transaction type {0:02X}")]
+    UnknownTransactionType(u8),
+}
+
+fn fixed<const N: usize>(what: &'static str, bytes: &[u8]) -> Result<[u8; N], ValueError> {
+    bytes
+        .try_into()
+        .map_err(|_| ValueError::Length { what, expected: N, got: bytes.len() })
+}
+
+fn fixed_hex<const N: usize>(what: &'static str, text: &str) -> Result<[u8; N], ValueError> {
+    let bytes = hex::decode(text).map_err(|_| ValueError::NotHex { what, text: text.to_owned() })?;
+    fixed(what, &bytes)
+}
+
+fn is_bcd(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| b >> 4 <= 9 && b & 0x0F <= 9)
+}
+
+fn bcd_value(byte: u8) -> u8 {
+    (byte >> 4) * 10 + (byte & 0x0F)
+}
+
+fn to_bcd(value: u8) -> u8 {
+    debug_assert!(value < 100);
+    ((value / 10) << 4) | (value % 10)
+}
+
+/// The 6-byte terminal number (PSAM file `0016`), BCD in practice but carried as bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TerminalNumber(pub [u8; 6]);
+
+impl TerminalNumber {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, ValueError> {
+        fixed("terminal number", bytes).map(TerminalNumber)
+    }
+
+    pub fn parse_hex(text: &str) -> Result<Self, ValueError> {
+        fixed_hex("terminal number", text).map(TerminalNumber)
+    }
+}
+
+impl std::fmt::Display for TerminalNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode_upper(self.0))
+    }
+}
+
+/// The 8-byte application serial number of the e-purse (public-information file
+/// `0015`, offset 12): the card number, and the diversification factor of its keys.
+///
+/// It identifies a card: log it through [`ApplicationSerial::masked`], never whole.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ApplicationSerial(pub [u8; 8]);
+
+impl ApplicationSerial {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, ValueError> {
+        fixed("application serial number", bytes).map(ApplicationSerial)
+    }
+
+    pub fn parse_hex(text: &str) -> Result<Self, ValueError> {
+        fixed_hex("application serial number", text).map(ApplicationSerial)
+    }
+
+    /// The full number as hex: for storage and for the card itself, not for logs.
+    pub fn to_hex(&self) -> String {
+        hex::encode_upper(self.0)
+    }
+
+    /// The number with all but the last four digits hidden, for logs and screens.
+    pub fn masked(&self) -> String {
+        let full = self.to_hex();
+        format!("************{}", &full[12..])
+    }
+}
+
+impl std::fmt::Debug for ApplicationSerial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApplicationSerial({})", self.masked())
+    }
+}
+
+/// The one-byte transaction type used in MAC and TAC data and in records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TransactionType {
+    /// `01` e-deposit load.
+    DepositLoad,
+    /// `02` e-purse load (圈存).
+    PurseLoad,
+    /// `05` e-deposit purchase.
+    DepositPurchase,
+    /// `06` e-purse purchase.
+    PursePurchase,
+    /// `09` compound (CAPP) purchase.
+    CompoundPurchase,
+}
+
+impl TransactionType {
+    pub fn code(self) -> u8 {
+        match self {
+            TransactionType::DepositLoad => 0x01,
+            TransactionType::PurseLoad => 0x02,
+            TransactionType::DepositPurchase => 0x05,
+            TransactionType::PursePurchase => 0x06,
+            TransactionType::CompoundPurchase => 0x09,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Result<Self, ValueError> {
+        Ok(match code {
+            0x01 => TransactionType::DepositLoad,
+            0x02 => TransactionType::PurseLoad,
+            0x05 => TransactionType::DepositPurchase,
+            0x06 => TransactionType::PursePurchase,
+            0x09 => TransactionType::CompoundPurchase,
+            other => return Err(ValueError::UnknownTransactionType(other)),
+        })
+    }
+
+    pub fn is_load(self) -> bool {
+        matches!(self, TransactionType::DepositLoad | TransactionType::PurseLoad)
+    }
+}
+
+/// A transaction date and time as the card carries them: `YYYYMMDD` (4 bytes BCD)
+/// and `hhmmss` (3 bytes BCD). Parsing checks the digits and the ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CardDateTime {
+    date: [u8; 4],
+    time: [u8; 3],
+}
+
+impl CardDateTime {
+    pub fn from_bytes(date: &[u8], time: &[u8]) -> Result<Self, ValueError> {
+        let date: [u8; 4] = fixed("date", date)?;
+        let time: [u8; 3] = fixed("time", time)?;
+        if !is_bcd(&date) {
+            return Err(ValueError::NotBcd { what: "date", hex: hex::encode_upper(date) });
+        }
+        if !is_bcd(&time) {
+            return Err(ValueError::NotBcd { what: "time", hex: hex::encode_upper(time) });
+        }
+        let (month, day) = (bcd_value(date[2]), bcd_value(date[3]));
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+            return Err(ValueError::OutOfRange { what: "date", hex: hex::encode_upper(date) });
+        }
+        let (hour, minute, second) = (bcd_value(time[0]), bcd_value(time[1]), bcd_value(time[2]));
+        if hour > 23 || minute > 59 || second > 59 {
+            return Err(ValueError::OutOfRange { what: "time", hex: hex::encode_upper(time) });
+        }
+        Ok(CardDateTime { date, time })
+    }
+
+    /// From the 7 bytes `YYYYMMDDhhmmss`.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, ValueError> {
+        let bytes: [u8; 7] = fixed("date and time", bytes)?;
+        Self::from_bytes(&bytes[..4], &bytes[4..])
+    }
+
+    /// From calendar fields (year 0..=9999).
+    pub fn new(year: u16, month: u8, day: u8, hour: u8, minute: u8, second: u8) -> Result<Self, ValueError> {
+        if year > 9999 {
+            return Err(ValueError::OutOfRange { what: "year", hex: format!("{year}") });
+        }
+        let date = [to_bcd((year / 100) as u8), to_bcd((year % 100) as u8), to_bcd(month % 100), to_bcd(day % 100)];
+        let time = [to_bcd(hour % 100), to_bcd(minute % 100), to_bcd(second % 100)];
+        Self::from_bytes(&date, &time)
+    }
+
+    pub fn date(&self) -> [u8; 4] {
+        self.date
+    }
+
+    pub fn time(&self) -> [u8; 3] {
+        self.time
+    }
+
+    /// The 7 bytes `YYYYMMDDhhmmss`.
+    pub fn to_bytes(&self) -> [u8; 7] {
+        let mut out = [0; 7];
+        out[..4].copy_from_slice(&self.date);
+        out[4..].copy_from_slice(&self.time);
+        out
+    }
+}
+
+impl std::fmt::Display for CardDateTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = hex::encode(self.date);
+        let t = hex::encode(self.time);
+        write!(f, "{}-{}-{} {}:{}:{}", &d[..4], &d[4..6], &d[6..], &t[..2], &t[2..4], &t[4..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fen_displays_as_yuan_without_floats() {
+        assert_eq!(Fen(7223).to_string(), "72.23");
+        assert_eq!(Fen(5).to_string(), "0.05");
+        assert_eq!(Fen::from_bytes([0, 0, 0x1C, 0x37]), Fen(7223));
+        assert_eq!(Fen(1).checked_sub(Fen(2)), None);
+    }
+
+    #[test]
+    fn date_time_is_checked() {
+        let at = CardDateTime::from_slice(&hex::decode("20140825103100").expect("hex")).expect("valid");
+        assert_eq!(at.to_string(), "2014-08-25 10:31:00");
+        assert_eq!(CardDateTime::new(2014, 8, 25, 10, 31, 0).expect("valid"), at);
+        assert!(matches!(
+            CardDateTime::from_slice(&hex::decode("20141325103100").expect("hex")),
+            Err(ValueError::OutOfRange { what: "date", .. })
+        ));
+        assert!(matches!(
+            CardDateTime::from_slice(&hex::decode("2014082510310A").expect("hex")),
+            Err(ValueError::NotBcd { what: "time", .. })
+        ));
+        assert!(matches!(CardDateTime::from_slice(&[0x20]), Err(ValueError::Length { .. })));
+    }
+
+    #[test]
+    fn serial_is_masked_in_logs() {
+        let serial = ApplicationSerial::parse_hex("4100000089999985").expect("hex");
+        assert_eq!(format!("{serial:?}"), "ApplicationSerial(************9985)");
+        assert_eq!(serial.to_hex(), "4100000089999985");
+    }
+
+    #[test]
+    fn transaction_types_round_trip() {
+        for code in [1u8, 2, 5, 6, 9] {
+            assert_eq!(TransactionType::from_code(code).expect("known").code(), code);
+        }
+        assert_eq!(TransactionType::from_code(3), Err(ValueError::UnknownTransactionType(3)));
+    }
+}

@@ -1,0 +1,1 @@
+//! Support for the system tests: starting the real parts and claiming a reader.
