@@ -4,6 +4,7 @@ pub mod apdu;
 pub mod icc;
 pub mod model;
 pub mod status;
+pub mod tlv;
 
 pub use apdu::{ApduError, Case, Command, Response};
 pub use icc::SmartCard;
