@@ -1,9 +1,16 @@
 #![doc = include_str!("../README.md")]
 
 pub mod apdu;
+// pub mod card; (waits for crypto)
+pub mod commands;
+pub mod hexser;
 pub mod icc;
+// pub mod issue; (waits for crypto)
 pub mod model;
+// pub mod psam; (waits for crypto)
+pub mod responses;
 pub mod status;
+pub mod storage;
 pub mod tlv;
 
 pub use apdu::{ApduError, Case, Command, Response};

@@ -220,6 +220,38 @@ impl CardDateTime {
         Self::from_bytes(&date, &time)
     }
 
+    /// The UTC date and time of a Unix timestamp (seconds), from 1970 to 9999.
+    pub fn from_unix_seconds(seconds: u64) -> Result<Self, ValueError> {
+        let days = seconds / 86_400;
+        let of_day = seconds % 86_400;
+        let (year, month, day) = civil_from_days(days);
+        let year = u16::try_from(year).map_err(|_| ValueError::OutOfRange { what: "year", hex: format!("{year}") })?;
+        Self::new(year, month, day, (of_day / 3600) as u8, (of_day / 60 % 60) as u8, (of_day % 60) as u8)
+    }
+
+    /// The current UTC date and time.
+    pub fn now_utc() -> Self {
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or(0);
+        Self::from_unix_seconds(seconds).unwrap_or(CardDateTime { date: [0x19, 0x70, 0x01, 0x01], time: [0; 3] })
+    }
+
+    /// The calendar year, month and day.
+    pub fn ymd(&self) -> (u16, u8, u8) {
+        let d = self.date;
+        (u16::from(bcd_value(d[0])) * 100 + u16::from(bcd_value(d[1])), bcd_value(d[2]), bcd_value(d[3]))
+    }
+
+    /// Seconds since 1970-01-01 00:00:00 UTC.
+    pub fn unix_seconds(&self) -> u64 {
+        let (year, month, day) = self.ymd();
+        let days = days_from_civil(u64::from(year), month, day);
+        let t = self.time;
+        days * 86_400 + u64::from(bcd_value(t[0])) * 3600 + u64::from(bcd_value(t[1])) * 60 + u64::from(bcd_value(t[2]))
+    }
+
     pub fn date(&self) -> [u8; 4] {
         self.date
     }
@@ -235,6 +267,41 @@ impl CardDateTime {
         out[4..].copy_from_slice(&self.time);
         out
     }
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian;
+/// the "civil from days" algorithm of H. Hinnant's date library).
+fn civil_from_days(days: u64) -> (u64, u8, u8) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u8;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u8;
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Days since 1970-01-01 of a calendar date (the inverse of `civil_from_days`).
+fn days_from_civil(year: u64, month: u8, day: u8) -> u64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let year_of_era = year % 400;
+    let month = u64::from(month);
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + u64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// Packs decimal digits into BCD, two a byte; an odd count gets a leading 0.
+pub fn bcd_from_digits(digits: &str) -> Result<Vec<u8>, ValueError> {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ValueError::NotBcd { what: "digits", hex: digits.to_owned() });
+    }
+    let padded = if digits.len() % 2 == 1 { format!("0{digits}") } else { digits.to_owned() };
+    Ok(padded.as_bytes().chunks(2).map(|pair| ((pair[0] - b'0') << 4) | (pair[1] - b'0')).collect())
 }
 
 impl std::fmt::Display for CardDateTime {
@@ -271,6 +338,18 @@ mod tests {
             Err(ValueError::NotBcd { what: "time", .. })
         ));
         assert!(matches!(CardDateTime::from_slice(&[0x20]), Err(ValueError::Length { .. })));
+    }
+
+    #[test]
+    fn unix_time_round_trips_through_the_calendar() {
+        let at = CardDateTime::from_unix_seconds(1_408_962_660).expect("in range");
+        assert_eq!(at.to_string(), "2014-08-25 10:31:00");
+        assert_eq!(at.unix_seconds(), 1_408_962_660);
+        for seconds in [0u64, 951_782_400, 4_102_444_799, 1_700_000_000] {
+            assert_eq!(CardDateTime::from_unix_seconds(seconds).expect("in range").unix_seconds(), seconds);
+        }
+        assert_eq!(bcd_from_digits("310115").expect("digits"), vec![0x31, 0x01, 0x15]);
+        assert_eq!(bcd_from_digits("123").expect("digits"), vec![0x01, 0x23]);
     }
 
     #[test]
