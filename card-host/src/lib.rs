@@ -3,6 +3,7 @@
 pub mod apdu;
 // pub mod card; (waits for crypto)
 pub mod commands;
+// #[doc(hidden)] pub mod fuzzing; (waits for crypto)
 pub mod hexser;
 pub mod icc;
 // pub mod issue; (waits for crypto)

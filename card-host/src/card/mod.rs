@@ -270,6 +270,9 @@ pub struct CitizenCard {
     storage: Storage,
     session: Session,
     rng: StdRng,
+    /// Bytes handed out as card randoms before `rng` is used: lets a test replay
+    /// a published card log byte for byte.
+    scripted_random: std::collections::VecDeque<u8>,
 }
 
 impl std::fmt::Debug for CitizenCard {
@@ -292,7 +295,13 @@ impl CitizenCard {
     }
 
     fn with_rng(image: CardImage, storage: Storage, rng: StdRng) -> Self {
-        CitizenCard { image, storage, session: Session::new(), rng }
+        CitizenCard { image, storage, session: Session::new(), rng, scripted_random: Default::default() }
+    }
+
+    /// Makes the next card randoms (challenges, INITIALIZE randoms) these bytes,
+    /// in order, to replay a recorded card log. Test use only.
+    pub fn script_randoms(&mut self, bytes: &[u8]) {
+        self.scripted_random.extend(bytes);
     }
 
     /// Opens a card image file; changes are saved back to it.
@@ -373,6 +382,12 @@ impl CitizenCard {
     fn random<const N: usize>(&mut self) -> [u8; N] {
         let mut bytes = [0; N];
         self.rng.fill_bytes(&mut bytes);
+        for byte in bytes.iter_mut() {
+            match self.scripted_random.pop_front() {
+                Some(scripted) => *byte = scripted,
+                None => break,
+            }
+        }
         bytes
     }
 
