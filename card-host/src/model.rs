@@ -22,6 +22,19 @@ impl Fen {
         Fen(u32::from_be_bytes(bytes))
     }
 
+    /// Parses yuan as written by people ("12", "12.5", "12.50") into fen, exactly:
+    /// no floating point, at most two decimals.
+    pub fn parse_yuan(text: &str) -> Result<Fen, ValueError> {
+        let bad = || ValueError::OutOfRange { what: "amount in yuan", hex: text.to_owned() };
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        if whole.is_empty() || fraction.len() > 2 || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let whole: u32 = whole.parse().map_err(|_| bad())?;
+        let fraction: u32 = if fraction.is_empty() { 0 } else { format!("{fraction:0<2}").parse().map_err(|_| bad())? };
+        whole.checked_mul(100).and_then(|fen| fen.checked_add(fraction)).map(Fen).ok_or_else(bad)
+    }
+
     pub fn checked_add(self, other: Fen) -> Option<Fen> {
         self.0.checked_add(other.0).map(Fen)
     }
@@ -322,6 +335,12 @@ mod tests {
         assert_eq!(Fen(5).to_string(), "0.05");
         assert_eq!(Fen::from_bytes([0, 0, 0x1C, 0x37]), Fen(7223));
         assert_eq!(Fen(1).checked_sub(Fen(2)), None);
+        assert_eq!(Fen::parse_yuan("12.5"), Ok(Fen(1250)));
+        assert_eq!(Fen::parse_yuan("0.05"), Ok(Fen(5)));
+        assert_eq!(Fen::parse_yuan("100"), Ok(Fen(10000)));
+        assert!(Fen::parse_yuan("1.005").is_err());
+        assert!(Fen::parse_yuan("-1").is_err());
+        assert!(Fen::parse_yuan("99999999").is_err());
     }
 
     #[test]
