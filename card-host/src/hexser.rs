@@ -48,3 +48,18 @@ pub mod array {
         bytes.try_into().map_err(|_| D::Error::custom(format!("expected {N} bytes of hex, got {length}")))
     }
 }
+
+/// A [`crate::crypto::Key16`] as 32 hex digits (card images and key set files).
+pub mod key {
+    use super::*;
+    use crate::crypto::Key16;
+
+    pub fn serialize<S: Serializer>(value: &Key16, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode_upper(value.expose()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Key16, D::Error> {
+        let text = zeroize::Zeroizing::new(String::deserialize(deserializer)?);
+        Key16::parse_hex(&text).map_err(|_| D::Error::custom("a key is 32 hex digits"))
+    }
+}

@@ -1,14 +1,16 @@
 #![doc = include_str!("../README.md")]
 
 pub mod apdu;
-// pub mod card; (waits for crypto)
+pub mod card;
 pub mod commands;
-// #[doc(hidden)] pub mod fuzzing; (waits for crypto)
+pub mod crypto;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hexser;
 pub mod icc;
-// pub mod issue; (waits for crypto)
+pub mod issue;
 pub mod model;
-// pub mod psam; (waits for crypto)
+pub mod psam;
 pub mod responses;
 pub mod status;
 pub mod storage;

@@ -10,7 +10,7 @@
 //! lives in [`Session`] and is lost at power-off, as on a real card.
 
 pub mod fs;
-mod purse;
+pub mod purse;
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};

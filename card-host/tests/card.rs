@@ -260,7 +260,8 @@ fn application_block_and_unblock_with_the_psam_mac() {
     assert_eq!(card.image().files.df(card_host::card::fs::DfRef::Application(1)).state, ApplicationState::Blocked);
     assert_eq!(send(&mut card, &commands::get_balance()).status(), StatusWord::FunctionNotSupported);
     assert_eq!(send(&mut card, &commands::select_by_name(&PURSE_AID)).status(), StatusWord::SelectedFileInvalidated);
-    assert_eq!(purchase(&mut card, &mut psam, Fen(1), &[]).map(|_| ()), Err(StatusWord::FunctionNotSupported));
+    assert_eq!(send(&mut card, &commands::initialize_for_purchase(1, Fen(1), &TERMINAL)).status(), StatusWord::FunctionNotSupported);
+    assert_eq!(send(&mut card, &commands::read_binary(0x15, 0, 30)).status(), StatusWord::FunctionNotSupported);
     // Other applications still work.
     ok(&mut card, &commands::select_by_name(SOCIAL_SECURITY_NAME));
     // Unblock: the serial must come from the image, as the blocked purse will not be read.

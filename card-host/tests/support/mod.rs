@@ -82,13 +82,15 @@ pub fn purchase(
     compound_records: &[(u8, Vec<u8>)],
 ) -> Result<PurchaseDone, StatusWord> {
     let compound = !compound_records.is_empty();
+    // A terminal reads the public information (the serial) before INITIALIZE:
+    // any command between INITIALIZE and DEBIT ends the purchase.
+    let serial = card_serial(card);
     let initialize = if compound {
         commands::initialize_for_capp_purchase(1, amount, &TERMINAL)
     } else {
         commands::initialize_for_purchase(1, amount, &TERMINAL)
     };
     let init = PurchaseInitialization::parse(&send(card, &initialize).into_result()?).expect("15 bytes");
-    let serial = card_serial(card);
     let kind = if compound { TransactionType::CompoundPurchase } else { TransactionType::PursePurchase };
     let input = commands::psam::PurchaseInput {
         card_random: init.card_random,
