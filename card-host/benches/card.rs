@@ -32,7 +32,8 @@ fn median_per_op(ops_per_batch: u32, mut batch: impl FnMut()) -> Duration {
 
 fn new_pair(storage_dir: Option<&std::path::Path>) -> (CitizenCard, Psam) {
     let keys = MasterKeySet::load(&issue::fixtures::test_keyset()).expect("keys");
-    let holder = ProfileFile::load(&issue::fixtures::cardholders()).expect("profiles").cardholder(0).expect("0").clone();
+    let holder =
+        ProfileFile::load(&issue::fixtures::cardholders()).expect("profiles").cardholder(0).expect("0").clone();
     let options = IssueOptions { initial_balance: Fen(100_000), ..IssueOptions::default() };
     let image = issue::issue(&holder, &keys, &options).expect("issue");
     let terminal = TerminalNumber([0x31, 0, 0, 0, 0, 1]);

@@ -305,14 +305,8 @@ mod tests {
         roundtrip(&Command::new(0x00, 0x84, 0x00, 0x00), "00840000");
         roundtrip(&Command::new(0x80, 0x5C, 0x00, 0x02).expect(4), "805C000204");
         roundtrip(&Command::new(0x00, 0xB0, 0x95, 0x00).expect(256), "00B0950000");
-        roundtrip(
-            &Command::new(0x00, 0xA4, 0x00, 0x00).with_data([0x3F, 0x00]),
-            "00A40000023F00",
-        );
-        roundtrip(
-            &Command::new(0x00, 0xA4, 0x04, 0x00).with_data(*b"SSSE").expect(256),
-            "00A40400045353534500",
-        );
+        roundtrip(&Command::new(0x00, 0xA4, 0x00, 0x00).with_data([0x3F, 0x00]), "00A40000023F00");
+        roundtrip(&Command::new(0x00, 0xA4, 0x04, 0x00).with_data(*b"SSSE").expect(256), "00A40400045353534500");
     }
 
     #[test]

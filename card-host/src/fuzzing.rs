@@ -52,7 +52,9 @@ pub fn card_dispatch(data: &[u8]) {
     card.power_on();
     let mut rest = data;
     for _ in 0..APDUS_PER_INPUT_MAX {
-        let Some((&length, tail)) = rest.split_first() else { break };
+        let Some((&length, tail)) = rest.split_first() else {
+            break;
+        };
         let length = usize::from(length).min(tail.len());
         let (apdu, tail) = tail.split_at(length);
         rest = tail;

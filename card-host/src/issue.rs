@@ -99,7 +99,8 @@ impl MasterKeySet {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, IssueError> {
-    let text = std::fs::read_to_string(path).map_err(|source| IssueError::Read { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| IssueError::Read { path: path.display().to_string(), source })?;
     serde_json::from_str(&text).map_err(|source| IssueError::Parse { path: path.display().to_string(), source })
 }
 
@@ -278,7 +279,8 @@ impl Default for IssueOptions {
 impl Cardholder {
     /// The application serial number this cardholder's card is issued with.
     pub fn serial(&self) -> Result<ApplicationSerial, IssueError> {
-        ApplicationSerial::parse_hex(&self.application_serial).map_err(|error| field("application_serial", error.to_string()))
+        ApplicationSerial::parse_hex(&self.application_serial)
+            .map_err(|error| field("application_serial", error.to_string()))
     }
 }
 
@@ -354,7 +356,9 @@ pub fn build_image(holder: &Cardholder, keys: CardKeys, options: &IssueOptions) 
         (MEDICAL_AID.to_vec(), "MEDICAL"),
     ]
     .into_iter()
-    .map(|(aid, label)| constructed(0x61, vec![primitive(0x4F, aid), primitive(0x50, label.as_bytes().to_vec())]).to_vec())
+    .map(|(aid, label)| {
+        constructed(0x61, vec![primitive(0x4F, aid), primitive(0x50, label.as_bytes().to_vec())]).to_vec()
+    })
     .collect();
     let master = DedicatedFile {
         fid: MF_FID,
@@ -396,7 +400,15 @@ pub fn build_image(holder: &Cardholder, keys: CardKeys, options: &IssueOptions) 
         state: ApplicationState::Active,
         files: vec![
             ElementaryFile::linear(0xEF05, Some(0x05), Access::Always, Access::SecureMessaging, 34, 16, card_info),
-            ElementaryFile::linear(0xEF06, Some(0x06), Access::PinOrTerminal, Access::SecureMessaging, 34, 16, holder_records),
+            ElementaryFile::linear(
+                0xEF06,
+                Some(0x06),
+                Access::PinOrTerminal,
+                Access::SecureMessaging,
+                34,
+                16,
+                holder_records,
+            ),
         ],
     };
 
@@ -428,7 +440,13 @@ pub fn build_image(holder: &Cardholder, keys: CardKeys, options: &IssueOptions) 
         state: ApplicationState::Active,
         files: vec![
             ElementaryFile::transparent(0x0015, Some(0x15), Access::Always, Access::SecureMessaging, public),
-            ElementaryFile::transparent(0x0016, Some(0x16), Access::PinOrTerminal, Access::SecureMessaging, holder_info),
+            ElementaryFile::transparent(
+                0x0016,
+                Some(0x16),
+                Access::PinOrTerminal,
+                Access::SecureMessaging,
+                holder_info,
+            ),
             ElementaryFile::linear(
                 0x0017,
                 Some(0x17),

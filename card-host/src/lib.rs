@@ -15,6 +15,7 @@ pub mod responses;
 pub mod status;
 pub mod storage;
 pub mod tlv;
+pub mod vpcd;
 
 pub use apdu::{ApduError, Case, Command, Response};
 pub use icc::SmartCard;

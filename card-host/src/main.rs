@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use card_host::card::{CardType, CitizenCard};
+use card_host::icc::SmartCard;
 use card_host::issue::{self, IssueOptions, MasterKeySet, ProfileFile};
 use card_host::model::{ApplicationSerial, Fen, TerminalNumber};
 use card_host::psam::Psam;
+use card_host::vpcd::{self, Bridge, Tear, TearPoint};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -84,6 +86,29 @@ enum Commands {
         #[arg(long)]
         force: bool,
     },
+    /// Put a card (or a PSAM) into a reader: pcscd's vpcd driver. Connecting is
+    /// inserting the card, disconnecting is pulling it out. Signals: SIGUSR1 pulls
+    /// the card out, SIGUSR2 puts it back, SIGINT/SIGTERM stop.
+    Serve {
+        /// The citizen card image to serve (changes are saved back to it).
+        #[arg(long, required_unless_present = "psam", conflicts_with = "psam")]
+        card: Option<PathBuf>,
+        /// A PSAM image to serve instead, usually in the reader's second slot.
+        #[arg(long)]
+        psam: Option<PathBuf>,
+        /// vpcd's address: port 35963 is slot 0, 35964 slot 1 (default: 35963 for
+        /// a card, 35964 for a PSAM).
+        #[arg(long)]
+        vpcd: Option<std::net::SocketAddr>,
+        /// Pull the card out after it has executed its N-th command APDU, before
+        /// the answer is sent (a tear after the card acted).
+        #[arg(long, value_name = "N", conflicts_with = "remove_before")]
+        remove_after: Option<u32>,
+        /// Pull the card out when its N-th command APDU arrives, before the card
+        /// sees it (a tear before the card acted).
+        #[arg(long, value_name = "N")]
+        remove_before: Option<u32>,
+    },
     /// Show a card image: card type, masked serial, balance, counters.
     Show {
         #[arg(long)]
@@ -142,6 +167,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("issued PSAM for terminal {terminal} to {}", out.display());
             Ok(())
         }
+        Commands::Serve { card, psam, vpcd, remove_after, remove_before } => {
+            let tear = match (remove_after, remove_before) {
+                (Some(apdu), _) => Some(Tear { apdu, point: TearPoint::AfterCommand }),
+                (None, Some(apdu)) => Some(Tear { apdu, point: TearPoint::BeforeCommand }),
+                (None, None) => None,
+            };
+            let localhost = std::net::Ipv4Addr::LOCALHOST;
+            match (card, psam) {
+                (Some(path), _) => {
+                    let card = CitizenCard::open(&path).with_context(|| format!("--card {}", path.display()))?;
+                    tracing::info!(serial = %card.image().serial.masked(), "serving citizen card");
+                    serve(card, vpcd.unwrap_or((localhost, vpcd::SLOT0_PORT).into()), tear)
+                }
+                (None, Some(path)) => {
+                    let psam = Psam::open(&path).with_context(|| format!("--psam {}", path.display()))?;
+                    tracing::info!(terminal = %psam.terminal_number(), "serving PSAM");
+                    serve(psam, vpcd.unwrap_or((localhost, vpcd::SLOT1_PORT).into()), tear)
+                }
+                (None, None) => bail!("--card or --psam is required"),
+            }
+        }
         Commands::Show { card } => {
             let card = CitizenCard::open(&card)?;
             let image = card.image();
@@ -154,4 +200,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs the bridge until SIGINT or SIGTERM, mapping SIGUSR1/SIGUSR2 to pulling the
+/// card out and putting it back.
+fn serve<C: SmartCard>(card: C, address: std::net::SocketAddr, tear: Option<Tear>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut bridge = Bridge::new(card, address);
+    let control = bridge.control();
+    if let Some(tear) = tear {
+        control.tear_at(tear);
+    }
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2]).context("signal handlers")?;
+    let signal_handle = signals.handle();
+    let signal_control = control.clone();
+    let watcher = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            match signal {
+                SIGUSR1 => signal_control.remove(),
+                SIGUSR2 => signal_control.insert(),
+                _ => {
+                    signal_control.stop();
+                    break;
+                }
+            }
+        }
+    });
+    let result = bridge.run();
+    signal_handle.close();
+    let _ = watcher.join();
+    result.context("vpcd bridge")
 }

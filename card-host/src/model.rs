@@ -27,11 +27,13 @@ impl Fen {
     pub fn parse_yuan(text: &str) -> Result<Fen, ValueError> {
         let bad = || ValueError::OutOfRange { what: "amount in yuan", hex: text.to_owned() };
         let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-        if whole.is_empty() || fraction.len() > 2 || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
+        if whole.is_empty() || fraction.len() > 2 || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+        {
             return Err(bad());
         }
         let whole: u32 = whole.parse().map_err(|_| bad())?;
-        let fraction: u32 = if fraction.is_empty() { 0 } else { format!("{fraction:0<2}").parse().map_err(|_| bad())? };
+        let fraction: u32 =
+            if fraction.is_empty() { 0 } else { format!("{fraction:0<2}").parse().map_err(|_| bad())? };
         whole.checked_mul(100).and_then(|fen| fen.checked_add(fraction)).map(Fen).ok_or_else(bad)
     }
 
@@ -68,9 +70,7 @@ pub enum ValueError {
 }
 
 fn fixed<const N: usize>(what: &'static str, bytes: &[u8]) -> Result<[u8; N], ValueError> {
-    bytes
-        .try_into()
-        .map_err(|_| ValueError::Length { what, expected: N, got: bytes.len() })
+    bytes.try_into().map_err(|_| ValueError::Length { what, expected: N, got: bytes.len() })
 }
 
 fn fixed_hex<const N: usize>(what: &'static str, text: &str) -> Result<[u8; N], ValueError> {

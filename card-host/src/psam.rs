@@ -237,7 +237,11 @@ impl Psam {
     fn credit_for_purchase(&mut self, command: &Command, session: PurchaseSession) -> Outcome {
         let mac2: [u8; 4] = command.data().try_into().map_err(|_| StatusWord::WrongLength)?;
         let expected = crypto::purse::purchase_mac2(&session.session_key, session.amount);
-        if crypto::constant_time_eq(&expected, &mac2) { Ok(Response::ok(Vec::new())) } else { Err(StatusWord::MacInvalid) }
+        if crypto::constant_time_eq(&expected, &mac2) {
+            Ok(Response::ok(Vec::new()))
+        } else {
+            Err(StatusWord::MacInvalid)
+        }
     }
 
     /// DIVERSIFY (`80 1A P1 P2 Lc`): P1 bits 5..1 = key usage (`02` purchase, `05`
@@ -250,7 +254,13 @@ impl Psam {
         }
         let master = match command.p1 & 0x1F {
             USAGE_PURCHASE => {
-                &self.image.purchase_keys.iter().find(|k| k.index == command.p2).ok_or(StatusWord::ReferencedDataNotFound)?.key
+                &self
+                    .image
+                    .purchase_keys
+                    .iter()
+                    .find(|k| k.index == command.p2)
+                    .ok_or(StatusWord::ReferencedDataNotFound)?
+                    .key
             }
             USAGE_MAINTENANCE => &self.image.maintenance_key,
             _ => return Err(StatusWord::ReferencedDataNotFound),

@@ -184,7 +184,10 @@ mod tests {
         assert_eq!(parsed.key_version, 0x01);
         assert_eq!(parsed.card_random, [0xCD, 0xEF, 0x4F, 0x20]);
         assert_eq!(parsed.mac1, [0x06, 0xB1, 0xBE, 0xF5]);
-        assert!(matches!(LoadInitialization::parse(&data[..15]), Err(ResponseError::Length { expected: 16, got: 15, .. })));
+        assert!(matches!(
+            LoadInitialization::parse(&data[..15]),
+            Err(ResponseError::Length { expected: 16, got: 15, .. })
+        ));
     }
 
     #[test]

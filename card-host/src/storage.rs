@@ -91,7 +91,8 @@ impl Storage {
             }
         };
         let io = |source| StorageError::Io { path: path.clone(), source };
-        let bytes = serde_json::to_vec_pretty(image).map_err(|source| StorageError::Format { path: path.clone(), source })?;
+        let bytes =
+            serde_json::to_vec_pretty(image).map_err(|source| StorageError::Format { path: path.clone(), source })?;
         let temporary = temporary_path(path);
         let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temporary).map_err(io)?;
         file.write_all(&bytes).map_err(io)?;
@@ -130,7 +131,10 @@ pub fn create<T: Serialize>(path: &Path, image: &T, overwrite: bool) -> Result<(
     if !overwrite && path.exists() {
         return Err(StorageError::Io {
             path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (use --force to replace it)"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "already exists (use --force to replace it)",
+            ),
         });
     }
     Storage::File { path: path.to_owned(), fail_point: None, saves: AtomicU64::new(0) }.save(image)

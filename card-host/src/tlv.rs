@@ -137,8 +137,7 @@ mod tests {
     #[test]
     fn fci_with_padding_parses() {
         // 6F { 84 A000000632010105, A5 { 9F08 01 02 } } with padding before, inside and after.
-        let bytes = hex::decode("00FF6F11840" .to_owned() + "8A000000632010105A5059F080102" + "0000FF")
-            .expect("hex");
+        let bytes = hex::decode("00FF6F11840".to_owned() + "8A000000632010105A5059F080102" + "0000FF").expect("hex");
         let objects = parse_all(&bytes).expect("parses");
         assert_eq!(objects.len(), 1);
         assert_eq!(find_primitive(&objects, 0x84), Some(&hex::decode("A000000632010105").expect("hex")[..]));
@@ -147,7 +146,10 @@ mod tests {
 
     #[test]
     fn built_objects_round_trip() {
-        let fci = constructed(0x6F, vec![primitive(0x84, b"SSSE".to_vec()), constructed(0xA5, vec![primitive(0x9F08, vec![3])])]);
+        let fci = constructed(
+            0x6F,
+            vec![primitive(0x84, b"SSSE".to_vec()), constructed(0xA5, vec![primitive(0x9F08, vec![3])])],
+        );
         let bytes = fci.to_vec();
         assert_eq!(parse_all(&bytes).expect("parses"), vec![fci]);
     }

@@ -43,7 +43,10 @@ fn social_security_cardholder_needs_pin_or_terminal_authentication() {
     ok(&mut card, &commands::select_by_name(SOCIAL_SECURITY_NAME));
     let category = ok(&mut card, &commands::read_record_by_identifier(0x05, 0x02));
     assert_eq!(category, vec![0x02, 0x01, 0x01]);
-    assert_eq!(send(&mut card, &commands::read_record_by_identifier(0x06, 0x09)).status(), StatusWord::SecurityStatusNotSatisfied);
+    assert_eq!(
+        send(&mut card, &commands::read_record_by_identifier(0x06, 0x09)).status(),
+        StatusWord::SecurityStatusNotSatisfied
+    );
     // Wrong PIN: tries count down, durably.
     let wrong = pin_from_digits("000000").expect("digits");
     assert_eq!(send(&mut card, &commands::verify_pin(&wrong)).status(), StatusWord::PinTriesLeft(2));
@@ -67,14 +70,20 @@ fn social_security_cardholder_needs_pin_or_terminal_authentication() {
     let mut wrong = crypto::external_auth_cryptogram(keys.algorithm, &key, &challenge);
     wrong[0] ^= 1;
     assert_eq!(send(&mut card, &commands::external_authenticate(wrong)).status(), StatusWord::Other(0x6300));
-    assert_eq!(send(&mut card, &commands::external_authenticate(wrong)).status(), StatusWord::ReferencedDataInvalidated);
+    assert_eq!(
+        send(&mut card, &commands::external_authenticate(wrong)).status(),
+        StatusWord::ReferencedDataInvalidated
+    );
     let challenge: [u8; 8] = ok(&mut card, &commands::get_challenge(8)).try_into().expect("8 bytes");
     ok(&mut card, &commands::external_authenticate(crypto::external_auth_cryptogram(keys.algorithm, &key, &challenge)));
     ok(&mut card, &commands::read_record_by_identifier(0x06, 0x08));
     // Authentication ends with the DF.
     ok(&mut card, &commands::select_by_name(&PURSE_AID));
     ok(&mut card, &commands::select_by_name(SOCIAL_SECURITY_NAME));
-    assert_eq!(send(&mut card, &commands::read_record_by_identifier(0x06, 0x08)).status(), StatusWord::SecurityStatusNotSatisfied);
+    assert_eq!(
+        send(&mut card, &commands::read_record_by_identifier(0x06, 0x08)).status(),
+        StatusWord::SecurityStatusNotSatisfied
+    );
 }
 
 #[test]
@@ -124,12 +133,23 @@ fn load_credits_the_purse_and_writes_record_and_proof() {
     // The TAC verifies with the DTK diversified from the master.
     let keys = master_keys();
     let dtk = crypto::diversify(keys.algorithm, &keys.tac, &card.image().serial.0);
-    let expected = crypto::purse::load_tac(keys.algorithm, &dtk, Fen(6_000), 0, Fen(5_000), TransactionType::PurseLoad, &LOAD_TERMINAL, &at());
+    let expected = crypto::purse::load_tac(
+        keys.algorithm,
+        &dtk,
+        Fen(6_000),
+        0,
+        Fen(5_000),
+        TransactionType::PurseLoad,
+        &LOAD_TERMINAL,
+        &at(),
+    );
     assert_eq!(tac, expected);
     let record = TransactionRecord::parse(&ok(&mut card, &commands::read_record(0x18, 1))).expect("23 bytes");
     assert_eq!((record.number, record.amount, record.kind), (1, Fen(5_000), TransactionType::PurseLoad));
     assert_eq!(record.terminal, LOAD_TERMINAL);
-    let proof = TransactionProof::parse(&ok(&mut card, &commands::get_transaction_prove(TransactionType::PurseLoad, 1))).expect("8");
+    let proof =
+        TransactionProof::parse(&ok(&mut card, &commands::get_transaction_prove(TransactionType::PurseLoad, 1)))
+            .expect("8");
     assert_eq!(proof.tac, tac);
 }
 
@@ -144,10 +164,22 @@ fn load_refusals_change_nothing() {
     ok(&mut card, &commands::initialize_for_load(1, Fen(100), &LOAD_TERMINAL));
     assert_eq!(send(&mut card, &commands::credit_for_load(&at(), [1, 2, 3, 4])).status(), StatusWord::MacInvalid);
     // Unknown key index, above the maximum balance, deposit instead of purse.
-    assert_eq!(send(&mut card, &commands::initialize_for_load(9, Fen(100), &LOAD_TERMINAL)).status(), StatusWord::KeyIndexNotSupported);
-    assert_eq!(send(&mut card, &commands::initialize_for_load(1, Fen(99_999), &LOAD_TERMINAL)).status(), StatusWord::ConditionsNotSatisfied);
-    assert_eq!(send(&mut card, &Command::new(0x80, 0x50, 0x00, 0x01).with_data(vec![1; 11]).expect(16)).status(), StatusWord::IncorrectP1P2);
-    assert_eq!(send(&mut card, &Command::new(0x80, 0x50, 0x00, 0x02).with_data(vec![1; 10]).expect(16)).status(), StatusWord::WrongLength);
+    assert_eq!(
+        send(&mut card, &commands::initialize_for_load(9, Fen(100), &LOAD_TERMINAL)).status(),
+        StatusWord::KeyIndexNotSupported
+    );
+    assert_eq!(
+        send(&mut card, &commands::initialize_for_load(1, Fen(99_999), &LOAD_TERMINAL)).status(),
+        StatusWord::ConditionsNotSatisfied
+    );
+    assert_eq!(
+        send(&mut card, &Command::new(0x80, 0x50, 0x00, 0x01).with_data(vec![1; 11]).expect(16)).status(),
+        StatusWord::IncorrectP1P2
+    );
+    assert_eq!(
+        send(&mut card, &Command::new(0x80, 0x50, 0x00, 0x02).with_data(vec![1; 10]).expect(16)).status(),
+        StatusWord::WrongLength
+    );
     assert_eq!(serde_json::to_string(card.image()).expect("json"), before);
 }
 
@@ -162,15 +194,31 @@ fn purchase_debits_and_the_psam_checks_mac2() {
     assert_eq!(psam.image().terminal_serial, done.terminal_serial + 1, "the PSAM used up its serial");
     let keys = master_keys();
     let dtk = crypto::diversify(keys.algorithm, &keys.tac, &card.image().serial.0);
-    let expected = crypto::purse::purchase_tac(keys.algorithm, &dtk, Fen(200), TransactionType::PursePurchase, &TERMINAL, done.terminal_serial, &at());
+    let expected = crypto::purse::purchase_tac(
+        keys.algorithm,
+        &dtk,
+        Fen(200),
+        TransactionType::PursePurchase,
+        &TERMINAL,
+        done.terminal_serial,
+        &at(),
+    );
     assert_eq!(done.debit.tac, expected, "the TAC verifies with the issuer's DTK");
     let record = TransactionRecord::parse(&ok(&mut card, &commands::read_record(0x18, 1))).expect("23 bytes");
     assert_eq!((record.number, record.amount, record.kind), (1, Fen(200), TransactionType::PursePurchase));
-    let proof = TransactionProof::parse(&ok(&mut card, &commands::get_transaction_prove(TransactionType::PursePurchase, 1))).expect("8");
+    let proof =
+        TransactionProof::parse(&ok(&mut card, &commands::get_transaction_prove(TransactionType::PursePurchase, 1)))
+            .expect("8");
     assert_eq!((proof.mac, proof.tac), (done.debit.mac2, done.debit.tac));
     // A purchase that never happened has no proof.
-    assert_eq!(send(&mut card, &commands::get_transaction_prove(TransactionType::PursePurchase, 2)).status(), StatusWord::MacNotAvailable);
-    assert_eq!(send(&mut card, &commands::get_transaction_prove(TransactionType::PurseLoad, 1)).status(), StatusWord::MacNotAvailable);
+    assert_eq!(
+        send(&mut card, &commands::get_transaction_prove(TransactionType::PursePurchase, 2)).status(),
+        StatusWord::MacNotAvailable
+    );
+    assert_eq!(
+        send(&mut card, &commands::get_transaction_prove(TransactionType::PurseLoad, 1)).status(),
+        StatusWord::MacNotAvailable
+    );
     // Eleven more: the detail file keeps ten, newest first.
     for _ in 0..11 {
         purchase(&mut card, &mut psam, Fen(1), &[]).expect("purchase");
@@ -187,11 +235,17 @@ fn purchase_refusals_change_nothing() {
     select_purse(&mut card);
     let before = serde_json::to_string(card.image()).expect("json");
     assert_eq!(purchase(&mut card, &mut psam, Fen(101), &[]).map(|_| ()), Err(StatusWord::InsufficientBalance));
-    assert_eq!(send(&mut card, &commands::debit_for_purchase(1, &at(), [0; 4])).status(), StatusWord::ConditionsNotSatisfied);
+    assert_eq!(
+        send(&mut card, &commands::debit_for_purchase(1, &at(), [0; 4])).status(),
+        StatusWord::ConditionsNotSatisfied
+    );
     ok(&mut card, &commands::initialize_for_purchase(1, Fen(10), &TERMINAL));
     assert_eq!(send(&mut card, &commands::debit_for_purchase(1, &at(), [0; 4])).status(), StatusWord::MacInvalid);
     // The context is gone after a failed DEBIT: no second guess at MAC1.
-    assert_eq!(send(&mut card, &commands::debit_for_purchase(1, &at(), [0; 4])).status(), StatusWord::ConditionsNotSatisfied);
+    assert_eq!(
+        send(&mut card, &commands::debit_for_purchase(1, &at(), [0; 4])).status(),
+        StatusWord::ConditionsNotSatisfied
+    );
     // A bad date is refused before any MAC is checked.
     ok(&mut card, &commands::initialize_for_purchase(1, Fen(10), &TERMINAL));
     let mut bad = commands::debit_for_purchase(1, &at(), [0; 4]).to_bytes();
@@ -199,11 +253,17 @@ fn purchase_refusals_change_nothing() {
     assert_eq!(card.transmit(&bad), vec![0x6A, 0x80]);
     // UPDATE CAPP DATA CACHE only in a compound purchase.
     ok(&mut card, &commands::initialize_for_purchase(1, Fen(10), &TERMINAL));
-    assert_eq!(send(&mut card, &commands::update_capp_data_cache(1, &[1; 48])).status(), StatusWord::ConditionsNotSatisfied);
+    assert_eq!(
+        send(&mut card, &commands::update_capp_data_cache(1, &[1; 48])).status(),
+        StatusWord::ConditionsNotSatisfied
+    );
     assert_eq!(serde_json::to_string(card.image()).expect("json"), before);
     // The PSAM refuses a MAC2 that is not the card's.
     ok(&mut card, &commands::initialize_for_purchase(1, Fen(10), &TERMINAL));
-    assert_eq!(send(&mut psam, &commands::psam::credit_for_purchase([0; 4])).status(), StatusWord::ConditionsNotSatisfied);
+    assert_eq!(
+        send(&mut psam, &commands::psam::credit_for_purchase([0; 4])).status(),
+        StatusWord::ConditionsNotSatisfied
+    );
 }
 
 fn compound_record(identifier: u8, state: u8, fare: u32) -> Vec<u8> {
@@ -243,7 +303,10 @@ fn compound_purchase_writes_the_transit_record_with_the_debit() {
     ok(&mut card, &commands::initialize_for_capp_purchase(1, Fen(0), &TERMINAL));
     assert_eq!(send(&mut card, &commands::update_capp_data_cache(1, &[1; 47])).status(), StatusWord::WrongLength);
     ok(&mut card, &commands::initialize_for_capp_purchase(1, Fen(0), &TERMINAL));
-    assert_eq!(send(&mut card, &commands::update_capp_data_cache(2, &compound_record(1, 1, 0))).status(), StatusWord::WrongData);
+    assert_eq!(
+        send(&mut card, &commands::update_capp_data_cache(2, &compound_record(1, 1, 0))).status(),
+        StatusWord::WrongData
+    );
 }
 
 #[test]
@@ -260,7 +323,10 @@ fn application_block_and_unblock_with_the_psam_mac() {
     assert_eq!(card.image().files.df(card_host::card::fs::DfRef::Application(1)).state, ApplicationState::Blocked);
     assert_eq!(send(&mut card, &commands::get_balance()).status(), StatusWord::FunctionNotSupported);
     assert_eq!(send(&mut card, &commands::select_by_name(&PURSE_AID)).status(), StatusWord::SelectedFileInvalidated);
-    assert_eq!(send(&mut card, &commands::initialize_for_purchase(1, Fen(1), &TERMINAL)).status(), StatusWord::FunctionNotSupported);
+    assert_eq!(
+        send(&mut card, &commands::initialize_for_purchase(1, Fen(1), &TERMINAL)).status(),
+        StatusWord::FunctionNotSupported
+    );
     assert_eq!(send(&mut card, &commands::read_binary(0x15, 0, 30)).status(), StatusWord::FunctionNotSupported);
     // Other applications still work.
     ok(&mut card, &commands::select_by_name(SOCIAL_SECURITY_NAME));
@@ -269,7 +335,10 @@ fn application_block_and_unblock_with_the_psam_mac() {
     let serial = card.image().serial.0;
     let challenge: [u8; 4] = ok(&mut card, &commands::get_challenge(4)).try_into().expect("4");
     ok(&mut psam, &commands::psam::diversify_maintenance(serial));
-    let mac: [u8; 4] = ok(&mut psam, &commands::psam::mac(challenge, &commands::maintenance_mac_input(0x18, 0, 0, &[]))).try_into().expect("4");
+    let mac: [u8; 4] =
+        ok(&mut psam, &commands::psam::mac(challenge, &commands::maintenance_mac_input(0x18, 0, 0, &[])))
+            .try_into()
+            .expect("4");
     ok(&mut card, &commands::application_unblock(mac));
     assert_eq!(balance(&mut card), Fen(500));
 }
@@ -293,9 +362,15 @@ fn secure_messaging_guards_updates() {
     let public = PublicInformation::parse(&ok(&mut card, &commands::read_binary(0x15, 0, 30))).expect("30");
     assert_eq!(public.card_type, 0x02);
     // The same MAC again: the challenge was used up.
-    assert_eq!(send(&mut card, &Command::new(0x04, 0xD6, 0x95, 28).with_data(data)).status(), StatusWord::ReferencedDataInvalidated);
+    assert_eq!(
+        send(&mut card, &Command::new(0x04, 0xD6, 0x95, 28).with_data(data)).status(),
+        StatusWord::ReferencedDataInvalidated
+    );
     // Files that only purse commands write.
-    assert_eq!(send(&mut card, &Command::new(0x00, 0xDC, 1, (0x18 << 3) | 4).with_data(vec![0; 23])).status(), StatusWord::SecurityStatusNotSatisfied);
+    assert_eq!(
+        send(&mut card, &Command::new(0x00, 0xDC, 1, (0x18 << 3) | 4).with_data(vec![0; 23])).status(),
+        StatusWord::SecurityStatusNotSatisfied
+    );
 }
 
 #[test]
@@ -416,7 +491,15 @@ fn sm4_cards_work_the_same_way() {
     select_purse(&mut card);
     let done = purchase(&mut card, &mut psam, Fen(150), &[]).expect("SM4 purchase");
     let dtk = crypto::diversify(Algorithm::Sm4, &keys.tac, &card.image().serial.0);
-    let expected = crypto::purse::purchase_tac(Algorithm::Sm4, &dtk, Fen(150), TransactionType::PursePurchase, &TERMINAL, done.terminal_serial, &at());
+    let expected = crypto::purse::purchase_tac(
+        Algorithm::Sm4,
+        &dtk,
+        Fen(150),
+        TransactionType::PursePurchase,
+        &TERMINAL,
+        done.terminal_serial,
+        &at(),
+    );
     assert_eq!(done.debit.tac, expected);
     assert_eq!(balance(&mut card), Fen(850));
 }

@@ -202,7 +202,15 @@ impl ElementaryFile {
         ElementaryFile { fid, sfi, read, update, body: Body::Transparent { data } }
     }
 
-    pub fn linear(fid: u16, sfi: Option<u8>, read: Access, update: Access, record_length: u8, capacity: u8, records: Vec<Vec<u8>>) -> Self {
+    pub fn linear(
+        fid: u16,
+        sfi: Option<u8>,
+        read: Access,
+        update: Access,
+        record_length: u8,
+        capacity: u8,
+        records: Vec<Vec<u8>>,
+    ) -> Self {
         assert!(records.len() <= usize::from(capacity) && usize::from(capacity) <= RECORDS_MAX);
         assert!(records.iter().all(|record| record.len() <= usize::from(record_length)));
         ElementaryFile { fid, sfi, read, update, body: Body::Linear { record_length, capacity, records } }
@@ -358,7 +366,8 @@ mod tests {
 
     #[test]
     fn records_by_identifier() {
-        let mut ef = ElementaryFile::linear(0x17, Some(0x17), Access::Always, Access::Never, 4, 2, vec![vec![1, 0, 0, 0]]);
+        let mut ef =
+            ElementaryFile::linear(0x17, Some(0x17), Access::Always, Access::Never, 4, 2, vec![vec![1, 0, 0, 0]]);
         ef.put_record(RecordSelector::Identifier(2), &[2, 9, 9, 9]).expect("appended");
         ef.put_record(RecordSelector::Identifier(1), &[1, 7, 7, 7]).expect("updated");
         assert_eq!(ef.read_record(RecordSelector::Identifier(1)), Ok(vec![1, 7, 7, 7]));
@@ -369,7 +378,8 @@ mod tests {
 
     #[test]
     fn binary_reads_and_updates_stay_inside_the_file() {
-        let mut ef = ElementaryFile::transparent(0x15, Some(0x15), Access::Always, Access::SecureMessaging, vec![1, 2, 3, 4]);
+        let mut ef =
+            ElementaryFile::transparent(0x15, Some(0x15), Access::Always, Access::SecureMessaging, vec![1, 2, 3, 4]);
         assert_eq!(ef.read_binary(1, 256), Ok(vec![2, 3, 4]));
         assert_eq!(ef.read_binary(4, 1), Err(StatusWord::WrongP1P2));
         assert_eq!(ef.update_binary(3, &[9, 9]), Err(StatusWord::WrongP1P2));

@@ -260,7 +260,14 @@ pub struct Session {
 
 impl Session {
     fn new() -> Self {
-        Session { df: DfRef::Master, ef: None, pin_verified: false, terminal_authenticated: None, challenge: None, pending: Pending::None }
+        Session {
+            df: DfRef::Master,
+            ef: None,
+            pin_verified: false,
+            terminal_authenticated: None,
+            challenge: None,
+            pending: Pending::None,
+        }
     }
 }
 
@@ -333,7 +340,9 @@ impl CitizenCard {
             _ => return Err(StatusWord::ClaNotSupported),
         };
         let proprietary = command.cla & 0x80 != 0;
-        if self.current_state() != ApplicationState::Active && !matches!((command.cla, command.ins), (0x00, 0xA4) | (0x00, 0x84) | (0x84, 0x18)) {
+        if self.current_state() != ApplicationState::Active
+            && !matches!((command.cla, command.ins), (0x00, 0xA4) | (0x00, 0x84) | (0x84, 0x18))
+        {
             return Err(StatusWord::FunctionNotSupported);
         }
         match (proprietary, command.ins) {
@@ -404,7 +413,9 @@ impl CitizenCard {
                 let in_current = self.image.files.df(self.session.df).find_ef(fid);
                 match (command.p1, in_current) {
                     (0x00 | 0x02, Some(index)) => Target::Ef(index),
-                    (0x00 | 0x01, None) => self.image.files.find_df_by_fid(fid).map(Target::Df).ok_or(StatusWord::FileNotFound)?,
+                    (0x00 | 0x01, None) => {
+                        self.image.files.find_df_by_fid(fid).map(Target::Df).ok_or(StatusWord::FileNotFound)?
+                    }
                     _ => return Err(StatusWord::FileNotFound),
                 }
             }
@@ -426,7 +437,11 @@ impl CitizenCard {
                     0x0C => Vec::new(),
                     _ => self.control_information(df),
                 };
-                let status = if state == ApplicationState::Blocked { StatusWord::SelectedFileInvalidated } else { StatusWord::Ok };
+                let status = if state == ApplicationState::Blocked {
+                    StatusWord::SelectedFileInvalidated
+                } else {
+                    StatusWord::Ok
+                };
                 Ok(Response::new(fci, status))
             }
             Target::Ef(index) => {
@@ -452,7 +467,8 @@ impl CitizenCard {
                 }
             }
         }
-        let name = if dedicated.name.is_empty() { dedicated.fid.to_be_bytes().to_vec() } else { dedicated.name.clone() };
+        let name =
+            if dedicated.name.is_empty() { dedicated.fid.to_be_bytes().to_vec() } else { dedicated.name.clone() };
         constructed(0x6F, vec![primitive(0x84, name), constructed(0xA5, proprietary)]).to_vec()
     }
 
@@ -476,7 +492,9 @@ impl CitizenCard {
             Access::Always => true,
             Access::Never | Access::SecureMessaging => false,
             Access::Pin => self.session.pin_verified,
-            Access::PinOrTerminal => self.session.pin_verified || self.session.terminal_authenticated == Some(self.session.df),
+            Access::PinOrTerminal => {
+                self.session.pin_verified || self.session.terminal_authenticated == Some(self.session.df)
+            }
         };
         if allowed { Ok(()) } else { Err(StatusWord::SecurityStatusNotSatisfied) }
     }
@@ -507,7 +525,8 @@ impl CitizenCard {
             return Err(StatusWord::SecureMessagingMissing);
         }
         let challenge = self.session.challenge.take().ok_or(StatusWord::ReferencedDataInvalidated)?;
-        let challenge: [u8; 4] = challenge.get(..4).and_then(|c| c.try_into().ok()).ok_or(StatusWord::ReferencedDataInvalidated)?;
+        let challenge: [u8; 4] =
+            challenge.get(..4).and_then(|c| c.try_into().ok()).ok_or(StatusWord::ReferencedDataInvalidated)?;
         let (plain, mac) = data.split_at(data.len() - 4);
         let mut input = vec![command.cla, command.ins, command.p1, command.p2, data.len() as u8];
         input.extend_from_slice(plain);
@@ -607,7 +626,8 @@ impl CitizenCard {
         let challenge = self.session.challenge.take().ok_or(StatusWord::ReferencedDataInvalidated)?;
         let challenge: [u8; 8] = challenge.try_into().map_err(|_| StatusWord::ReferencedDataInvalidated)?;
         let cryptogram: [u8; 8] = command.data().try_into().map_err(|_| StatusWord::WrongLength)?;
-        let expected = crypto::external_auth_cryptogram(self.image.keys.algorithm, &self.image.keys.external_auth, &challenge);
+        let expected =
+            crypto::external_auth_cryptogram(self.image.keys.algorithm, &self.image.keys.external_auth, &challenge);
         if crypto::constant_time_eq(&expected, &cryptogram) {
             self.session.terminal_authenticated = Some(self.session.df);
             Ok(Response::ok(Vec::new()))
@@ -626,7 +646,11 @@ impl CitizenCard {
             return Err(StatusWord::AuthenticationBlocked);
         }
         if command.data().is_empty() {
-            return if self.session.pin_verified { Ok(Response::ok(Vec::new())) } else { Err(StatusWord::PinTriesLeft(self.image.pin.tries_left)) };
+            return if self.session.pin_verified {
+                Ok(Response::ok(Vec::new()))
+            } else {
+                Err(StatusWord::PinTriesLeft(self.image.pin.tries_left))
+            };
         }
         self.check_pin(command.data())?;
         Ok(Response::ok(Vec::new()))

@@ -8,7 +8,7 @@
 //! the counter before the increment (vector A). See `docs/card.md`.
 
 use super::fs::RecordSelector;
-use super::{CardImage, CitizenCard, Outcome, Pending, Proof, PROOFS_MAX};
+use super::{CardImage, CitizenCard, Outcome, PROOFS_MAX, Pending, Proof};
 use crate::apdu::{Command, Response};
 use crate::crypto::{self, SessionKey};
 use crate::model::{CardDateTime, Fen, TerminalNumber, TransactionType};
@@ -61,7 +61,13 @@ fn date_time(bytes: &[u8]) -> Result<CardDateTime, StatusWord> {
 
 /// A transaction-detail record (23 bytes): number (2), overdraft (3), amount (4),
 /// type (1), terminal (6), date (4), time (3).
-fn detail_record(counter: u16, amount: Fen, kind: TransactionType, terminal: &TerminalNumber, at: &CardDateTime) -> Vec<u8> {
+fn detail_record(
+    counter: u16,
+    amount: Fen,
+    kind: TransactionType,
+    terminal: &TerminalNumber,
+    at: &CardDateTime,
+) -> Vec<u8> {
     let mut record = Vec::with_capacity(DETAIL_RECORD_LENGTH);
     record.extend_from_slice(&counter.to_be_bytes());
     record.extend_from_slice(&[0, 0, 0]);
@@ -126,7 +132,13 @@ impl CitizenCard {
         let algorithm = self.image.keys.algorithm;
         match command.p1 {
             0x00 => {
-                let key = self.image.keys.load.iter().find(|k| k.index == key_index).ok_or(StatusWord::KeyIndexNotSupported)?;
+                let key = self
+                    .image
+                    .keys
+                    .load
+                    .iter()
+                    .find(|k| k.index == key_index)
+                    .ok_or(StatusWord::KeyIndexNotSupported)?;
                 if purse.online_counter == u16::MAX {
                     return Err(StatusWord::CounterAtMaximum);
                 }
@@ -138,7 +150,8 @@ impl CitizenCard {
                 let (balance, counter) = (purse.balance, purse.online_counter);
                 let card_random = self.random::<4>();
                 let session_key = crypto::load_session_key(algorithm, &dlk, card_random, counter);
-                let mac1 = crypto::purse::load_mac1(&session_key, balance, amount, TransactionType::PurseLoad, &terminal);
+                let mac1 =
+                    crypto::purse::load_mac1(&session_key, balance, amount, TransactionType::PurseLoad, &terminal);
                 let mut out = Vec::with_capacity(16);
                 out.extend_from_slice(&balance.to_bytes());
                 out.extend_from_slice(&counter.to_be_bytes());
@@ -149,7 +162,13 @@ impl CitizenCard {
                 Ok(Response::ok(out))
             }
             0x01 | 0x03 => {
-                let key = self.image.keys.purchase.iter().find(|k| k.index == key_index).ok_or(StatusWord::KeyIndexNotSupported)?;
+                let key = self
+                    .image
+                    .keys
+                    .purchase
+                    .iter()
+                    .find(|k| k.index == key_index)
+                    .ok_or(StatusWord::KeyIndexNotSupported)?;
                 if purse.offline_counter == u16::MAX {
                     return Err(StatusWord::CounterAtMaximum);
                 }
@@ -165,7 +184,8 @@ impl CitizenCard {
                 out.extend_from_slice(&overdraft.to_be_bytes()[1..]);
                 out.extend_from_slice(&[version, algorithm.id()]);
                 out.extend_from_slice(&card_random);
-                let kind = if command.p1 == 0x03 { TransactionType::CompoundPurchase } else { TransactionType::PursePurchase };
+                let kind =
+                    if command.p1 == 0x03 { TransactionType::CompoundPurchase } else { TransactionType::PursePurchase };
                 self.session.pending = Pending::Purchase(PurchaseContext {
                     kind,
                     key_index,
@@ -195,8 +215,21 @@ impl CitizenCard {
         let mut next = self.image.clone();
         let purse = &mut next.purse;
         let counter_before = purse.online_counter;
-        let new_balance = purse.balance.checked_add(context.amount).filter(|b| *b <= purse.balance_max).ok_or(StatusWord::ConditionsNotSatisfied)?;
-        let tac = crypto::purse::load_tac(next.keys.algorithm, &next.keys.tac, new_balance, counter_before, context.amount, kind, &context.terminal, &at);
+        let new_balance = purse
+            .balance
+            .checked_add(context.amount)
+            .filter(|b| *b <= purse.balance_max)
+            .ok_or(StatusWord::ConditionsNotSatisfied)?;
+        let tac = crypto::purse::load_tac(
+            next.keys.algorithm,
+            &next.keys.tac,
+            new_balance,
+            counter_before,
+            context.amount,
+            kind,
+            &context.terminal,
+            &at,
+        );
         let number = counter_before + 1;
         purse.balance = new_balance;
         purse.online_counter = number;
@@ -255,9 +288,17 @@ impl CitizenCard {
         let terminal_serial = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
         let at = date_time(&data[4..11])?;
         let algorithm = self.image.keys.algorithm;
-        let dpk = &self.image.keys.purchase.iter().find(|k| k.index == context.key_index).ok_or(StatusWord::KeyIndexNotSupported)?.key;
+        let dpk = &self
+            .image
+            .keys
+            .purchase
+            .iter()
+            .find(|k| k.index == context.key_index)
+            .ok_or(StatusWord::KeyIndexNotSupported)?
+            .key;
         let counter_before = self.image.purse.offline_counter;
-        let session_key = crypto::purchase_session_key(algorithm, dpk, context.card_random, counter_before, terminal_serial);
+        let session_key =
+            crypto::purchase_session_key(algorithm, dpk, context.card_random, counter_before, terminal_serial);
         let expected = crypto::purse::purchase_mac1(&session_key, context.amount, context.kind, &context.terminal, &at);
         if !crypto::constant_time_eq(&expected, &data[11..]) {
             return Err(StatusWord::MacInvalid);
@@ -275,7 +316,15 @@ impl CitizenCard {
         let number = counter_before + 1;
         purse.offline_counter = number;
         purse.spent_total += u64::from(context.amount.0);
-        let tac = crypto::purse::purchase_tac(algorithm, &next.keys.tac, context.amount, context.kind, &context.terminal, terminal_serial, &at);
+        let tac = crypto::purse::purchase_tac(
+            algorithm,
+            &next.keys.tac,
+            context.amount,
+            context.kind,
+            &context.terminal,
+            terminal_serial,
+            &at,
+        );
         let mac2 = crypto::purse::purchase_mac2(&session_key, context.amount);
         push_proof(&mut next, Proof { kind: context.kind, counter: number, mac: mac2, tac });
         append_detail(&mut next, &detail_record(number, context.amount, context.kind, &context.terminal, &at))?;
@@ -295,7 +344,13 @@ impl CitizenCard {
         }
         let kind = TransactionType::from_code(command.p2).map_err(|_| StatusWord::IncorrectP1P2)?;
         let number = u16::from_be_bytes(command.data().try_into().map_err(|_| StatusWord::WrongLength)?);
-        let proof = self.image.purse.proofs.iter().find(|p| p.kind == kind && p.counter == number).ok_or(StatusWord::MacNotAvailable)?;
+        let proof = self
+            .image
+            .purse
+            .proofs
+            .iter()
+            .find(|p| p.kind == kind && p.counter == number)
+            .ok_or(StatusWord::MacNotAvailable)?;
         let mut out = proof.mac.to_vec();
         out.extend_from_slice(&proof.tac);
         Ok(Response::ok(out))

@@ -5,7 +5,13 @@ use super::{Algorithm, Key16, SessionKey, first4, mac_single_des, mac_sm4};
 use crate::model::{CardDateTime, Fen, TerminalNumber, TransactionType};
 
 /// Load MAC1 (card to host): old balance ‖ amount ‖ type ‖ terminal.
-pub fn load_mac1(key: &SessionKey, old_balance: Fen, amount: Fen, kind: TransactionType, terminal: &TerminalNumber) -> [u8; 4] {
+pub fn load_mac1(
+    key: &SessionKey,
+    old_balance: Fen,
+    amount: Fen,
+    kind: TransactionType,
+    terminal: &TerminalNumber,
+) -> [u8; 4] {
     let mut data = Vec::with_capacity(15);
     data.extend_from_slice(&old_balance.to_bytes());
     data.extend_from_slice(&amount.to_bytes());
@@ -15,7 +21,13 @@ pub fn load_mac1(key: &SessionKey, old_balance: Fen, amount: Fen, kind: Transact
 }
 
 /// Load MAC2 (host to card): amount ‖ type ‖ terminal ‖ date ‖ time.
-pub fn load_mac2(key: &SessionKey, amount: Fen, kind: TransactionType, terminal: &TerminalNumber, at: &CardDateTime) -> [u8; 4] {
+pub fn load_mac2(
+    key: &SessionKey,
+    amount: Fen,
+    kind: TransactionType,
+    terminal: &TerminalNumber,
+    at: &CardDateTime,
+) -> [u8; 4] {
     let mut data = Vec::with_capacity(18);
     data.extend_from_slice(&amount.to_bytes());
     data.push(kind.code());
@@ -63,7 +75,13 @@ pub fn load_tac(
 }
 
 /// Purchase MAC1 (PSAM to card): amount ‖ type ‖ terminal ‖ date ‖ time.
-pub fn purchase_mac1(key: &SessionKey, amount: Fen, kind: TransactionType, terminal: &TerminalNumber, at: &CardDateTime) -> [u8; 4] {
+pub fn purchase_mac1(
+    key: &SessionKey,
+    amount: Fen,
+    kind: TransactionType,
+    terminal: &TerminalNumber,
+    at: &CardDateTime,
+) -> [u8; 4] {
     load_mac2(key, amount, kind, terminal, at)
 }
 

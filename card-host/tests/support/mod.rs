@@ -103,12 +103,14 @@ pub fn purchase(
         application_serial: serial,
         higher_factors: &[],
     };
-    let sam = PsamPurchase::parse(&send(psam, &commands::psam::init_for_purchase(&input)).into_result()?).expect("8 bytes");
+    let sam =
+        PsamPurchase::parse(&send(psam, &commands::psam::init_for_purchase(&input)).into_result()?).expect("8 bytes");
     for (identifier, record) in compound_records {
         send(card, &commands::update_capp_data_cache(*identifier, record)).into_result()?;
     }
-    let debit = Debit::parse(&send(card, &commands::debit_for_purchase(sam.terminal_serial, &at(), sam.mac1)).into_result()?)
-        .expect("8 bytes");
+    let debit =
+        Debit::parse(&send(card, &commands::debit_for_purchase(sam.terminal_serial, &at(), sam.mac1)).into_result()?)
+            .expect("8 bytes");
     send(psam, &commands::psam::credit_for_purchase(debit.mac2)).into_result()?;
     Ok(PurchaseDone { debit, terminal_serial: sam.terminal_serial, number: init.offline_counter + 1 })
 }
@@ -123,8 +125,10 @@ pub fn card_serial(card: &mut dyn SmartCard) -> [u8; 8] {
 /// The purse must be selected.
 pub fn load(card: &mut dyn SmartCard, amount: Fen) -> Result<[u8; 4], StatusWord> {
     let serial = card_serial(card);
-    let init = LoadInitialization::parse(&send(card, &commands::initialize_for_load(1, amount, &LOAD_TERMINAL)).into_result()?)
-        .expect("16 bytes");
+    let init = LoadInitialization::parse(
+        &send(card, &commands::initialize_for_load(1, amount, &LOAD_TERMINAL)).into_result()?,
+    )
+    .expect("16 bytes");
     let keys = master_keys();
     let dlk = crypto::diversify(keys.algorithm, &keys.load[0].key, &serial);
     let session = crypto::load_session_key(keys.algorithm, &dlk, init.card_random, init.online_counter);
