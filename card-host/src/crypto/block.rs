@@ -43,6 +43,13 @@ pub fn sm4_encrypt_block(key: &Key16, block: [u8; 16]) -> [u8; 16] {
     block.into()
 }
 
+pub fn sm4_decrypt_block(key: &Key16, block: [u8; 16]) -> [u8; 16] {
+    let cipher = Sm4::new(&Array::from(*key.expose()));
+    let mut block = Array::from(block);
+    cipher.decrypt_block(&mut block);
+    block.into()
+}
+
 /// ISO/IEC 9797-1 padding method 2: append `80`, then `00` up to a multiple of
 /// `block_size`; always at least one byte is added.
 pub fn pad_method2(data: &[u8], block_size: usize) -> Vec<u8> {

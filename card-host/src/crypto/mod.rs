@@ -7,8 +7,8 @@ mod block;
 pub mod purse;
 
 pub use block::{
-    des_decrypt_block, des_encrypt_block, mac_retail, mac_single_des, mac_sm4, pad_method2, sm4_encrypt_block,
-    tdes_decrypt_block, tdes_encrypt_block,
+    des_decrypt_block, des_encrypt_block, mac_retail, mac_single_des, mac_sm4, pad_method2, sm4_decrypt_block,
+    sm4_encrypt_block, tdes_decrypt_block, tdes_encrypt_block,
 };
 
 use serde::{Deserialize, Serialize};
