@@ -190,7 +190,10 @@ impl Psam {
     /// factors (8 each). Answers TSN (4) ‖ MAC1 (4), and uses up the TSN.
     fn init_for_purchase(&mut self, command: &Command) -> Outcome {
         let data = command.data();
-        if data.len() < 28 || (data.len() - 28) % 8 != 0 || (data.len() - 28) / 8 > DIVERSIFICATION_LEVELS_MAX - 1 {
+        if data.len() < 28
+            || !(data.len() - 28).is_multiple_of(8)
+            || (data.len() - 28) / 8 > DIVERSIFICATION_LEVELS_MAX - 1
+        {
             return Err(StatusWord::WrongLength);
         }
         let card_random: [u8; 4] = data[0..4].try_into().map_err(|_| StatusWord::WrongLength)?;
@@ -249,7 +252,7 @@ impl Psam {
     /// The derived key stays in the PSAM for `80 FA`.
     fn diversify(&mut self, command: &Command) -> Outcome {
         let data = command.data();
-        if data.is_empty() || data.len() % 8 != 0 || data.len() / 8 > DIVERSIFICATION_LEVELS_MAX {
+        if data.is_empty() || !data.len().is_multiple_of(8) || data.len() / 8 > DIVERSIFICATION_LEVELS_MAX {
             return Err(StatusWord::WrongLength);
         }
         let master = match command.p1 & 0x1F {

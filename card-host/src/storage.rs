@@ -83,11 +83,12 @@ impl Storage {
         };
         let save_number = saves.fetch_add(1, Ordering::Relaxed);
         let crash_at = |point: FailPoint| {
-            if let Some((at, skip)) = fail_point {
-                if *at == point && save_number >= *skip {
-                    tracing::warn!(?point, "fail point reached: aborting as a crash would");
-                    std::process::abort();
-                }
+            if let Some((at, skip)) = fail_point
+                && *at == point
+                && save_number >= *skip
+            {
+                tracing::warn!(?point, "fail point reached: aborting as a crash would");
+                std::process::abort();
             }
         };
         let io = |source| StorageError::Io { path: path.clone(), source };

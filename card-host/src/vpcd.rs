@@ -25,6 +25,9 @@ use std::time::Duration;
 
 use crate::icc::SmartCard;
 
+/// The shortest time a pulled card stays out. vpcd notices a card has gone only
+/// when pcscd next polls the slot; a card back sooner is never seen to return.
+pub const REMOVAL_TIME_MIN: Duration = Duration::from_millis(600);
 /// vpcd's port for the reader's first slot (the citizen card).
 pub const SLOT0_PORT: u16 = 35963;
 /// vpcd's port for the reader's second slot (the PSAM).
@@ -84,8 +87,8 @@ pub enum TearPoint {
     AfterCommand,
 }
 
-/// A planned removal of the card at its `apdu`-th command APDU since it was
-/// inserted (1 = the first). After a tear the card stays out until
+/// A planned removal of the card at its `apdu`-th command APDU after the tear
+/// was armed (1 = the next one). After a tear the card stays out until
 /// [`Control::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tear {
@@ -100,7 +103,8 @@ struct ControlState {
     connected: bool,
     /// A clone of the live socket, so another thread can cut it.
     stream: Option<TcpStream>,
-    tear: Option<Tear>,
+    /// The armed tear and the APDUs seen since it was armed.
+    tear: Option<(Tear, u32)>,
     /// How many times the card has been connected to the reader.
     insertions: u64,
 }
@@ -159,10 +163,9 @@ impl Control {
         self.update(|state| state.inserted = true);
     }
 
-    /// Arms a tear; it applies once, counted from the next insertion if the card
-    /// is out, or from the current one if it is in.
+    /// Arms a tear; it applies once, counting command APDUs from now on.
     pub fn tear_at(&self, tear: Tear) {
-        self.update(|state| state.tear = Some(tear));
+        self.update(|state| state.tear = Some((tear, 0)));
     }
 
     /// Stops the bridge: the card leaves the reader and [`Bridge::run`] returns.
@@ -268,7 +271,12 @@ impl<C: SmartCard> Bridge<C> {
             });
             match end? {
                 SessionEnd::Stopped => return Ok(()),
-                SessionEnd::Removed => tracing::info!("card removed from the reader"),
+                SessionEnd::Removed => {
+                    tracing::info!("card removed from the reader");
+                    if self.sleep_unless_stopped(REMOVAL_TIME_MIN) {
+                        return Ok(());
+                    }
+                }
                 SessionEnd::ReaderGone => {
                     tracing::warn!("the reader closed the connection (pcscd stopped?); reconnecting");
                     if self.sleep_unless_stopped(delay) {
@@ -328,17 +336,19 @@ impl<C: SmartCard> Bridge<C> {
         }
     }
 
-    /// Takes the armed tear if it falls on APDU number `count`.
-    fn tear_now(&self, count: u32) -> Option<TearPoint> {
+    /// Counts one command APDU against the armed tear; takes the tear if it
+    /// falls on this APDU.
+    fn tear_now(&self) -> Option<TearPoint> {
         let mut state = self.control.lock();
-        match state.tear {
-            Some(tear) if tear.apdu == count => {
-                state.tear = None;
-                state.inserted = false;
-                Some(tear.point)
-            }
-            _ => None,
+        let (tear, seen) = state.tear.as_mut()?;
+        *seen += 1;
+        if *seen < tear.apdu {
+            return None;
         }
+        let point = tear.point;
+        state.tear = None;
+        state.inserted = false;
+        Some(point)
     }
 
     fn serve(&mut self, mut stream: TcpStream) -> Result<SessionEnd, VpcdError> {
@@ -377,7 +387,7 @@ impl<C: SmartCard> Bridge<C> {
                 }
                 ReaderMessage::Apdu(command) => {
                     apdus = apdus.saturating_add(1);
-                    match self.tear_now(apdus) {
+                    match self.tear_now() {
                         Some(TearPoint::BeforeCommand) => {
                             tracing::info!(apdu = apdus, "planned tear: card pulled before the command");
                             return Ok(SessionEnd::Removed);
@@ -394,18 +404,18 @@ impl<C: SmartCard> Bridge<C> {
                     }
                 }
             };
-            if let Some(answer) = answer {
-                if let Err(error) = write_message(&mut stream, &answer) {
-                    let end = self.end_reason();
-                    if end == SessionEnd::ReaderGone {
-                        if let VpcdError::Io(error) = &error {
-                            tracing::debug!(%error, "vpcd write failed");
-                        } else {
-                            return Err(error);
-                        }
+            if let Some(answer) = answer
+                && let Err(error) = write_message(&mut stream, &answer)
+            {
+                let end = self.end_reason();
+                if end == SessionEnd::ReaderGone {
+                    if let VpcdError::Io(error) = &error {
+                        tracing::debug!(%error, "vpcd write failed");
+                    } else {
+                        return Err(error);
                     }
-                    return Ok(end);
                 }
+                return Ok(end);
             }
         }
     }
@@ -512,9 +522,10 @@ mod tests {
         let mut rest = Vec::new();
         assert!(!read_message(&mut reader, &mut rest).expect("closed"), "card gone: end of stream");
 
-        control.tear_at(Tear { apdu: 2, point: TearPoint::BeforeCommand });
         control.insert();
         let (mut reader, _) = listener.accept().expect("card comes back");
+        assert_eq!(exchange(&mut reader, &[0x00, 0xB0, 0x00, 0x00]).len(), 6);
+        control.tear_at(Tear { apdu: 2, point: TearPoint::BeforeCommand });
         assert_eq!(exchange(&mut reader, &[0x00, 0xB0, 0x00, 0x00]).len(), 6);
         write_message(&mut reader, &[0x00, 0xB0, 0x00, 0x01]).expect("second APDU");
         assert!(!read_message(&mut reader, &mut rest).expect("torn"), "torn before the answer");

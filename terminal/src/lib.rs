@@ -1,1 +1,10 @@
 #![doc = include_str!("../README.md")]
+
+pub mod cardholder;
+pub mod psam;
+pub mod purse;
+pub mod reader;
+pub mod session;
+
+pub use reader::{Channel, ReaderError};
+pub use session::{CardError, CardSession};

@@ -1,1 +1,195 @@
-//! Support for the system tests: starting the real parts and claiming a reader.
+//! Support for the system tests and the demo: the real pcscd with its vpcd
+//! reader, software cards and PSAMs served into it, and the issuer's host side
+//! of a load played with the TEST-ONLY master keys (until the HSM takes it).
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use card_host::card::CitizenCard;
+use card_host::crypto;
+use card_host::issue::{self, IssueOptions, MasterKeySet, ProfileFile};
+use card_host::psam::Psam;
+use card_host::responses::LoadInitialization;
+use card_host::vpcd::{self, Bridge, Control};
+use card_host::{ApplicationSerial, CardDateTime, Fen, SmartCard, TerminalNumber, TransactionType};
+use terminal::reader::pcsc::PcscReaders;
+
+/// How long a test waits for pcscd to see a card come or go.
+pub const READER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The load terminal the tests' host side uses.
+pub const LOAD_TERMINAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x01]);
+
+/// The vpcd reader's slots as pcscd names them.
+pub fn card_reader() -> String {
+    terminal::reader::pcsc::vpcd_reader_name(0)
+}
+pub fn psam_reader() -> String {
+    terminal::reader::pcsc::vpcd_reader_name(1)
+}
+
+/// Whether pcscd runs with the vpcd driver: its reader is listed. (Probing the
+/// port instead would look like a card being inserted.)
+pub fn vpcd_available() -> bool {
+    terminal::reader::pcsc::PcscReaders::establish()
+        .and_then(|readers| readers.list())
+        .is_ok_and(|names| names.contains(&card_reader()))
+}
+
+/// The vpcd reader has two slots and every test needs them to itself: this lock
+/// (a file lock, so it also holds across test processes) serialises them.
+pub struct ReaderLock {
+    /// Held for its lock; closing it releases the reader.
+    _file: File,
+}
+
+impl ReaderLock {
+    /// Takes the reader, failing clearly if pcscd with vpcd is not running
+    /// (`scripts/test.sh` starts it).
+    pub fn take() -> ReaderLock {
+        // The bridges' logs go to the test's captured output, shown on failure.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_test_writer()
+            .try_init();
+        assert!(
+            vpcd_available(),
+            "pcscd with the vpcd driver is not listening on 127.0.0.1:{}: run scripts/test.sh, which starts it",
+            vpcd::SLOT0_PORT
+        );
+        let path = std::env::temp_dir().join("citizen-card-vpcd.lock");
+        let file = File::options().create(true).truncate(false).write(true).open(&path).expect("lock file");
+        file.lock().expect("lock the vpcd reader");
+        ReaderLock { _file: file }
+    }
+}
+
+/// A software card (or PSAM) in a vpcd slot, served from a thread. Dropping it
+/// pulls the card out, stops the thread and waits until pcscd has seen the slot
+/// empty, so the next card served there is seen as a new one.
+pub struct ServedCard {
+    control: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+    reader: String,
+}
+
+/// Waits until pcscd sees the reader with or without a card.
+fn wait_for_reader(reader: &str, present: bool) {
+    let readers = PcscReaders::establish().expect("PC/SC context");
+    assert!(
+        readers.wait_for(reader, present, READER_TIMEOUT).expect("reader status"),
+        "pcscd did not see {reader} {}",
+        if present { "with the card" } else { "empty" }
+    );
+}
+
+impl ServedCard {
+    pub fn serve<C: SmartCard + 'static>(card: C, port: u16) -> ServedCard {
+        let reader = if port == vpcd::SLOT1_PORT { psam_reader() } else { card_reader() };
+        wait_for_reader(&reader, false);
+        let mut bridge = Bridge::new(card, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        let control = bridge.control();
+        let thread = std::thread::spawn(move || {
+            if let Err(error) = bridge.run() {
+                tracing::error!(%error, "vpcd bridge failed");
+            }
+        });
+        assert!(control.wait_connected(true, READER_TIMEOUT), "the card did not connect to vpcd");
+        wait_for_reader(&reader, true);
+        ServedCard { control, thread: Some(thread), reader }
+    }
+
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+}
+
+impl Drop for ServedCard {
+    fn drop(&mut self) {
+        self.control.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if !std::thread::panicking() {
+            wait_for_reader(&self.reader, false);
+        }
+    }
+}
+
+pub fn master_keys() -> MasterKeySet {
+    MasterKeySet::load(&issue::fixtures::test_keyset()).expect("TEST-ONLY key set in fixtures/")
+}
+
+/// Issues fixture cardholder `profile` into `directory` and opens the image.
+pub fn issue_card(directory: &Path, profile: usize, balance: Fen) -> (PathBuf, CitizenCard) {
+    let profiles = ProfileFile::load(&issue::fixtures::cardholders()).expect("fixture profiles");
+    let holder = profiles.cardholder(profile).expect("profile");
+    let options = IssueOptions { initial_balance: balance, ..IssueOptions::default() };
+    let image = issue::issue(holder, &master_keys(), &options).expect("issue");
+    let path = directory.join(format!("card-{profile}.card"));
+    card_host::storage::create(&path, &image, true).expect("write card image");
+    let card = CitizenCard::open(&path).expect("open card image");
+    (path, card)
+}
+
+/// Issues a PSAM for `terminal` into `directory` and opens it.
+pub fn issue_psam(directory: &Path, terminal: TerminalNumber) -> (PathBuf, Psam) {
+    let image = Psam::issue(&master_keys(), terminal, 1);
+    let path = directory.join(format!("psam-{terminal}.psam"));
+    card_host::storage::create(&path, &image, true).expect("write PSAM image");
+    (path.clone(), Psam::open(&path).expect("open PSAM image"))
+}
+
+/// The issuer's host side of an online load, with the master keys in memory
+/// (TEST ONLY: in the product the HSM does this and no host sees a key).
+pub struct TestLoadHost {
+    keys: MasterKeySet,
+}
+
+/// Why the host refused a load.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Mac1Mismatch;
+
+impl Default for TestLoadHost {
+    fn default() -> Self {
+        TestLoadHost { keys: master_keys() }
+    }
+}
+
+impl TestLoadHost {
+    /// Checks the card's MAC1 and makes MAC2 for CREDIT FOR LOAD.
+    pub fn authorise(
+        &self,
+        serial: &ApplicationSerial,
+        init: &LoadInitialization,
+        amount: Fen,
+        terminal: &TerminalNumber,
+        at: &CardDateTime,
+    ) -> Result<[u8; 4], Mac1Mismatch> {
+        let card_keys = self.keys.card_keys(serial);
+        let dlk = &card_keys.load.first().expect("a load key").key;
+        let session = crypto::load_session_key(card_keys.algorithm, dlk, init.card_random, init.online_counter);
+        let mac1 = crypto::purse::load_mac1(&session, init.balance, amount, TransactionType::PurseLoad, terminal);
+        if !crypto::constant_time_eq(&mac1, &init.mac1) {
+            return Err(Mac1Mismatch);
+        }
+        Ok(crypto::purse::load_mac2(&session, amount, TransactionType::PurseLoad, terminal, at))
+    }
+
+    /// The TAC a genuine purchase carries, as clearing recomputes it.
+    pub fn purchase_tac(
+        &self,
+        serial: &ApplicationSerial,
+        kind: TransactionType,
+        amount: Fen,
+        terminal: &TerminalNumber,
+        terminal_serial: u32,
+        at: &CardDateTime,
+    ) -> [u8; 4] {
+        let card_keys = self.keys.card_keys(serial);
+        crypto::purse::purchase_tac(card_keys.algorithm, &card_keys.tac, amount, kind, terminal, terminal_serial, at)
+    }
+}

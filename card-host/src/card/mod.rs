@@ -408,7 +408,7 @@ impl CitizenCard {
         let data = command.data();
         let target = match command.p1 {
             0x00 if data.is_empty() => Target::Df(DfRef::Master),
-            0x00 | 0x01 | 0x02 => {
+            0x00..=0x02 => {
                 let fid = u16::from_be_bytes(data.try_into().map_err(|_| StatusWord::WrongLength)?);
                 let in_current = self.image.files.df(self.session.df).find_ef(fid);
                 match (command.p1, in_current) {
@@ -460,12 +460,11 @@ impl CitizenCard {
     fn control_information(&self, df: DfRef) -> Vec<u8> {
         let dedicated = self.image.files.df(df);
         let mut proprietary = vec![primitive(0x9F08, vec![0x02])];
-        if dedicated.application == Application::Purse {
-            if let Some(public) = dedicated.ef(purse::PUBLIC_INFO_FID) {
-                if let Ok(bytes) = public.read_binary(0, 256) {
-                    proprietary.push(primitive(0x9F0C, bytes));
-                }
-            }
+        if dedicated.application == Application::Purse
+            && let Some(public) = dedicated.ef(purse::PUBLIC_INFO_FID)
+            && let Ok(bytes) = public.read_binary(0, 256)
+        {
+            proprietary.push(primitive(0x9F0C, bytes));
         }
         let name =
             if dedicated.name.is_empty() { dedicated.fid.to_be_bytes().to_vec() } else { dedicated.name.clone() };

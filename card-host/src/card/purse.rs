@@ -259,10 +259,10 @@ impl CitizenCard {
         if data.len() != usize::from(*record_length) {
             return Err(StatusWord::WrongLength);
         }
-        if let RecordSelector::Identifier(id) = selector {
-            if data[0] != id {
-                return Err(StatusWord::WrongData);
-            }
+        if let RecordSelector::Identifier(id) = selector
+            && data[0] != id
+        {
+            return Err(StatusWord::WrongData);
         }
         // The record must be writable when the DEBIT comes: try it now on a copy.
         let mut trial = ef.clone();

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: formatting, lints, unit tests, and the system
+# tests through the real pcscd + vpcd. Installs what is missing and starts pcscd.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+ensure_packages
+ensure_pcscd
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+say "cargo test"
+cargo test --workspace --locked

@@ -1,0 +1,166 @@
+//! Card readers as the terminal's applications see them: a [`Channel`] that
+//! carries one command APDU to the card and brings back its answer, whatever the
+//! transport (PC/SC, a serial reader module, a card linked in-process).
+//!
+//! The application clients never import a transport. Response chaining (`61xx`,
+//! GET RESPONSE) and wrong-Le answers (`6Cxx`) are handled in exactly one place,
+//! [`exchange`], and can be switched off.
+
+pub mod in_process;
+pub mod pcsc;
+
+use card_host::apdu::{Command, Response};
+use card_host::status::StatusWord;
+
+pub use in_process::InProcess;
+
+/// GET RESPONSE rounds one command may take before the answer is refused.
+pub const GET_RESPONSE_ROUNDS_MAX: usize = 32;
+/// The largest answer [`exchange`] assembles from chained responses.
+pub const CHAINED_RESPONSE_MAX: usize = card_host::apdu::RESPONSE_LENGTH_MAX;
+
+/// What went wrong between the terminal and the card.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReaderError {
+    /// The card left the reader: whether the last command reached it is unknown.
+    #[error("the card was removed")]
+    CardRemoved,
+    /// The card was reset by another party: the session state (selected
+    /// application, verified PIN) is gone; the reader reconnected.
+    #[error("the card was reset; select the application again")]
+    CardReset,
+    #[error("no card in the reader within {0:?}")]
+    NoCard(std::time::Duration),
+    #[error("reader {0:?} not found")]
+    UnknownReader(String),
+    #[error("the card's answer is not a response APDU: {0}")]
+    Malformed(#[from] card_host::apdu::ApduError),
+    #[error("chained response exceeds {GET_RESPONSE_ROUNDS_MAX} rounds or {CHAINED_RESPONSE_MAX} bytes")]
+    ChainTooLong,
+    #[error("PC/SC: {0}")]
+    Pcsc(#[from] ::pcsc::Error),
+}
+
+/// One card in one reader: carries a command APDU's bytes to the card and its
+/// response APDU's bytes back. Implementations do no APDU-level processing.
+pub trait Channel {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError>;
+}
+
+impl<T: Channel + ?Sized> Channel for &mut T {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        (**self).transmit(command)
+    }
+}
+
+/// Whether [`exchange`] follows `61xx` and `6Cxx` by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeOptions {
+    /// On `61xx`, fetch the rest with GET RESPONSE (T=0 cards and readers).
+    pub get_response: bool,
+    /// On `6Cxx`, send the command again with Le = xx. Only a command without
+    /// data (a read) is ever sent again: one that changes the card is not.
+    pub resend_on_wrong_le: bool,
+}
+
+impl Default for ExchangeOptions {
+    fn default() -> Self {
+        ExchangeOptions { get_response: true, resend_on_wrong_le: true }
+    }
+}
+
+/// Sends `command` and returns the card's final answer, following `61xx` with
+/// GET RESPONSE and `6Cxx` with a re-send when `options` allow.
+pub fn exchange(
+    channel: &mut dyn Channel,
+    command: &Command,
+    options: ExchangeOptions,
+) -> Result<Response, ReaderError> {
+    let mut response = Response::parse(&channel.transmit(&command.to_bytes())?)?;
+    if let StatusWord::WrongLe(exact) = response.status()
+        && options.resend_on_wrong_le
+        && command.data().is_empty()
+    {
+        let again = command.clone().expect(if exact == 0 { 256 } else { usize::from(exact) });
+        response = Response::parse(&channel.transmit(&again.to_bytes())?)?;
+    }
+    if !options.get_response {
+        return Ok(response);
+    }
+    let mut data = Vec::new();
+    let mut rounds = 0;
+    while let StatusWord::BytesAvailable(available) = response.status() {
+        rounds += 1;
+        data.extend_from_slice(response.data());
+        if rounds > GET_RESPONSE_ROUNDS_MAX || data.len() > CHAINED_RESPONSE_MAX {
+            return Err(ReaderError::ChainTooLong);
+        }
+        let ne = if available == 0 { 256 } else { usize::from(available) };
+        let get_response = Command::new(command.cla & 0x03, 0xC0, 0x00, 0x00).expect(ne);
+        response = Response::parse(&channel.transmit(&get_response.to_bytes())?)?;
+    }
+    if rounds == 0 {
+        return Ok(response);
+    }
+    data.extend_from_slice(response.data());
+    Ok(Response::new(data, response.status()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted card: answers in order, records what it was sent.
+    struct Script {
+        answers: Vec<Vec<u8>>,
+        sent: Vec<Vec<u8>>,
+    }
+
+    impl Channel for Script {
+        fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
+            self.sent.push(command.to_vec());
+            Ok(self.answers.remove(0))
+        }
+    }
+
+    #[test]
+    fn get_response_assembles_chained_answers() {
+        let mut card = Script { answers: vec![vec![1, 2, 0x61, 0x02], vec![3, 4, 0x90, 0x00]], sent: vec![] };
+        let response = exchange(&mut card, &Command::new(0x00, 0xB2, 1, 0x0C).expect(4), ExchangeOptions::default())
+            .expect("answer");
+        assert_eq!(response.data(), [1, 2, 3, 4]);
+        assert_eq!(response.status(), StatusWord::Ok);
+        assert_eq!(card.sent[1], [0x00, 0xC0, 0x00, 0x00, 0x02]);
+    }
+
+    #[test]
+    fn wrong_le_resends_reads_only() {
+        let read = Command::new(0x00, 0xB0, 0x95, 0x00).expect(256);
+        let mut card = Script { answers: vec![vec![0x6C, 0x1E], vec![0; 32]], sent: vec![] };
+        let response = exchange(&mut card, &read, ExchangeOptions::default()).expect("answer");
+        assert_eq!(response.data().len(), 30);
+        assert_eq!(card.sent[1], [0x00, 0xB0, 0x95, 0x00, 0x1E]);
+
+        let debit = Command::new(0x80, 0x54, 0x01, 0x00).with_data(vec![0; 15]).expect(8);
+        let mut card = Script { answers: vec![vec![0x6C, 0x08]], sent: vec![] };
+        let response = exchange(&mut card, &debit, ExchangeOptions::default()).expect("answer");
+        assert_eq!(response.status(), StatusWord::WrongLe(8));
+        assert_eq!(card.sent.len(), 1, "a command that changes the card is never re-sent");
+    }
+
+    #[test]
+    fn switched_off_handling_passes_status_through() {
+        let mut card = Script { answers: vec![vec![0x61, 0x10]], sent: vec![] };
+        let options = ExchangeOptions { get_response: false, resend_on_wrong_le: false };
+        let response = exchange(&mut card, &Command::new(0, 0xB0, 0, 0).expect(16), options).expect("answer");
+        assert_eq!(response.status(), StatusWord::BytesAvailable(0x10));
+    }
+
+    #[test]
+    fn endless_chains_are_refused() {
+        let mut card = Script { answers: vec![vec![0x61, 0x00]; GET_RESPONSE_ROUNDS_MAX + 2], sent: vec![] };
+        let outcome = exchange(&mut card, &Command::new(0, 0xB0, 0, 0).expect(16), ExchangeOptions::default());
+        assert!(matches!(outcome, Err(ReaderError::ChainTooLong)));
+    }
+}

@@ -1,0 +1,133 @@
+//! PC/SC readers through the `pcsc` crate (pcscd on Linux, WinSCard on Windows).
+//!
+//! A [`PcscChannel`] holds the card exclusively for as long as it lives: a card
+//! session is one exclusive connection. Insertion and removal are watched with
+//! `SCardGetStatusChange` on the context's own thread of use.
+
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+use ::pcsc::{Card, Context, Disposition, Error as PcscError, Protocols, ReaderState, Scope, ShareMode, State};
+
+use super::{Channel, ReaderError};
+
+/// The largest response PC/SC is asked to take: an extended APDU's.
+const RECEIVE_BUFFER_MAX: usize = card_host::apdu::RESPONSE_LENGTH_MAX;
+
+/// A PC/SC context: lists readers and waits for cards.
+pub struct PcscReaders {
+    context: Context,
+}
+
+impl PcscReaders {
+    pub fn establish() -> Result<Self, ReaderError> {
+        Ok(PcscReaders { context: Context::establish(Scope::User)? })
+    }
+
+    /// The names of the readers pcscd knows now.
+    pub fn list(&self) -> Result<Vec<String>, ReaderError> {
+        match self.context.list_readers_owned() {
+            Ok(names) => Ok(names.iter().map(|name| name.to_string_lossy().into_owned()).collect()),
+            Err(PcscError::NoReadersAvailable) => Ok(Vec::new()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn reader_name(&self, name: &str) -> Result<CString, ReaderError> {
+        if !self.list()?.iter().any(|known| known == name) {
+            return Err(ReaderError::UnknownReader(name.to_owned()));
+        }
+        CString::new(name).map_err(|_| ReaderError::UnknownReader(name.to_owned()))
+    }
+
+    /// Waits until the reader has a card (`present`) or is empty (`!present`),
+    /// at most `timeout`. Returns whether that state was reached.
+    pub fn wait_for(&self, reader: &str, present: bool, timeout: Duration) -> Result<bool, ReaderError> {
+        let name = self.reader_name(reader)?;
+        let mut states = [ReaderState::new(name, State::UNAWARE)];
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.context.get_status_change(Some(remaining), &mut states) {
+                Ok(()) => {}
+                Err(PcscError::Timeout) => return Ok(false),
+                Err(error) => return Err(error.into()),
+            }
+            let event = states[0].event_state();
+            if event.contains(State::PRESENT) == present && !event.contains(State::UNKNOWN) {
+                return Ok(true);
+            }
+            states[0].sync_current_state();
+            if remaining.is_zero() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Waits for a card in `reader` and connects to it exclusively.
+    pub fn connect(&self, reader: &str, timeout: Duration) -> Result<PcscChannel, ReaderError> {
+        if !self.wait_for(reader, true, timeout)? {
+            return Err(ReaderError::NoCard(timeout));
+        }
+        let name = self.reader_name(reader)?;
+        let card = self.context.connect(&name, ShareMode::Exclusive, Protocols::ANY).map_err(removed)?;
+        Ok(PcscChannel { card, buffer: vec![0; RECEIVE_BUFFER_MAX] })
+    }
+}
+
+/// Maps PC/SC's ways of saying "the card went away" onto one error.
+fn removed(error: PcscError) -> ReaderError {
+    match error {
+        PcscError::ResetCard => ReaderError::CardReset,
+        PcscError::RemovedCard | PcscError::NoSmartcard | PcscError::UnpoweredCard | PcscError::UnresponsiveCard => {
+            ReaderError::CardRemoved
+        }
+        other => ReaderError::Pcsc(other),
+    }
+}
+
+/// An exclusive connection to the card in one PC/SC reader.
+pub struct PcscChannel {
+    card: Card,
+    buffer: Vec<u8>,
+}
+
+impl PcscChannel {
+    /// The card's answer to reset.
+    pub fn atr(&self) -> Result<Vec<u8>, ReaderError> {
+        Ok(self.card.status2_owned().map_err(removed)?.atr().to_vec())
+    }
+
+    /// Resets the card (warm reset) and keeps the exclusive connection.
+    pub fn reset(&mut self) -> Result<(), ReaderError> {
+        self.card.reconnect(ShareMode::Exclusive, Protocols::ANY, Disposition::ResetCard).map_err(removed)
+    }
+
+    /// Ends the session, leaving the card as it is.
+    pub fn disconnect(self) {
+        let _ = self.card.disconnect(Disposition::LeaveCard);
+    }
+}
+
+impl Channel for PcscChannel {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        match self.card.transmit(command, &mut self.buffer) {
+            // A reader that lost the card mid-command may hand back nothing at all
+            // (vpcd does): the command's outcome is unknown, as with a removal.
+            Ok(answer) if answer.len() < 2 => Err(ReaderError::CardRemoved),
+            Ok(answer) => Ok(answer.to_vec()),
+            Err(PcscError::ResetCard) => {
+                // Someone reset the card: reconnect so the next session can
+                // select again; the command was not carried out.
+                self.card.reconnect(ShareMode::Exclusive, Protocols::ANY, Disposition::LeaveCard).map_err(removed)?;
+                Err(ReaderError::CardReset)
+            }
+            Err(error) => Err(removed(error)),
+        }
+    }
+}
+
+/// The name pcscd gives the vpcd virtual reader's slot `n` (0 or 1).
+pub fn vpcd_reader_name(slot: u8) -> String {
+    format!("Virtual PCD 00 {slot:02}")
+}

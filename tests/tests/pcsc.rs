@@ -1,0 +1,298 @@
+//! The software citizen card and PSAM through the real pcscd and its vpcd
+//! reader, driven by an ordinary PC/SC client (the `pcsc` crate through the
+//! terminal's reader layer) and by `opensc-tool`.
+
+use std::time::Duration;
+
+use card_host::status::StatusWord;
+use card_host::vpcd::{SLOT0_PORT, SLOT1_PORT, Tear, TearPoint};
+use card_host::{CardDateTime, Fen, TransactionType};
+use system_tests::*;
+use terminal::cardholder::SocialSecurity;
+use terminal::psam::PsamSession;
+use terminal::purse::{PurchaseRequest, Purse};
+use terminal::reader::pcsc::{PcscChannel, PcscReaders};
+use terminal::{CardError, CardSession, ReaderError};
+
+fn at() -> CardDateTime {
+    CardDateTime::new(2026, 11, 25, 8, 30, 0).expect("valid")
+}
+
+fn connect(readers: &PcscReaders, reader: &str) -> PcscChannel {
+    readers.connect(reader, READER_TIMEOUT).expect("card in the reader")
+}
+
+/// A compound (transit) record for the bus application: identifier, length,
+/// entry state and the fare taken (layout in docs/card.md).
+fn compound_record(state: u8, fare: u32) -> Vec<u8> {
+    let mut record = vec![0; 48];
+    record[0] = card_host::issue::COMPOUND_BUS;
+    record[1] = 46;
+    record[2] = state;
+    record[3..7].copy_from_slice(&fare.to_be_bytes());
+    record
+}
+
+#[test]
+fn cardholder_is_read_after_the_pin_through_pcscd() {
+    let _reader = ReaderLock::take();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (_, card) = issue_card(directory.path(), 0, Fen(0));
+    let _served = ServedCard::serve(card, SLOT0_PORT);
+    let readers = PcscReaders::establish().expect("PC/SC context");
+    assert!(readers.list().expect("readers").contains(&card_reader()));
+    let mut channel = connect(&readers, &card_reader());
+    assert_eq!(&channel.atr().expect("ATR")[..2], &[0x3B, 0x8C]);
+
+    let mut social = SocialSecurity::select(CardSession::new(&mut channel)).expect("select SSSE");
+    let information = social.card_information().expect("EF05 is free to read");
+    assert_eq!(information.version, "3.00");
+    let refused = social.cardholder().expect_err("EF06 needs the PIN");
+    assert_eq!(refused.status(), Some(StatusWord::SecurityStatusNotSatisfied));
+    assert_eq!(social.verify_pin("000000").expect_err("wrong PIN").status(), Some(StatusWord::PinTriesLeft(2)));
+    social.verify_pin("123456").expect("right PIN");
+    let holder = social.cardholder().expect("cardholder");
+    assert_eq!(holder.name, "张伟");
+    assert_eq!(holder.citizen_id, "310115198503121015");
+    assert!(!format!("{holder:?}").contains("198503121015"), "Debug masks the citizen ID");
+}
+
+#[test]
+fn load_purchase_and_compound_purchase_through_pcscd() {
+    let _reader = ReaderLock::take();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (card_path, card) = issue_card(directory.path(), 1, Fen(0));
+    let (_, psam) = issue_psam(directory.path(), terminal_number());
+    let _card = ServedCard::serve(card, SLOT0_PORT);
+    let _psam = ServedCard::serve(psam, SLOT1_PORT);
+    let readers = PcscReaders::establish().expect("PC/SC context");
+    let mut card_channel = connect(&readers, &card_reader());
+    let mut psam_channel = connect(&readers, &psam_reader());
+    let host = TestLoadHost::default();
+
+    let mut purse = Purse::select(CardSession::new(&mut card_channel)).expect("select e-purse");
+    let serial = purse.public_information().application_serial;
+    assert_eq!(purse.balance().expect("balance"), Fen(0));
+
+    // Online load: the card's MAC1, the host's MAC2, the card's TAC.
+    let init = purse.initialize_load(1, Fen(5_000), &LOAD_TERMINAL).expect("INITIALIZE FOR LOAD");
+    let mac2 = host.authorise(&serial, &init, Fen(5_000), &LOAD_TERMINAL, &at()).expect("MAC1 verifies");
+    purse.credit_load(&at(), mac2).expect("CREDIT FOR LOAD");
+    assert_eq!(purse.balance().expect("balance"), Fen(5_000));
+
+    // A wrong MAC2 is refused and credits nothing.
+    purse.initialize_load(1, Fen(100), &LOAD_TERMINAL).expect("INITIALIZE FOR LOAD");
+    let refused = purse.credit_load(&at(), [0; 4]).expect_err("bad MAC2");
+    assert_eq!(refused.status(), Some(StatusWord::MacInvalid));
+    assert_eq!(purse.balance().expect("balance"), Fen(5_000));
+
+    // Purchase with the PSAM in the second slot; clearing's TAC check passes.
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).expect("PSAM");
+    let request = PurchaseRequest { amount: Fen(200), at: at(), compound_records: vec![] };
+    let receipt = purse.purchase(&mut psam, &request).expect("purchase");
+    assert_eq!(purse.balance().expect("balance"), Fen(4_800));
+    let tac = host.purchase_tac(
+        &serial,
+        TransactionType::PursePurchase,
+        Fen(200),
+        &terminal_number(),
+        receipt.terminal_serial,
+        &at(),
+    );
+    assert_eq!(receipt.tac, tac);
+
+    // Insufficient balance.
+    let too_much = PurchaseRequest { amount: Fen(100_000), at: at(), compound_records: vec![] };
+    let refused = purse.purchase(&mut psam, &too_much).expect_err("over the balance");
+    assert_eq!(refused.status(), Some(StatusWord::InsufficientBalance));
+
+    // Transit: tap in (fare 0, entry record), tap out (fare, exit record).
+    let tap_in = PurchaseRequest { amount: Fen(0), at: at(), compound_records: vec![(1, compound_record(1, 0))] };
+    purse.purchase(&mut psam, &tap_in).expect("tap in");
+    let tap_out = PurchaseRequest { amount: Fen(300), at: at(), compound_records: vec![(1, compound_record(2, 300))] };
+    let receipt = purse.purchase(&mut psam, &tap_out).expect("tap out");
+    assert_eq!(receipt.kind, TransactionType::CompoundPurchase);
+    assert_eq!(purse.balance().expect("balance"), Fen(4_500));
+    let history = purse.history().expect("history");
+    assert_eq!(history.len(), 4, "load, purchase, tap in, tap out");
+    assert_eq!(history[0].amount, Fen(300));
+    assert_eq!(history[3].kind, TransactionType::PurseLoad);
+
+    // The image on disk says the same.
+    card_channel.disconnect();
+    drop(_card);
+    let saved = card_host::card::CitizenCard::open(&card_path).expect("image");
+    assert_eq!(saved.image().purse.balance, Fen(4_500));
+}
+
+fn terminal_number() -> card_host::TerminalNumber {
+    card_host::TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x00, 0x07])
+}
+
+/// A purchase torn at each of the card's APDUs, before and after the card acted:
+/// when the card comes back, GET TRANSACTION PROVE tells whether the debit
+/// happened, and the balance agrees: never charged twice, never lost.
+#[test]
+fn torn_purchase_is_settled_by_the_card_through_pcscd() {
+    let _reader = ReaderLock::take();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (_, card) = issue_card(directory.path(), 2, Fen(10_000));
+    let (_, psam) = issue_psam(directory.path(), terminal_number());
+    let served = ServedCard::serve(card, SLOT0_PORT);
+    let _psam = ServedCard::serve(psam, SLOT1_PORT);
+    let readers = PcscReaders::establish().expect("PC/SC context");
+    let mut psam_channel = connect(&readers, &psam_reader());
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).expect("PSAM");
+    let host = TestLoadHost::default();
+    let mut expected_balance = Fen(10_000);
+    let mut debits = 0;
+
+    // SELECT, READ BINARY, INITIALIZE, DEBIT: the card's four APDUs of a purchase.
+    for apdu in 1..=4 {
+        for point in [TearPoint::BeforeCommand, TearPoint::AfterCommand] {
+            let (counter, balance) = {
+                let mut channel = connect(&readers, &card_reader());
+                let mut purse = Purse::select(CardSession::new(&mut channel)).expect("select");
+                let balance = purse.balance().expect("balance");
+                let counter = card_counter(&mut purse);
+                channel.disconnect();
+                (counter, balance)
+            };
+            assert_eq!(balance, expected_balance);
+            served.control().tear_at(Tear { apdu, point });
+            let mut channel = connect(&readers, &card_reader());
+            let request = PurchaseRequest { amount: Fen(150), at: at(), compound_records: vec![] };
+            let outcome =
+                Purse::select(CardSession::new(&mut channel)).and_then(|mut purse| purse.purchase(&mut psam, &request));
+            let error = outcome.expect_err("the card left");
+            assert!(
+                error.is_card_removed() || matches!(error, CardError::Reader(ReaderError::Pcsc(_))),
+                "torn at APDU {apdu} {point:?}: {error}"
+            );
+            drop(channel);
+            assert!(readers.wait_for(&card_reader(), false, READER_TIMEOUT).expect("status"), "card out");
+            served.control().insert();
+
+            // The card is back: ask it.
+            let mut channel = connect(&readers, &card_reader());
+            let mut purse = Purse::select(CardSession::new(&mut channel)).expect("select");
+            let serial = purse.public_information().application_serial;
+            let proof = purse.prove(TransactionType::PursePurchase, counter + 1).expect("prove");
+            let debited = apdu == 4 && point == TearPoint::AfterCommand;
+            if debited {
+                let proof = proof.expect("the debit happened: the card proves it");
+                debits += 1;
+                expected_balance = Fen(expected_balance.0 - 150);
+                // The PSAM was reached twice (torn before DEBIT, then this one):
+                // the debit used terminal transaction serial 2, and its TAC is
+                // the genuine one clearing will recompute.
+                let record = purse.history().expect("history").remove(0);
+                assert_eq!(record.amount, Fen(150));
+                let tac =
+                    host.purchase_tac(&serial, TransactionType::PursePurchase, Fen(150), &terminal_number(), 2, &at());
+                assert_eq!(proof.tac, tac, "the proved TAC is the genuine one");
+            } else {
+                assert_eq!(proof, None, "torn at APDU {apdu} {point:?}: no debit, nothing to prove");
+            }
+            assert_eq!(purse.balance().expect("balance"), expected_balance, "torn at APDU {apdu} {point:?}");
+            channel.disconnect();
+        }
+    }
+    assert_eq!(debits, 1);
+}
+
+/// The offline counter from the newest transaction record (0 on a fresh card).
+fn card_counter(purse: &mut Purse<'_>) -> u16 {
+    purse.history().expect("history").first().map_or(0, |record| record.number)
+}
+
+#[test]
+fn application_block_with_the_psam_mac_through_pcscd() {
+    let _reader = ReaderLock::take();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (_, card) = issue_card(directory.path(), 3, Fen(1_000));
+    let (_, psam) = issue_psam(directory.path(), terminal_number());
+    let _card = ServedCard::serve(card, SLOT0_PORT);
+    let _psam = ServedCard::serve(psam, SLOT1_PORT);
+    let readers = PcscReaders::establish().expect("PC/SC context");
+    let mut card_channel = connect(&readers, &card_reader());
+    let mut psam_channel = connect(&readers, &psam_reader());
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).expect("PSAM");
+    let mut purse = Purse::select(CardSession::new(&mut card_channel)).expect("select");
+    purse.application_block(&mut psam).expect("APPLICATION BLOCK");
+    let request = PurchaseRequest { amount: Fen(100), at: at(), compound_records: vec![] };
+    let refused = purse.purchase(&mut psam, &request).expect_err("blocked");
+    assert_eq!(refused.status(), Some(StatusWord::FunctionNotSupported));
+    // A blocked application still selects (with a warning status) or refuses:
+    // either way nothing is debited.
+    card_channel.disconnect();
+    let saved = card_host::card::CitizenCard::open(&directory.path().join("card-3.card")).expect("image");
+    assert_eq!(saved.image().purse.balance, Fen(1_000));
+}
+
+/// `opensc-tool`, an ordinary PC/SC client, talks to the card by hand (the
+/// README's example).
+#[test]
+fn opensc_tool_reads_the_balance() {
+    let _reader = ReaderLock::take();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (_, card) = issue_card(directory.path(), 0, Fen(1_234));
+    let _card = ServedCard::serve(card, SLOT0_PORT);
+    let readers = PcscReaders::establish().expect("PC/SC context");
+    assert!(readers.wait_for(&card_reader(), true, READER_TIMEOUT).expect("status"));
+    let output = std::process::Command::new("opensc-tool")
+        .args(["-r", &card_reader(), "-s", "00 A4 04 00 08 A0 00 00 06 32 01 01 05", "-s", "80 5C 00 02 04"])
+        .output()
+        .expect("opensc-tool runs (Debian package opensc)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "opensc-tool failed: {text} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("00 00 04 D2"), "balance 12.34 yuan = 0x4D2 fen: {text}");
+}
+
+/// The `card-host serve` binary: inserted on start, SIGUSR1 pulls the card out,
+/// SIGUSR2 puts it back, SIGTERM stops it.
+#[test]
+fn card_host_serve_binary_obeys_signals() {
+    let _reader = ReaderLock::take();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (path, card) = issue_card(directory.path(), 0, Fen(0));
+    drop(card);
+    let binary = std::env::current_exe()
+        .expect("test binary")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("card-host"))
+        .expect("target directory");
+    assert!(binary.exists(), "{} is built by cargo test --workspace", binary.display());
+    let mut child = std::process::Command::new(&binary)
+        .args(["serve", "--card"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("card-host serve");
+    let readers = PcscReaders::establish().expect("PC/SC context");
+    let signal = |name: &str| {
+        let status =
+            std::process::Command::new("kill").args([name, &child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success());
+    };
+    assert!(readers.wait_for(&card_reader(), true, READER_TIMEOUT).expect("status"), "inserted");
+    signal("-USR1");
+    assert!(readers.wait_for(&card_reader(), false, READER_TIMEOUT).expect("status"), "pulled out");
+    signal("-USR2");
+    assert!(readers.wait_for(&card_reader(), true, READER_TIMEOUT).expect("status"), "back in");
+    let mut channel = connect(&readers, &card_reader());
+    let mut purse = Purse::select(CardSession::new(&mut channel)).expect("select");
+    assert_eq!(purse.balance().expect("balance"), Fen(0));
+    channel.disconnect();
+    signal("-TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "clean exit on SIGTERM: {status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "card-host serve did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
