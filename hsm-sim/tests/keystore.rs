@@ -60,7 +60,7 @@ fn a_fresh_store_has_the_test_keys_and_a_given_lmk_is_not_written() {
     assert!(!format!("{store:?}").contains("0101"), "Debug of the store shows no key");
 }
 
-type Change = Box<dyn FnOnce(&mut serde_json::Value)>;
+type Change<'a> = Box<dyn FnOnce(&mut serde_json::Value) + 'a>;
 
 fn tamper(directory: &std::path::Path, change: impl FnOnce(&mut serde_json::Value)) -> KeyStoreError {
     let copy = tempfile::tempdir().expect("temporary directory");
@@ -87,7 +87,7 @@ fn tampering_with_the_store_is_detected_on_load() {
         bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
         String::from_utf8(bytes).expect("ascii")
     };
-    let cases: Vec<Change> = vec![
+    let cases: Vec<Change<'_>> = vec![
         Box::new(|v| v["keys"][0]["wrapped"] = flip(v["keys"][0]["wrapped"].as_str().expect("hex")).into()),
         Box::new(|v| v["keys"][0]["label"] = "card.renamed".into()),
         Box::new(|v| v["keys"][1]["key_type"] = "MAC".into()),
