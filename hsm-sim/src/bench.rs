@@ -1,3 +1,156 @@
-pub async fn run(_records: usize) -> anyhow::Result<()> {
+//! `hsm-sim bench`: TAC verification rates measured side by side in one run:
+//! in-process (the crypto's own limit, one core and all cores), and over
+//! loopback TCP to a server in this process: one request at a time, pipelined
+//! single requests, and batches. The anchor is the published payShield 10K
+//! top-tier throughput of 2,500 commands per second.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use card_host::crypto;
+use card_host::issue::{MasterKeySet, fixtures};
+use card_host::{ApplicationSerial, CardDateTime, Fen, TerminalNumber, TransactionType};
+use hsm_sim::audit::Audit;
+use hsm_sim::command::{BatchRecord, PurchaseTac, Request, TacRecord};
+use hsm_sim::keystore::{KeyStore, LmkSource, TEST_SET_TRIPLE_DES};
+use hsm_sim::{ClientConfig, Hsm, HsmClient, Server, ServerConfig, TacVerdict};
+
+/// Published payShield 10K top-tier throughput, commands per second.
+const PAYSHIELD_10K_TOP_TIER_PER_SECOND: f64 = 2_500.0;
+/// Requests in flight at once in the pipelined measurement.
+const PIPELINE_WINDOW: usize = 2_000;
+
+fn records(count: usize) -> anyhow::Result<Vec<TacRecord>> {
+    let keys = MasterKeySet::load(&fixtures::test_keyset()).context("test key set")?;
+    let terminal = TerminalNumber([0x31, 0, 0, 0, 0, 1]);
+    let at = CardDateTime::new(2026, 11, 24, 8, 30, 0)?;
+    Ok((0..count as u64)
+        .map(|i| {
+            let serial = ApplicationSerial((0x3100_0000_0000_0000 + i % 100_000).to_be_bytes());
+            let dtk = crypto::diversify(keys.algorithm, &keys.tac, &serial.0);
+            let amount = Fen(100 + (i % 1_000) as u32);
+            let kind = TransactionType::PursePurchase;
+            let tac = crypto::purse::purchase_tac(keys.algorithm, &dtk, amount, kind, &terminal, i as u32, &at);
+            TacRecord::Purchase(PurchaseTac { serial, amount, kind, terminal, terminal_serial: i as u32, at, tac })
+        })
+        .collect())
+}
+
+struct Figure {
+    name: &'static str,
+    records: usize,
+    seconds: f64,
+}
+
+impl Figure {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
+pub async fn run(count: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(count >= 10_000, "--records must be at least 10000");
+    let directory = std::env::temp_dir().join(format!("hsm-sim-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let (store, _) = KeyStore::open(&directory, LmkSource::TestDefault).context("bench key store")?;
+    let (algorithm, master) = store
+        .key16(&format!("{TEST_SET_TRIPLE_DES}.tac"), hsm_sim::KeyType::CardTacMaster)
+        .map_err(|code| anyhow::anyhow!("{code}"))?;
+    let audit = Audit::to_file(&directory.join("audit.log")).await?;
+    let hsm = Arc::new(Hsm::new(store, false));
+    let server = Server::bind("127.0.0.1:0", hsm.clone(), ServerConfig::default(), audit).await?;
+    let (address, _task) = server.spawn()?;
+    let records = records(count)?;
+    let mut figures = Vec::new();
+
+    // In-process, one core: the crypto's own limit.
+    let started = Instant::now();
+    let valid = records.iter().filter(|record| hsm_sim::hsm::verify_one(algorithm, &master, record)).count();
+    figures.push(Figure {
+        name: "in-process, one core",
+        records: records.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    anyhow::ensure!(valid == records.len(), "every benchmark TAC is valid");
+
+    // In-process, the batch path over all cores.
+    let batch: Vec<BatchRecord> = records.iter().cloned().map(BatchRecord::Tac).collect();
+    let started = Instant::now();
+    let results = hsm_sim::hsm::verify_batch(algorithm, &master, &batch);
+    figures.push(Figure {
+        name: "in-process, batch path, all cores",
+        records: batch.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    anyhow::ensure!(results.iter().all(|code| code.is_ok()));
+
+    let client = HsmClient::connect(ClientConfig { connections: 2, ..ClientConfig::new(address.to_string()) }).await?;
+
+    // Loopback, one request at a time (a tenth of the records: it is slow).
+    let some = &records[..records.len() / 10];
+    let started = Instant::now();
+    for record in some {
+        let TacRecord::Purchase(record) = record else { continue };
+        anyhow::ensure!(client.verify_purchase_tac(TEST_SET_TRIPLE_DES, record).await?);
+    }
+    figures.push(Figure {
+        name: "loopback, one at a time (ZE)",
+        records: some.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+
+    // Loopback, single requests pipelined over 2 connections.
+    let requests: Vec<Request> = records
+        .iter()
+        .filter_map(|record| match record {
+            TacRecord::Purchase(record) => {
+                Some(Request::VerifyPurchaseTac { key_set: TEST_SET_TRIPLE_DES.to_owned(), record: record.clone() })
+            }
+            TacRecord::Load(_) => None,
+        })
+        .collect();
+    let started = Instant::now();
+    for window in requests.chunks(PIPELINE_WINDOW) {
+        for result in client.call_many(window).await {
+            result?;
+        }
+    }
+    figures.push(Figure {
+        name: "loopback, pipelined (ZE, 2 connections)",
+        records: requests.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+
+    // Loopback, batches of 1,700 records pipelined over 2 connections.
+    let started = Instant::now();
+    let verdicts = client.verify_tacs(TEST_SET_TRIPLE_DES, &records).await?;
+    figures.push(Figure {
+        name: "loopback, batched (ZI, 1,700 a batch, 2 connections)",
+        records: records.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    anyhow::ensure!(verdicts.iter().all(|verdict| *verdict == TacVerdict::Valid));
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let in_process = figures[0].rate();
+    println!(
+        "hsm-sim bench: {} TAC records (3DES purchase TACs), {cores} cores, server and client in one process",
+        records.len()
+    );
+    println!();
+    println!("| measurement | records | TAC verifications/s | × in-process one core | × payShield 10K (2,500/s) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for figure in &figures {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.1} |",
+            figure.name,
+            figure.records,
+            figure.rate(),
+            figure.rate() / in_process,
+            figure.rate() / PAYSHIELD_10K_TOP_TIER_PER_SECOND
+        );
+    }
+    let _ = std::fs::remove_dir_all(&directory);
     Ok(())
 }
