@@ -494,3 +494,27 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
     file.write_all(bytes).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_store_refuses_more_keys() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let (mut store, _) = KeyStore::open(directory.path(), LmkSource::TestDefault).expect("fresh");
+        let mut i = 0;
+        while store.len() < KEYS_MAX {
+            let material = KeyMaterial::from_key16(&Key16::from_bytes([i as u8; 16]));
+            store
+                .insert_unsaved(&format!("filler.{i}"), KeyType::Mac, KeyAlgorithm::TripleDes, 1, material)
+                .expect("room");
+            i += 1;
+        }
+        let material = KeyMaterial::from_key16(&Key16::from_bytes([0xAA; 16]));
+        assert_eq!(
+            store.insert("one.more", KeyType::Mac, KeyAlgorithm::TripleDes, 1, material),
+            Err(ErrorCode::KeyStoreFull)
+        );
+    }
+}

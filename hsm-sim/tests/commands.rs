@@ -202,3 +202,16 @@ async fn typed_call_answers_typed_responses_and_errors() {
     let check = client.key_check_value(&format!("{TEST_SET_TRIPLE_DES}.maintenance")).await.expect("BU");
     assert_eq!(check, master_keys().maintenance.check_value(crypto::Algorithm::TripleDes));
 }
+
+#[tokio::test]
+async fn a_key_store_that_cannot_be_written_is_an_internal_error_and_keeps_nothing() {
+    let hsm = start().await;
+    let client = hsm.client().await;
+    std::fs::remove_dir_all(hsm.directory.path()).expect("remove the store's directory");
+    let error =
+        client.generate_key("lost.mac", KeyType::Mac, KeyAlgorithm::TripleDes, None).await.expect_err("no disk");
+    assert_eq!(error.code(), Some(ErrorCode::Internal));
+    assert_eq!(client.key_check_value("lost.mac").await.expect_err("not kept").code(), Some(ErrorCode::KeyNotFound));
+    // Everything in memory still works.
+    assert!(client.diagnostics().await.is_ok());
+}
