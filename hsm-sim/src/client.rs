@@ -68,6 +68,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("the request is too large for one message")]
     TooLarge,
+    /// The request cannot be encoded (a bad label, a count out of its field).
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
 }
 
 impl ClientError {
@@ -174,6 +177,7 @@ impl HsmClient {
     /// Sends a request without waiting for its answer: the answer arrives on
     /// the returned receiver. This is how the client pipelines.
     async fn send(&self, request: &Request) -> Result<oneshot::Receiver<Result<Vec<u8>, ClientError>>, ClientError> {
+        request.check().map_err(ClientError::InvalidRequest)?;
         let fields = request.encode();
         let header = self.header();
         if header.len() + 2 + fields.len() > MESSAGE_MAX {
@@ -414,6 +418,9 @@ impl HsmClient {
     /// [`BATCH_RECORDS_MAX`] records, pipelined over the pool. One verdict per
     /// record, in order.
     pub async fn verify_tacs(&self, key_set: &str, records: &[TacRecord]) -> Result<Vec<TacVerdict>, ClientError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
         let requests: Vec<Request> = records
             .chunks(BATCH_RECORDS_MAX)
             .map(|chunk| Request::VerifyTacBatch {

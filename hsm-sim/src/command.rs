@@ -633,7 +633,51 @@ impl Request {
         Ok(request)
     }
 
-    /// The command's fields (what follows the command code).
+    /// Checks what [`Request::encode`] needs of a request built in code: valid
+    /// labels, counts within their fields. A client calls it before sending.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let labels: Vec<&str> = match self {
+            Request::Diagnostics | Request::ListKeys | Request::Echo { .. } | Request::Random { .. } => vec![],
+            Request::GenerateKey { label, export_under, .. } => {
+                let mut labels = vec![label.as_str()];
+                labels.extend(export_under.as_deref());
+                labels
+            }
+            Request::ImportKey { label, transport, .. } | Request::ExportKey { label, transport } => {
+                vec![label, transport]
+            }
+            Request::KeyCheckValue { label }
+            | Request::PublicKey { label }
+            | Request::SignSettlement { label, .. }
+            | Request::VerifySettlement { label, .. }
+            | Request::ImportClearKey { label, .. } => vec![label],
+            Request::GenerateMac(request) | Request::VerifyMac { request, .. } => vec![&request.label],
+            Request::DeriveCardKeys { key_set, transport, .. } => vec![key_set, transport],
+            Request::AuthoriseLoad { key_set, .. }
+            | Request::VerifyPurchaseTac { key_set, .. }
+            | Request::VerifyLoadTac { key_set, .. }
+            | Request::VerifyTacBatch { key_set, .. }
+            | Request::MaintenanceMac { key_set, .. } => vec![key_set],
+        };
+        if !labels.into_iter().all(crate::wire::label_is_valid) {
+            return Err("a label is 1 to 40 characters of A-Z a-z 0-9 . _ - /");
+        }
+        match self {
+            Request::Random { length } if *length > 999 => Err("a random length has 3 digits"),
+            Request::VerifyTacBatch { records, .. } if records.is_empty() || records.len() > BATCH_RECORDS_MAX => {
+                Err("a batch holds 1 to BATCH_RECORDS_MAX records")
+            }
+            Request::GenerateMac(request) | Request::VerifyMac { request, .. }
+                if request.iv.len() != request.algorithm.iv_length() =>
+            {
+                Err("the IV length does not fit the MAC algorithm")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The command's fields (what follows the command code). The request must
+    /// pass [`Request::check`].
     pub fn encode(&self) -> Vec<u8> {
         let mut w = FieldWriter::new();
         match self {

@@ -135,7 +135,7 @@ async fn top_up_and_purchases_verify_through_the_hsm_3des_and_sm4() {
             [TacVerdict::Valid, TacVerdict::Valid, TacVerdict::Valid, TacVerdict::Invalid, TacVerdict::Invalid]
         );
     }
-    let log = hsm.audit_log();
+    let log = hsm.audit_log().await;
     assert!(log.contains("\"command\":\"ZC\""), "top-ups are audited");
     assert!(!log.contains(&master_keys().load[0].key.expose().iter().map(|b| format!("{b:02X}")).collect::<String>()));
 }
@@ -212,7 +212,7 @@ async fn maintenance_macs_block_unblock_and_reload_the_pin_on_a_real_card() {
         assert_eq!(send(&mut card, &commands::reload_pin(pin.expose(), mac)).status(), StatusWord::Ok, "{set} PIN");
         assert_eq!(send(&mut card, &commands::verify_pin(pin.expose())).status(), StatusWord::Ok);
     }
-    assert!(!hsm.audit_log().contains("135790"), "no PIN in the audit log");
+    assert!(!hsm.audit_log().await.contains("135790"), "no PIN in the audit log");
 }
 
 #[tokio::test]

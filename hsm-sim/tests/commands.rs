@@ -215,3 +215,38 @@ async fn a_key_store_that_cannot_be_written_is_an_internal_error_and_keeps_nothi
     // Everything in memory still works.
     assert!(client.diagnostics().await.is_ok());
 }
+
+#[tokio::test]
+async fn requests_that_cannot_be_encoded_are_refused_by_the_client_and_secrets_stay_out_of_logs() {
+    let hsm = start().await;
+    let client = hsm.client().await;
+    for result in [
+        client.key_check_value("has space").await,
+        client.key_check_value("").await,
+        client.key_check_value(&"x".repeat(41)).await,
+    ] {
+        assert!(matches!(result, Err(ClientError::InvalidRequest(_))), "{result:?}");
+    }
+    assert!(matches!(client.random(1_000).await, Err(ClientError::InvalidRequest(_))));
+    assert!(matches!(
+        client.generate_mac("test.mac", MacAlgorithm::Retail, &[0; 16], b"x").await,
+        Err(ClientError::InvalidRequest(_))
+    ));
+    assert_eq!(client.verify_tacs("card", &[]).await.expect("nothing to do"), vec![]);
+
+    let key = Key16::from_bytes(*b"secret-transport");
+    client.import_clear_key("zmk.secret", KeyType::Transport, KeyAlgorithm::TripleDes, &key).await.expect("ZS");
+    let request = Request::ImportClearKey {
+        key_type: KeyType::Transport,
+        algorithm: KeyAlgorithm::TripleDes,
+        version: 1,
+        label: "x".to_owned(),
+        key: key.clone(),
+    };
+    let key_hex = hex::encode_upper(key.expose());
+    assert!(!format!("{request:?}").contains(&key_hex));
+    assert!(!format!("{:?}", hsm_sim::Pin::from_digits("123456").expect("pin")).contains("123456"));
+    let log = hsm.audit_log().await;
+    assert!(log.contains("zmk.secret"));
+    assert!(!log.to_uppercase().contains(&key_hex));
+}

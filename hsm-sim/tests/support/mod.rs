@@ -31,7 +31,9 @@ impl TestHsm {
         HsmClient::connect(ClientConfig::new(self.address.to_string())).await.expect("connect")
     }
 
-    pub fn audit_log(&self) -> String {
+    /// The audit log, after giving its writer task time to catch up.
+    pub async fn audit_log(&self) -> String {
+        tokio::time::sleep(Duration::from_millis(150)).await;
         std::fs::read_to_string(self.directory.path().join("audit.log")).unwrap_or_default()
     }
 }
