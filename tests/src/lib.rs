@@ -76,14 +76,19 @@ pub struct ServedCard {
     reader: String,
 }
 
-/// Waits until pcscd sees the reader with or without a card.
-fn wait_for_reader(reader: &str, present: bool) {
+/// Waits until pcscd sees the reader with or without a card. A card gone is
+/// given [`vpcd::REMOVAL_TIME_MIN`] more, so that vpcd's next poll has let go of
+/// it and a card connecting next is seen as a new insertion.
+pub fn wait_for_reader(reader: &str, present: bool) {
     let readers = PcscReaders::establish().expect("PC/SC context");
     assert!(
         readers.wait_for(reader, present, READER_TIMEOUT).expect("reader status"),
         "pcscd did not see {reader} {}",
         if present { "with the card" } else { "empty" }
     );
+    if !present {
+        std::thread::sleep(vpcd::REMOVAL_TIME_MIN);
+    }
 }
 
 impl ServedCard {
@@ -192,4 +197,16 @@ impl TestLoadHost {
         let card_keys = self.keys.card_keys(serial);
         crypto::purse::purchase_tac(card_keys.algorithm, &card_keys.tac, amount, kind, terminal, terminal_serial, at)
     }
+}
+
+/// The `card-host` binary cargo built beside this test or bench binary.
+pub fn card_host_binary() -> PathBuf {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .map(|directory| if directory.ends_with("deps") { directory.join("..") } else { directory })
+        .map(|profile| profile.join("card-host"))
+        .expect("the target directory");
+    assert!(binary.exists(), "{} is missing: cargo test --workspace builds it", binary.display());
+    binary
 }

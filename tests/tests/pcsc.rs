@@ -257,14 +257,7 @@ fn card_host_serve_binary_obeys_signals() {
     let directory = tempfile::tempdir().expect("temp dir");
     let (path, card) = issue_card(directory.path(), 0, Fen(0));
     drop(card);
-    let binary = std::env::current_exe()
-        .expect("test binary")
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("card-host"))
-        .expect("target directory");
-    assert!(binary.exists(), "{} is built by cargo test --workspace", binary.display());
-    let mut child = std::process::Command::new(&binary)
+    let mut child = std::process::Command::new(card_host_binary())
         .args(["serve", "--card"])
         .arg(&path)
         .stderr(std::process::Stdio::null())
