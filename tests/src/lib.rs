@@ -55,14 +55,15 @@ impl ReaderLock {
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
             .with_test_writer()
             .try_init();
-        assert!(
-            vpcd_available(),
-            "pcscd with the vpcd driver is not listening on 127.0.0.1:{}: run scripts/test.sh, which starts it",
-            vpcd::SLOT0_PORT
-        );
         let path = std::env::temp_dir().join("citizen-card-vpcd.lock");
         let file = File::options().create(true).truncate(false).write(true).open(&path).expect("lock file");
         file.lock().expect("lock the vpcd reader");
+        // Checked under the lock: a test holding it may be restarting pcscd.
+        assert!(
+            vpcd_available(),
+            "pcscd does not list the vpcd reader (its driver listens on 127.0.0.1:{}): run scripts/test.sh, which starts pcscd",
+            vpcd::SLOT0_PORT
+        );
         ReaderLock { _file: file }
     }
 }

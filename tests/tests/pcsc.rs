@@ -289,3 +289,46 @@ fn card_host_serve_binary_obeys_signals() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// pcscd restarts under a served card: the bridge reconnects by itself and the
+/// card is back in the reader for a new PC/SC context.
+#[test]
+fn served_card_comes_back_after_pcscd_restarts() {
+    let _reader = ReaderLock::take();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (_, card) = issue_card(directory.path(), 0, Fen(4_321));
+    let served = ServedCard::serve(card, SLOT0_PORT);
+    let insertions = served.control().insertions();
+
+    /// Starts pcscd again even if the test fails half-way.
+    struct Restart;
+    impl Drop for Restart {
+        fn drop(&mut self) {
+            if !vpcd_available() {
+                let _ = std::process::Command::new("pcscd").status();
+            }
+        }
+    }
+    let _restart = Restart;
+    let stopped = std::process::Command::new("pkill").args(["-x", "pcscd"]).status().expect("pkill");
+    assert!(stopped.success(), "pcscd was running");
+    for _ in 0..100 {
+        let still = std::process::Command::new("pgrep").args(["-x", "pcscd"]).status().expect("pgrep");
+        if !still.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::process::Command::new("pcscd").status().expect("pcscd starts").success());
+
+    let deadline = std::time::Instant::now() + READER_TIMEOUT;
+    while served.control().insertions() == insertions || !vpcd_available() {
+        assert!(std::time::Instant::now() < deadline, "the card did not reconnect to the restarted pcscd");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let readers = PcscReaders::establish().expect("a new PC/SC context");
+    let mut channel = connect(&readers, &card_reader());
+    let mut purse = Purse::select(CardSession::new(&mut channel)).expect("select");
+    assert_eq!(purse.balance().expect("balance"), Fen(4_321));
+    channel.disconnect();
+}
