@@ -22,7 +22,7 @@ pub fn decoders(data: &[u8]) {
     }
     let _ = Response::parse(data);
     if let Ok(objects) = crate::tlv::parse_all(data) {
-        let bytes: Vec<u8> = objects.iter().flat_map(|object| object.to_vec()).collect();
+        let bytes: Vec<u8> = objects.iter().flat_map(crate::tlv::encode).collect();
         assert_eq!(crate::tlv::parse_all(&bytes).expect("re-encoded TLV parses"), objects);
     }
     let _ = crate::responses::TransactionRecord::parse(data);

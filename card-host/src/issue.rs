@@ -309,7 +309,7 @@ fn date_bcd(name: &'static str, text: &str) -> Result<[u8; 4], IssueError> {
 }
 
 fn tlv_record(tag: u8, value: Vec<u8>) -> Vec<u8> {
-    primitive(u32::from(tag), value).to_vec()
+    crate::tlv::encode(&primitive(u32::from(tag), value))
 }
 
 /// Builds a new card image from a profile and the card's own keys.
@@ -357,7 +357,7 @@ pub fn build_image(holder: &Cardholder, keys: CardKeys, options: &IssueOptions) 
     ]
     .into_iter()
     .map(|(aid, label)| {
-        constructed(0x61, vec![primitive(0x4F, aid), primitive(0x50, label.as_bytes().to_vec())]).to_vec()
+        crate::tlv::encode(&constructed(0x61, vec![primitive(0x4F, aid), primitive(0x50, label.as_bytes().to_vec())]))
     })
     .collect();
     let master = DedicatedFile {

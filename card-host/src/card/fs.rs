@@ -344,7 +344,7 @@ impl ElementaryFile {
         if let Some(sfi) = self.sfi {
             children.push(primitive(0x88, vec![sfi << 3]));
         }
-        constructed(0x62, children).to_vec()
+        crate::tlv::encode(&constructed(0x62, children))
     }
 }
 

@@ -468,7 +468,7 @@ impl CitizenCard {
         }
         let name =
             if dedicated.name.is_empty() { dedicated.fid.to_be_bytes().to_vec() } else { dedicated.name.clone() };
-        constructed(0x6F, vec![primitive(0x84, name), constructed(0xA5, proprietary)]).to_vec()
+        crate::tlv::encode(&constructed(0x6F, vec![primitive(0x84, name), constructed(0xA5, proprietary)]))
     }
 
     // ----- Reading and writing files -----
