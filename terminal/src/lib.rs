@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cardholder;
+pub mod journal;
 pub mod psam;
 pub mod purse;
 pub mod reader;
 pub mod session;
+pub mod transaction;
 
 pub use reader::{Channel, ReaderError};
 pub use session::{CardError, CardSession};

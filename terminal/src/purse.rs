@@ -18,6 +18,7 @@ use crate::session::{CardError, CardSession};
 pub const HISTORY_RECORDS_MAX: u8 = 10;
 const TRANSACTION_DETAIL_SFI: u8 = 0x18;
 const PUBLIC_INFORMATION_SFI: u8 = 0x15;
+const COMPOUND_SFI: u8 = 0x17;
 
 /// The e-purse application, selected.
 pub struct Purse<'a> {
@@ -80,6 +81,12 @@ impl<'a> Purse<'a> {
         Ok(Fen::from_bytes(bytes))
     }
 
+    /// The compound (transit) record with `identifier` (`docs/card.md`: 48
+    /// bytes, `01` bus, `02` metro), read from EF `0017`.
+    pub fn compound_record(&mut self, identifier: u8) -> Result<Vec<u8>, CardError> {
+        self.session.ok("READ RECORD compound record", &commands::read_record_by_identifier(COMPOUND_SFI, identifier))
+    }
+
     /// The transaction details, newest first.
     pub fn history(&mut self) -> Result<Vec<TransactionRecord>, CardError> {
         let mut records = Vec::new();
@@ -99,11 +106,25 @@ impl<'a> Purse<'a> {
     /// checks MAC2. If the card leaves after DEBIT was sent the error says so
     /// ([`CardError::is_card_removed`]) and only [`Purse::prove`] can tell whether
     /// the debit happened.
+    ///
+    /// The same steps one at a time, so a journal can be written between MAC1
+    /// and DEBIT: [`Purse::initialize`], [`Initialized::authorise`],
+    /// [`Authorised::debit`], [`Debited::verify`].
     pub fn purchase(
         &mut self,
         psam: &mut PsamSession<'_>,
         request: &PurchaseRequest,
     ) -> Result<PurchaseReceipt, CardError> {
+        self.initialize(psam, request)?.authorise(psam)?.debit()?.verify(psam)
+    }
+
+    /// INITIALIZE FOR PURCHASE (or CAPP PURCHASE when the request carries
+    /// compound records): the card's balance, offline counter and random.
+    pub fn initialize<'p>(
+        &'p mut self,
+        psam: &PsamSession<'_>,
+        request: &PurchaseRequest,
+    ) -> Result<Initialized<'p, 'a>, CardError> {
         let compound = !request.compound_records.is_empty();
         let terminal = psam.terminal_number();
         let initialize = if compound {
@@ -113,39 +134,8 @@ impl<'a> Purse<'a> {
         };
         let init = PurchaseInitialization::parse(&self.session.ok("INITIALIZE FOR PURCHASE", &initialize)?)?;
         let kind = if compound { TransactionType::CompoundPurchase } else { TransactionType::PursePurchase };
-        let sam = psam.init_for_purchase(&PurchaseInput {
-            card_random: init.card_random,
-            offline_counter: init.offline_counter,
-            amount: request.amount,
-            kind,
-            at: request.at,
-            key_version: init.key_version,
-            algorithm_id: init.algorithm_id,
-            application_serial: self.public.application_serial.0,
-            higher_factors: &[],
-        })?;
-        for (identifier, record) in &request.compound_records {
-            self.session.ok("UPDATE CAPP DATA CACHE", &commands::update_capp_data_cache(*identifier, record))?;
-        }
-        let debit = self.debit(&sam, &request.at)?;
-        psam.credit_for_purchase(debit.mac2)?;
-        Ok(PurchaseReceipt {
-            kind,
-            amount: request.amount,
-            balance_before: init.balance,
-            offline_counter: init.offline_counter,
-            terminal_serial: sam.terminal_serial,
-            tac: debit.tac,
-            mac2: debit.mac2,
-        })
+        Ok(Initialized { purse: self, request: request.clone(), kind, init })
     }
-
-    fn debit(&mut self, sam: &PsamPurchase, at: &CardDateTime) -> Result<Debit, CardError> {
-        Ok(Debit::parse(
-            &self.session.ok("DEBIT FOR PURCHASE", &commands::debit_for_purchase(sam.terminal_serial, at, sam.mac1))?,
-        )?)
-    }
-
     /// INITIALIZE FOR LOAD: the card's balance, online counter, random and MAC1,
     /// for the host to check before it makes MAC2.
     pub fn initialize_load(
@@ -201,5 +191,124 @@ impl<'a> Purse<'a> {
 
     pub fn into_session(self) -> CardSession<'a> {
         self.session
+    }
+}
+
+/// A purchase the card has initialised: its balance and offline counter are
+/// known; nothing has changed on the card.
+pub struct Initialized<'p, 'a> {
+    purse: &'p mut Purse<'a>,
+    request: PurchaseRequest,
+    kind: TransactionType,
+    init: PurchaseInitialization,
+}
+
+impl<'p, 'a> Initialized<'p, 'a> {
+    pub fn initialization(&self) -> &PurchaseInitialization {
+        &self.init
+    }
+
+    pub fn kind(&self) -> TransactionType {
+        self.kind
+    }
+
+    /// INIT SAM FOR PURCHASE (the PSAM uses up a terminal transaction serial and
+    /// makes MAC1), then the compound records go into the card's cache. The card
+    /// has still not changed: its records are written with the DEBIT.
+    pub fn authorise(self, psam: &mut PsamSession<'_>) -> Result<Authorised<'p, 'a>, CardError> {
+        let Initialized { purse, request, kind, init } = self;
+        let sam = psam.init_for_purchase(&PurchaseInput {
+            card_random: init.card_random,
+            offline_counter: init.offline_counter,
+            amount: request.amount,
+            kind,
+            at: request.at,
+            key_version: init.key_version,
+            algorithm_id: init.algorithm_id,
+            application_serial: purse.public.application_serial.0,
+            higher_factors: &[],
+        })?;
+        for (identifier, record) in &request.compound_records {
+            purse.session.ok("UPDATE CAPP DATA CACHE", &commands::update_capp_data_cache(*identifier, record))?;
+        }
+        Ok(Authorised { purse, request, kind, init, sam })
+    }
+}
+
+/// A purchase with the PSAM's MAC1, ready for DEBIT: the moment to write the
+/// journal's intent.
+pub struct Authorised<'p, 'a> {
+    purse: &'p mut Purse<'a>,
+    request: PurchaseRequest,
+    kind: TransactionType,
+    init: PurchaseInitialization,
+    sam: PsamPurchase,
+}
+
+impl<'p, 'a> Authorised<'p, 'a> {
+    pub fn kind(&self) -> TransactionType {
+        self.kind
+    }
+
+    pub fn amount(&self) -> Fen {
+        self.request.amount
+    }
+
+    pub fn at(&self) -> CardDateTime {
+        self.request.at
+    }
+
+    pub fn balance_before(&self) -> Fen {
+        self.init.balance
+    }
+
+    /// The card's offline counter before this purchase; the debit will be
+    /// transaction number counter + 1.
+    pub fn offline_counter(&self) -> u16 {
+        self.init.offline_counter
+    }
+
+    /// The PSAM's terminal transaction serial for this purchase.
+    pub fn terminal_serial(&self) -> u32 {
+        self.sam.terminal_serial
+    }
+
+    /// DEBIT FOR PURCHASE. An error with [`CardError::is_card_removed`] means the
+    /// outcome is unknown: ask the card with [`Purse::prove`] when it is back.
+    pub fn debit(self) -> Result<Debited, CardError> {
+        let Authorised { purse, request, kind, init, sam } = self;
+        let command = commands::debit_for_purchase(sam.terminal_serial, &request.at, sam.mac1);
+        let debit = Debit::parse(&purse.session.ok("DEBIT FOR PURCHASE", &command)?)?;
+        Ok(Debited {
+            receipt: PurchaseReceipt {
+                kind,
+                amount: request.amount,
+                balance_before: init.balance,
+                offline_counter: init.offline_counter,
+                terminal_serial: sam.terminal_serial,
+                tac: debit.tac,
+                mac2: debit.mac2,
+            },
+        })
+    }
+}
+
+/// The card has debited and answered its TAC and MAC2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Debited {
+    receipt: PurchaseReceipt,
+}
+
+impl Debited {
+    /// What the card proved: amount, counter, TAC and MAC2 (not yet checked by
+    /// the PSAM).
+    pub fn receipt(&self) -> PurchaseReceipt {
+        self.receipt
+    }
+
+    /// CREDIT SAM FOR PURCHASE: the PSAM checks the card's MAC2.
+    pub fn verify(self, psam: &mut PsamSession<'_>) -> Result<PurchaseReceipt, CardError> {
+        psam.credit_for_purchase(self.receipt.mac2)?;
+        Ok(self.receipt)
     }
 }

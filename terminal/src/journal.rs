@@ -1,0 +1,519 @@
+//! The terminal's durable journal of card transactions: a local SQLite file
+//! through sqlx, in WAL mode with `synchronous=FULL`, so every commit is
+//! `fsync`'d before the call returns.
+//!
+//! A debit goes through the journal in states that are types:
+//!
+//! 1. [`Journal::write_intent`] after the PSAM's MAC1 and before DEBIT: an
+//!    [`Intent`] row (card serial, offline counter from INITIALIZE, amount,
+//!    terminal number and serial, date-time, kind) is on disk;
+//! 2. [`Intent::complete`] with the card's TAC and MAC2, or [`Intent::void`] when
+//!    the card refused DEBIT or proves it never debited. Both consume the intent.
+//!
+//! An intent left behind (the card went away, the process was killed) is found
+//! again with [`Journal::unresolved`] / [`Journal::unresolved_for`] and settled
+//! by the card when it returns ([`crate::transaction::recover`]); one unresolved
+//! for longer than the configured time is flagged for clearing
+//! ([`Journal::flag_unresolved_before`]). [`Journal::pending_upload`] is what
+//! clearing has not taken yet; [`Journal::mark_uploaded`] records that it has.
+//!
+//! The API is blocking, like the card I/O around it: the journal runs its own
+//! single-threaded tokio runtime and must not be called from inside another
+//! runtime's task.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use card_host::{ApplicationSerial, CardDateTime, Fen, TerminalNumber, TransactionType};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, migrate::Migrator};
+
+/// The journal's schema history (`terminal/migrations`, numbered and commented).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Rows one query returns at most (unresolved intents, a batch for upload).
+pub const ROWS_MAX: u32 = 10_000;
+/// How long a write waits for the database lock before it fails.
+pub const BUSY_TIMEOUT_MAX: Duration = Duration::from_secs(5);
+
+/// What went wrong with the journal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    #[error("journal database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("journal schema migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("journal runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A row's stored value does not parse back: the file was edited or is damaged.
+    #[error("journal row {id}: bad {what}")]
+    Corrupt { id: i64, what: &'static str },
+    /// The intent was already resolved (by another process on the same file).
+    #[error("journal row {0} is no longer an unresolved intent")]
+    NotAnIntent(i64),
+    #[error("more than {ROWS_MAX} rows asked for")]
+    TooManyRows,
+}
+
+/// What a debit is, as written before DEBIT is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub card: ApplicationSerial,
+    /// The card's offline counter from INITIALIZE: the debit is number counter + 1.
+    pub offline_counter: u16,
+    pub kind: TransactionType,
+    pub amount: Fen,
+    pub balance_before: Fen,
+    pub terminal: TerminalNumber,
+    /// The PSAM's terminal transaction serial used for MAC1.
+    pub terminal_serial: u32,
+    pub at: CardDateTime,
+    /// Route and station, for bus validators.
+    pub route: Option<u16>,
+    pub station: Option<u16>,
+}
+
+impl Entry {
+    /// The number the card gives this debit (GET TRANSACTION PROVE asks for it).
+    pub fn transaction_number(&self) -> u16 {
+        self.offline_counter.wrapping_add(1)
+    }
+}
+
+/// A durable intent: DEBIT may have reached the card; not yet known.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "an intent must be completed or voided, or left for recovery on purpose"]
+pub struct Intent {
+    id: i64,
+    entry: Entry,
+    flagged: bool,
+}
+
+/// How a row left the intent state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolution {
+    /// DEBIT answered with TAC and MAC2.
+    Answer,
+    /// The card proved the debit with GET TRANSACTION PROVE after a tear.
+    Proof,
+    /// The card refused DEBIT with a status word: nothing changed on it.
+    Refused,
+    /// The card has no such debit: it never happened.
+    NoProof,
+}
+
+impl Resolution {
+    fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Answer => "answer",
+            Resolution::Proof => "proof",
+            Resolution::Refused => "refused",
+            Resolution::NoProof => "no_proof",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "answer" => Resolution::Answer,
+            "proof" => Resolution::Proof,
+            "refused" => Resolution::Refused,
+            "no_proof" => Resolution::NoProof,
+            _ => return None,
+        })
+    }
+}
+
+/// A completed debit: the card's TAC and MAC2 are on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub id: i64,
+    pub entry: Entry,
+    pub tac: [u8; 4],
+    pub mac2: [u8; 4],
+    pub resolution: Resolution,
+}
+
+/// A voided intent: the card did not debit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voided {
+    pub id: i64,
+    pub entry: Entry,
+    pub resolution: Resolution,
+}
+
+/// A row as clearing will take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UploadRecord {
+    Completed(Completed),
+    /// An intent nobody could resolve in time: clearing settles it against the
+    /// card's next transactions.
+    Unresolved {
+        id: i64,
+        entry: Entry,
+    },
+}
+
+impl UploadRecord {
+    pub fn id(&self) -> i64 {
+        match self {
+            UploadRecord::Completed(completed) => completed.id,
+            UploadRecord::Unresolved { id, .. } => *id,
+        }
+    }
+}
+
+/// Rows in each state, for the operator and the tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub intents: u64,
+    pub completed: u64,
+    pub voided: u64,
+    /// Sum of the completed debits.
+    pub completed_fen: u64,
+}
+
+/// The journal file, open.
+pub struct Journal {
+    runtime: tokio::runtime::Runtime,
+    pool: SqlitePool,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(0))
+}
+
+const COLUMNS: &str = "id, card_serial, offline_counter, kind, amount_fen, balance_before_fen, terminal_number, \
+                       terminal_serial, card_date_time, route, station, state, tac, mac2, resolution, flagged_unix_ms";
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path` and brings its schema up
+    /// to date.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(JournalError::Runtime)?;
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: the WAL is fsync'd at every commit, so a committed row survives
+            // kill -9 and power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT_MAX);
+        let pool = runtime.block_on(async {
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+            MIGRATOR.run(&pool).await?;
+            Ok::<_, JournalError>(pool)
+        })?;
+        Ok(Journal { runtime, pool })
+    }
+
+    /// Writes the intent durably: when this returns, the row is on disk.
+    pub fn write_intent(&self, entry: Entry) -> Result<Intent, JournalError> {
+        let id = self.runtime.block_on(
+            sqlx::query(
+                "INSERT INTO card_transaction (card_serial, offline_counter, kind, amount_fen, balance_before_fen, \
+                 terminal_number, terminal_serial, card_date_time, at_unix_seconds, route, station, state, \
+                 written_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?) RETURNING id",
+            )
+            .bind(entry.card.to_hex())
+            .bind(i64::from(entry.offline_counter))
+            .bind(i64::from(entry.kind.code()))
+            .bind(i64::from(entry.amount.0))
+            .bind(i64::from(entry.balance_before.0))
+            .bind(entry.terminal.to_string())
+            .bind(i64::from(entry.terminal_serial))
+            .bind(hex::encode(entry.at.to_bytes()))
+            .bind(i64::try_from(entry.at.unix_seconds()).unwrap_or(i64::MAX))
+            .bind(entry.route.map(i64::from))
+            .bind(entry.station.map(i64::from))
+            .bind(now_unix_ms())
+            .fetch_one(&self.pool),
+        )?;
+        let id: i64 = id.try_get(0)?;
+        tracing::debug!(id, card = %entry.card.masked(), counter = entry.offline_counter, amount = %entry.amount, "intent written");
+        Ok(Intent { id, entry, flagged: false })
+    }
+
+    fn resolve(
+        &self,
+        id: i64,
+        state: &str,
+        proof: Option<([u8; 4], [u8; 4])>,
+        resolution: Resolution,
+    ) -> Result<(), JournalError> {
+        let (tac, mac2) = match proof {
+            Some((tac, mac2)) => (Some(tac.to_vec()), Some(mac2.to_vec())),
+            None => (None, None),
+        };
+        let done = self.runtime.block_on(
+            sqlx::query(
+                "UPDATE card_transaction SET state = ?, tac = ?, mac2 = ?, resolution = ?, resolved_unix_ms = ?, \
+                 uploaded_unix_ms = NULL WHERE id = ? AND state = 'intent'",
+            )
+            .bind(state)
+            .bind(tac)
+            .bind(mac2)
+            .bind(resolution.as_str())
+            .bind(now_unix_ms())
+            .bind(id)
+            .execute(&self.pool),
+        )?;
+        if done.rows_affected() != 1 {
+            return Err(JournalError::NotAnIntent(id));
+        }
+        Ok(())
+    }
+
+    /// Every unresolved intent, oldest first (at most [`ROWS_MAX`]).
+    pub fn unresolved(&self) -> Result<Vec<Intent>, JournalError> {
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!("SELECT {COLUMNS} FROM card_transaction WHERE state = 'intent' ORDER BY id LIMIT ?"))
+                .bind(i64::from(ROWS_MAX))
+                .fetch_all(&self.pool),
+        )?;
+        rows.iter().map(intent_from_row).collect()
+    }
+
+    /// The unresolved intents of one card, in the order they were written.
+    pub fn unresolved_for(&self, card: &ApplicationSerial) -> Result<Vec<Intent>, JournalError> {
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM card_transaction WHERE state = 'intent' AND card_serial = ? ORDER BY id LIMIT ?"
+            ))
+            .bind(card.to_hex())
+            .bind(i64::from(ROWS_MAX))
+            .fetch_all(&self.pool),
+        )?;
+        rows.iter().map(intent_from_row).collect()
+    }
+
+    /// Flags for clearing every intent written before `written_before_unix_ms`
+    /// and still unresolved; returns how many were newly flagged. A flagged
+    /// intent can still be resolved by the card later.
+    pub fn flag_unresolved_before(&self, written_before_unix_ms: i64) -> Result<u64, JournalError> {
+        let done = self.runtime.block_on(
+            sqlx::query(
+                "UPDATE card_transaction SET flagged_unix_ms = ? WHERE state = 'intent' AND flagged_unix_ms IS NULL \
+                 AND written_unix_ms < ?",
+            )
+            .bind(now_unix_ms())
+            .bind(written_before_unix_ms)
+            .execute(&self.pool),
+        )?;
+        Ok(done.rows_affected())
+    }
+
+    /// Flags the intents unresolved for longer than `age` (see
+    /// [`Journal::flag_unresolved_before`]).
+    pub fn flag_unresolved_older_than(&self, age: Duration) -> Result<u64, JournalError> {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        self.flag_unresolved_before(now_unix_ms().saturating_sub(age_ms))
+    }
+
+    /// The newest completed debit of `card` at or after `since` (card time):
+    /// the bus validator's dedup window.
+    pub fn last_completed_since(
+        &self,
+        card: &ApplicationSerial,
+        since: &CardDateTime,
+    ) -> Result<Option<Completed>, JournalError> {
+        let row = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state = 'completed' \
+                 AND at_unix_seconds >= ? ORDER BY at_unix_seconds DESC, id DESC LIMIT 1"
+            ))
+            .bind(card.to_hex())
+            .bind(i64::try_from(since.unix_seconds()).unwrap_or(i64::MAX))
+            .fetch_optional(&self.pool),
+        )?;
+        row.as_ref().map(completed_from_row).transpose()
+    }
+
+    /// Completed debits and flagged intents clearing has not taken, oldest
+    /// first, at most `limit` (≤ [`ROWS_MAX`]).
+    pub fn pending_upload(&self, limit: u32) -> Result<Vec<UploadRecord>, JournalError> {
+        if limit > ROWS_MAX {
+            return Err(JournalError::TooManyRows);
+        }
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM card_transaction WHERE uploaded_unix_ms IS NULL AND (state = 'completed' \
+                 OR (state = 'intent' AND flagged_unix_ms IS NOT NULL)) ORDER BY id LIMIT ?"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool),
+        )?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                if state == "completed" {
+                    Ok(UploadRecord::Completed(completed_from_row(row)?))
+                } else {
+                    let intent = intent_from_row(row)?;
+                    Ok(UploadRecord::Unresolved { id: intent.id, entry: intent.entry })
+                }
+            })
+            .collect()
+    }
+
+    /// Records that clearing took these rows (one transaction, one fsync).
+    pub fn mark_uploaded(&self, ids: &[i64]) -> Result<(), JournalError> {
+        if ids.len() > ROWS_MAX as usize {
+            return Err(JournalError::TooManyRows);
+        }
+        let now = now_unix_ms();
+        self.runtime.block_on(async {
+            let mut transaction = self.pool.begin().await?;
+            for id in ids {
+                sqlx::query("UPDATE card_transaction SET uploaded_unix_ms = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            transaction.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Every completed debit of `card`, oldest first (tests, the operator).
+    pub fn completed_for(&self, card: &ApplicationSerial) -> Result<Vec<Completed>, JournalError> {
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state = 'completed' ORDER BY id \
+                 LIMIT ?"
+            ))
+            .bind(card.to_hex())
+            .bind(i64::from(ROWS_MAX))
+            .fetch_all(&self.pool),
+        )?;
+        rows.iter().map(completed_from_row).collect()
+    }
+
+    /// Rows in each state.
+    pub fn counts(&self) -> Result<Counts, JournalError> {
+        let row = self.runtime.block_on(
+            sqlx::query(
+                "SELECT COALESCE(SUM(state = 'intent'), 0), COALESCE(SUM(state = 'completed'), 0), \
+                 COALESCE(SUM(state = 'voided'), 0), \
+                 COALESCE(SUM(CASE WHEN state = 'completed' THEN amount_fen ELSE 0 END), 0) FROM card_transaction",
+            )
+            .fetch_one(&self.pool),
+        )?;
+        let count = |index: usize| -> Result<u64, JournalError> {
+            let value: i64 = row.try_get(index)?;
+            u64::try_from(value).map_err(|_| JournalError::Corrupt { id: 0, what: "count" })
+        };
+        Ok(Counts { intents: count(0)?, completed: count(1)?, voided: count(2)?, completed_fen: count(3)? })
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub fn close(self) {
+        self.runtime.block_on(self.pool.close());
+    }
+}
+
+impl Intent {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// Whether it has been flagged for clearing as unresolved.
+    pub fn is_flagged(&self) -> bool {
+        self.flagged
+    }
+
+    /// The card debited: TAC and MAC2 are written durably.
+    pub fn complete(
+        self,
+        journal: &Journal,
+        tac: [u8; 4],
+        mac2: [u8; 4],
+        resolution: Resolution,
+    ) -> Result<Completed, JournalError> {
+        journal.resolve(self.id, "completed", Some((tac, mac2)), resolution)?;
+        tracing::debug!(id = self.id, card = %self.entry.card.masked(), ?resolution, "debit completed");
+        Ok(Completed { id: self.id, entry: self.entry, tac, mac2, resolution })
+    }
+
+    /// The card did not debit: the row is voided durably and the purchase may be
+    /// made again.
+    pub fn void(self, journal: &Journal, resolution: Resolution) -> Result<Voided, JournalError> {
+        journal.resolve(self.id, "voided", None, resolution)?;
+        tracing::debug!(id = self.id, card = %self.entry.card.masked(), ?resolution, "intent voided");
+        Ok(Voided { id: self.id, entry: self.entry, resolution })
+    }
+}
+
+fn corrupt(row: &SqliteRow, what: &'static str) -> JournalError {
+    JournalError::Corrupt { id: row.try_get("id").unwrap_or(0), what }
+}
+
+fn entry_from_row(row: &SqliteRow) -> Result<Entry, JournalError> {
+    let serial: String = row.try_get("card_serial")?;
+    let terminal: String = row.try_get("terminal_number")?;
+    let at: String = row.try_get("card_date_time")?;
+    let small = |name: &'static str| -> Result<Option<u16>, JournalError> {
+        let value: Option<i64> = row.try_get(name)?;
+        value.map(|value| u16::try_from(value).map_err(|_| corrupt(row, name))).transpose()
+    };
+    let number = |name: &'static str| -> Result<u32, JournalError> {
+        let value: i64 = row.try_get(name)?;
+        u32::try_from(value).map_err(|_| corrupt(row, name))
+    };
+    let kind = u8::try_from(number("kind")?).map_err(|_| corrupt(row, "kind"))?;
+    Ok(Entry {
+        card: ApplicationSerial::parse_hex(&serial).map_err(|_| corrupt(row, "card_serial"))?,
+        offline_counter: small("offline_counter")?.ok_or_else(|| corrupt(row, "offline_counter"))?,
+        kind: TransactionType::from_code(kind).map_err(|_| corrupt(row, "kind"))?,
+        amount: Fen(number("amount_fen")?),
+        balance_before: Fen(number("balance_before_fen")?),
+        terminal: TerminalNumber::parse_hex(&terminal).map_err(|_| corrupt(row, "terminal_number"))?,
+        terminal_serial: number("terminal_serial")?,
+        at: hex::decode(&at)
+            .ok()
+            .and_then(|bytes| CardDateTime::from_slice(&bytes).ok())
+            .ok_or_else(|| corrupt(row, "card_date_time"))?,
+        route: small("route")?,
+        station: small("station")?,
+    })
+}
+
+fn intent_from_row(row: &SqliteRow) -> Result<Intent, JournalError> {
+    let flagged: Option<i64> = row.try_get("flagged_unix_ms")?;
+    Ok(Intent { id: row.try_get("id")?, entry: entry_from_row(row)?, flagged: flagged.is_some() })
+}
+
+fn four(row: &SqliteRow, name: &'static str) -> Result<[u8; 4], JournalError> {
+    let bytes: Vec<u8> = row.try_get(name)?;
+    bytes.as_slice().try_into().map_err(|_| corrupt(row, name))
+}
+
+fn completed_from_row(row: &SqliteRow) -> Result<Completed, JournalError> {
+    let resolution: String = row.try_get("resolution")?;
+    Ok(Completed {
+        id: row.try_get("id")?,
+        entry: entry_from_row(row)?,
+        tac: four(row, "tac")?,
+        mac2: four(row, "mac2")?,
+        resolution: Resolution::from_str(&resolution).map_err(|()| corrupt(row, "resolution"))?,
+    })
+}
+
+impl FromStr for Resolution {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        Resolution::parse(text).ok_or(())
+    }
+}

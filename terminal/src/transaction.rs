@@ -1,0 +1,157 @@
+//! A purchase through the journal, and its recovery after a tear.
+//!
+//! [`purchase`]: INITIALIZE → the PSAM's MAC1 → [UPDATE CAPP DATA CACHE] →
+//! intent written durably → DEBIT → completed with TAC and MAC2 (durably) → the
+//! PSAM checks MAC2. The terminal never guesses: if the card goes away after the
+//! intent was written, the intent stays until the card comes back, and
+//! [`recover`] asks the card (GET TRANSACTION PROVE for counter + 1) whether the
+//! debit happened.
+
+use card_host::responses::TransactionRecord;
+
+use crate::journal::{Completed, Entry, Intent, Journal, JournalError, Resolution, Voided};
+use crate::psam::PsamSession;
+use crate::purse::{PurchaseRequest, Purse};
+use crate::session::CardError;
+
+/// Unresolved intents one presentation of a card settles at most.
+pub const RECOVERIES_PER_CARD_MAX: usize = 8;
+
+/// Why a journaled purchase did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransactionError {
+    /// The card failed or refused before DEBIT: nothing was journaled, nothing debited.
+    #[error(transparent)]
+    Card(#[from] CardError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The card went away after the intent was written (DEBIT may or may not have
+    /// happened): the intent stays until the card comes back.
+    #[error("the card left during the purchase; present it again (journal row {intent_id})")]
+    Torn {
+        intent_id: i64,
+        #[source]
+        source: CardError,
+    },
+    /// The card refused DEBIT: the intent was voided.
+    #[error("the card refused DEBIT: {source}")]
+    Refused {
+        voided: Box<Voided>,
+        #[source]
+        source: CardError,
+    },
+    /// The card debited but the PSAM rejected its MAC2: the debit is journaled
+    /// (clearing checks the TAC) but the terminal should not let the rider through.
+    #[error("the PSAM rejected the card's MAC2 (journal row {})", completed.id)]
+    Mac2Rejected {
+        completed: Box<Completed>,
+        #[source]
+        source: CardError,
+    },
+}
+
+/// Where the purchase happens, for the journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Place {
+    pub route: Option<u16>,
+    pub station: Option<u16>,
+}
+
+/// A purchase with the journal written around DEBIT.
+pub fn purchase(
+    purse: &mut Purse<'_>,
+    psam: &mut PsamSession<'_>,
+    journal: &Journal,
+    request: &PurchaseRequest,
+    place: Place,
+) -> Result<Completed, TransactionError> {
+    let card = purse.public_information().application_serial;
+    let terminal = psam.terminal_number();
+    let authorised = purse.initialize(psam, request)?.authorise(psam)?;
+    let intent = journal.write_intent(Entry {
+        card,
+        offline_counter: authorised.offline_counter(),
+        kind: authorised.kind(),
+        amount: authorised.amount(),
+        balance_before: authorised.balance_before(),
+        terminal,
+        terminal_serial: authorised.terminal_serial(),
+        at: authorised.at(),
+        route: place.route,
+        station: place.station,
+    })?;
+    let debited = match authorised.debit() {
+        Ok(debited) => debited,
+        Err(source @ CardError::Refused { .. }) => {
+            // A status word is an answer: the card carried nothing out.
+            let voided = intent.void(journal, Resolution::Refused)?;
+            return Err(TransactionError::Refused { voided: Box::new(voided), source });
+        }
+        Err(source) => {
+            // Gone, or an answer we cannot read: only the card can tell.
+            tracing::warn!(card = %card.masked(), intent = intent.id(), error = %source, "purchase torn; intent kept");
+            return Err(TransactionError::Torn { intent_id: intent.id(), source });
+        }
+    };
+    let receipt = debited.receipt();
+    assert_eq!(receipt.balance_before, intent.entry().balance_before);
+    let completed = intent.complete(journal, receipt.tac, receipt.mac2, Resolution::Answer)?;
+    if let Err(source) = debited.verify(psam) {
+        tracing::error!(card = %card.masked(), id = completed.id, error = %source, "PSAM rejected MAC2");
+        return Err(TransactionError::Mac2Rejected { completed: Box::new(completed), source });
+    }
+    Ok(completed)
+}
+
+/// How recovery settled an intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// The card proved the debit: the row is completed with the proven MAC2 and TAC.
+    Completed(Completed),
+    /// The card has no such debit: the row is voided.
+    Voided(Voided),
+}
+
+/// Settles one intent of the card in `purse` by asking it: GET TRANSACTION
+/// PROVE for the number the debit would have had. A proof counts only if the
+/// card's own record of that number is this debit (amount, kind, terminal):
+/// otherwise another terminal used the number and this debit never happened.
+pub fn recover(purse: &mut Purse<'_>, journal: &Journal, intent: Intent) -> Result<Recovered, TransactionError> {
+    let entry = intent.entry().clone();
+    assert_eq!(entry.card, purse.public_information().application_serial, "recovering another card's intent");
+    let number = entry.transaction_number();
+    let proof = purse.prove(entry.kind, number)?;
+    let Some(proof) = proof else {
+        tracing::info!(card = %entry.card.masked(), number, "no debit on the card; intent voided");
+        return Ok(Recovered::Voided(intent.void(journal, Resolution::NoProof)?));
+    };
+    let history = purse.history()?;
+    let ours = |record: &TransactionRecord| {
+        record.number == number
+            && record.amount == entry.amount
+            && record.kind == entry.kind
+            && record.terminal == entry.terminal
+            && record.at == entry.at
+    };
+    if !history.iter().any(ours) && history.iter().any(|record| record.number == number) {
+        tracing::info!(card = %entry.card.masked(), number, "the number belongs to another debit; intent voided");
+        return Ok(Recovered::Voided(intent.void(journal, Resolution::NoProof)?));
+    }
+    // Ours, or rotated out of the card's history: the proof stands.
+    tracing::info!(card = %entry.card.masked(), number, "the card proved the debit; intent completed");
+    // For a purchase the card's MAC is the MAC2 it answered DEBIT with.
+    Ok(Recovered::Completed(intent.complete(journal, proof.tac, proof.mac, Resolution::Proof)?))
+}
+
+/// Settles every unresolved intent of the card in `purse` (at most
+/// [`RECOVERIES_PER_CARD_MAX`]), oldest first.
+pub fn recover_card(purse: &mut Purse<'_>, journal: &Journal) -> Result<Vec<Recovered>, TransactionError> {
+    let card = purse.public_information().application_serial;
+    let intents = journal.unresolved_for(&card)?;
+    let mut settled = Vec::new();
+    for intent in intents.into_iter().take(RECOVERIES_PER_CARD_MAX) {
+        settled.push(recover(purse, journal, intent)?);
+    }
+    Ok(settled)
+}

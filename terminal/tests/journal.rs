@@ -1,0 +1,229 @@
+//! The journal: intent → complete / void, durability across reopen, recovery
+//! queries, flagging and the upload queue; and a journaled purchase torn at
+//! every APDU, before and after the card acted, settled by the card.
+
+mod common;
+
+use card_host::card::CardType;
+use card_host::vpcd::TearPoint;
+use card_host::{ApplicationSerial, Fen, TransactionType};
+use common::*;
+use terminal::CardSession;
+use terminal::journal::{Counts, Entry, Journal, JournalError, Resolution, UploadRecord};
+use terminal::psam::PsamSession;
+use terminal::purse::{PurchaseRequest, Purse};
+use terminal::reader::InProcess;
+use terminal::transaction::{self, Place, Recovered, TransactionError};
+
+fn entry(serial: u64, counter: u16, amount: u32) -> Entry {
+    Entry {
+        card: ApplicationSerial(serial.to_be_bytes()),
+        offline_counter: counter,
+        kind: TransactionType::PursePurchase,
+        amount: Fen(amount),
+        balance_before: Fen(10_000),
+        terminal: TERMINAL,
+        terminal_serial: 7,
+        at: at(8, 0, 0),
+        route: Some(42),
+        station: None,
+    }
+}
+
+#[test]
+fn intent_completes_and_survives_reopen() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("journal.sqlite");
+    let journal = Journal::open(&path).expect("open");
+    let intent = journal.write_intent(entry(1, 3, 200)).expect("intent");
+    assert_eq!(intent.entry().transaction_number(), 4);
+    // Dropped without closing, as a killed process would leave it.
+    drop(intent);
+    drop(journal);
+
+    let journal = Journal::open(&path).expect("reopen");
+    let mut unresolved = journal.unresolved().expect("unresolved");
+    assert_eq!(unresolved.len(), 1);
+    let intent = unresolved.remove(0);
+    assert_eq!(intent.entry(), &entry(1, 3, 200));
+    let completed = intent.complete(&journal, [1, 2, 3, 4], [5, 6, 7, 8], Resolution::Proof).expect("complete");
+    drop(journal);
+
+    let journal = Journal::open(&path).expect("reopen");
+    assert!(journal.unresolved().expect("unresolved").is_empty());
+    let card = ApplicationSerial(1u64.to_be_bytes());
+    assert_eq!(journal.completed_for(&card).expect("completed"), vec![completed]);
+    assert_eq!(journal.counts().expect("counts"), Counts { intents: 0, completed: 1, voided: 0, completed_fen: 200 });
+}
+
+#[test]
+fn voided_intent_frees_the_number_and_a_number_is_used_once() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let first = journal.write_intent(entry(2, 0, 100)).expect("intent");
+    let duplicate = journal.write_intent(entry(2, 0, 100)).expect_err("counter 0 is live already");
+    assert!(matches!(duplicate, JournalError::Database(_)), "{duplicate}");
+    first.void(&journal, Resolution::NoProof).expect("void");
+    let again = journal.write_intent(entry(2, 0, 100)).expect("a voided number may be tried again");
+    again.complete(&journal, [0; 4], [0; 4], Resolution::Answer).expect("complete");
+    assert_eq!(journal.counts().expect("counts"), Counts { intents: 0, completed: 1, voided: 1, completed_fen: 100 });
+}
+
+#[test]
+fn unresolved_intents_are_found_per_card_and_flagged_for_clearing() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let _ = journal.write_intent(entry(3, 0, 100)).expect("intent");
+    let _ = journal.write_intent(entry(4, 0, 100)).expect("intent");
+    let done = journal.write_intent(entry(4, 1, 300)).expect("intent");
+    done.complete(&journal, [9; 4], [8; 4], Resolution::Answer).expect("complete");
+    let card4 = ApplicationSerial(4u64.to_be_bytes());
+    let card4_intents = journal.unresolved_for(&card4).expect("card 4");
+    assert_eq!(card4_intents.len(), 1);
+    assert_eq!(card4_intents[0].entry().offline_counter, 0);
+
+    // Young intents wait for the card; old ones are flagged and go to clearing.
+    assert_eq!(journal.flag_unresolved_older_than(std::time::Duration::from_secs(3600)).expect("flag"), 0);
+    let pending = journal.pending_upload(100).expect("pending");
+    assert_eq!(pending.len(), 1, "only the completed one");
+    assert_eq!(journal.flag_unresolved_before(i64::MAX).expect("flag"), 2);
+    let pending = journal.pending_upload(100).expect("pending");
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending.iter().filter(|record| matches!(record, UploadRecord::Unresolved { .. })).count(), 2);
+    assert!(journal.unresolved().expect("unresolved").iter().all(|intent| intent.is_flagged()));
+
+    let ids: Vec<i64> = pending.iter().map(UploadRecord::id).collect();
+    journal.mark_uploaded(&ids).expect("uploaded");
+    assert!(journal.pending_upload(100).expect("pending").is_empty());
+
+    // A flagged intent the card settles later goes to clearing again, completed.
+    let late = journal.unresolved_for(&card4).expect("card 4").remove(0);
+    late.complete(&journal, [1; 4], [2; 4], Resolution::Proof).expect("complete");
+    let pending = journal.pending_upload(100).expect("pending");
+    assert!(matches!(pending.as_slice(), [UploadRecord::Completed(completed)] if completed.entry.card == card4));
+    assert!(matches!(journal.pending_upload(terminal::journal::ROWS_MAX + 1), Err(JournalError::TooManyRows)));
+}
+
+#[test]
+fn last_completed_since_finds_the_dedup_window() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let card = ApplicationSerial(5u64.to_be_bytes());
+    assert_eq!(journal.last_completed_since(&card, &at(7, 0, 0)).expect("query"), None);
+    let intent = journal.write_intent(entry(5, 0, 100)).expect("intent");
+    intent.complete(&journal, [1; 4], [2; 4], Resolution::Answer).expect("complete");
+    assert!(journal.last_completed_since(&card, &at(7, 59, 50)).expect("query").is_some());
+    assert_eq!(journal.last_completed_since(&card, &at(8, 0, 1)).expect("query"), None);
+}
+
+#[test]
+fn journaled_purchase_completes_with_the_cards_tac() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let mut card = InProcess::new(card(CardType::Ordinary, 10, Fen(1_000), 1));
+    let mut psam_reader = InProcess::new(psam());
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let mut purse = Purse::select(CardSession::new(&mut card)).expect("select");
+    let request = PurchaseRequest { amount: Fen(200), at: at(8, 0, 0), compound_records: vec![] };
+    let completed = transaction::purchase(&mut purse, &mut psam, &journal, &request, Place::default()).expect("buy");
+    assert_eq!(completed.entry.amount, Fen(200));
+    assert_eq!(completed.resolution, Resolution::Answer);
+    let proof = purse.prove(TransactionType::PursePurchase, 1).expect("prove").expect("debited");
+    assert_eq!((proof.tac, proof.mac), (completed.tac, completed.mac2));
+
+    // Refused by the card (balance too low): nothing journaled, nothing debited.
+    let too_much = PurchaseRequest { amount: Fen(5_000), ..request };
+    let refused = transaction::purchase(&mut purse, &mut psam, &journal, &too_much, Place::default());
+    assert!(matches!(refused, Err(TransactionError::Card(_))), "{refused:?}");
+    assert_eq!(purse.balance().expect("balance"), Fen(800));
+    assert_eq!(journal.counts().expect("counts"), Counts { intents: 0, completed: 1, voided: 0, completed_fen: 200 });
+}
+
+/// The card APDUs of one tap: SELECT, READ BINARY, [recovery], INITIALIZE,
+/// [UPDATE CAPP DATA CACHE], DEBIT. The tear is tried at each in turn, before
+/// and after the card acts, until a tap gets through untorn.
+fn torn_at_every_apdu(compound: bool) {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let start = Fen(10_000);
+    let fare = Fen(150);
+    let mut reader = Tearing::new(card(CardType::Ordinary, 20, start, 2));
+    let mut psam_reader = InProcess::new(psam());
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let records = if compound {
+        let mut record = vec![0; 48];
+        record[0] = card_host::issue::COMPOUND_BUS;
+        record[1] = 46;
+        record[3] = 1;
+        vec![(card_host::issue::COMPOUND_BUS, record)]
+    } else {
+        vec![]
+    };
+    let kind = if compound { TransactionType::CompoundPurchase } else { TransactionType::PursePurchase };
+    let request = PurchaseRequest { amount: fare, at: at(9, 0, 0), compound_records: records };
+    let mut tears = 0;
+    let mut debits_proved = 0;
+    'apdus: for apdu in 1.. {
+        assert!(apdu < 20, "a tap has fewer than 20 APDUs");
+        for point in [TearPoint::BeforeCommand, TearPoint::AfterCommand] {
+            reader.tear_at(apdu, point);
+            let outcome =
+                Purse::select(CardSession::new(&mut reader)).map_err(TransactionError::from).and_then(|mut purse| {
+                    transaction::recover_card(&mut purse, &journal)?;
+                    transaction::purchase(&mut purse, &mut psam, &journal, &request, Place::default())
+                });
+            if !reader.torn() {
+                outcome.expect("an untorn tap completes");
+                break 'apdus;
+            }
+            tears += 1;
+            let error = outcome.expect_err("the card left");
+            assert!(
+                matches!(error, TransactionError::Torn { .. } | TransactionError::Card(_)),
+                "torn at APDU {apdu} {point:?}: {error}"
+            );
+
+            // The card comes back: the terminal asks it, never guesses.
+            reader.insert();
+            let mut purse = Purse::select(CardSession::new(&mut reader)).expect("select");
+            for recovered in transaction::recover_card(&mut purse, &journal).expect("recover") {
+                if let Recovered::Completed(completed) = recovered {
+                    assert_eq!(completed.resolution, Resolution::Proof);
+                    debits_proved += 1;
+                }
+            }
+            let counts = journal.counts().expect("counts");
+            assert_eq!(counts.intents, 0, "torn at APDU {apdu} {point:?}: every intent settled");
+            let balance = purse.balance().expect("balance");
+            assert_eq!(
+                u64::from(start.0 - balance.0),
+                counts.completed_fen,
+                "torn at APDU {apdu} {point:?}: the card and the journal agree"
+            );
+            // Every card debit is journaled with the card's own proof.
+            let card = purse.public_information().application_serial;
+            let completed = journal.completed_for(&card).expect("completed");
+            let debits = purse.history().expect("history").iter().filter(|record| record.kind == kind).count();
+            assert_eq!(debits, completed.len(), "torn at APDU {apdu} {point:?}: nothing lost");
+            for row in &completed {
+                let proof = purse.prove(kind, row.entry.transaction_number()).expect("prove").expect("on the card");
+                assert_eq!((proof.tac, proof.mac), (row.tac, row.mac2));
+            }
+        }
+    }
+    assert!(tears >= 8, "SELECT, READ BINARY, INITIALIZE, DEBIT torn both ways");
+    assert_eq!(debits_proved, 1, "only a tear after DEBIT leaves a debit to prove");
+    let counts = journal.counts().expect("counts");
+    assert_eq!(counts.completed, 2, "the proved debit and the final untorn one");
+    assert_eq!(reader.card().image().purse.balance, Fen(start.0 - 2 * fare.0));
+}
+
+#[test]
+fn purchase_torn_at_every_apdu_is_settled_by_the_card() {
+    torn_at_every_apdu(false);
+}
+
+#[test]
+fn compound_purchase_torn_at_every_apdu_is_settled_by_the_card() {
+    torn_at_every_apdu(true);
+}
