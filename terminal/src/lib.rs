@@ -6,6 +6,7 @@ pub mod psam;
 pub mod purse;
 pub mod reader;
 pub mod session;
+pub mod tariff;
 pub mod transaction;
 
 pub use reader::{Channel, ReaderError};
