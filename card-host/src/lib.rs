@@ -10,6 +10,7 @@ pub mod hexser;
 pub mod icc;
 pub mod issue;
 pub mod model;
+pub mod pn532;
 pub mod psam;
 pub mod responses;
 pub mod status;

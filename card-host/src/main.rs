@@ -9,6 +9,7 @@ use card_host::card::{CardType, CitizenCard};
 use card_host::icc::SmartCard;
 use card_host::issue::{self, IssueOptions, MasterKeySet, ProfileFile};
 use card_host::model::{ApplicationSerial, Fen, TerminalNumber};
+use card_host::pn532::{Pn532, Pty, Uid};
 use card_host::psam::Psam;
 use card_host::vpcd::{self, Bridge, Tear, TearPoint};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -86,8 +87,9 @@ enum Commands {
         #[arg(long)]
         force: bool,
     },
-    /// Put a card (or a PSAM) into a reader: pcscd's vpcd driver. Connecting is
-    /// inserting the card, disconnecting is pulling it out. Signals: SIGUSR1 pulls
+    /// Put a card (or a PSAM) into a reader: pcscd's vpcd driver (connecting is
+    /// inserting the card, disconnecting is pulling it out), or with --pn532 an
+    /// emulated PN532 reader module on a pseudo-terminal. Signals: SIGUSR1 pulls
     /// the card out, SIGUSR2 puts it back, SIGINT/SIGTERM stop.
     Serve {
         /// The citizen card image to serve (changes are saved back to it).
@@ -98,8 +100,13 @@ enum Commands {
         psam: Option<PathBuf>,
         /// vpcd's address: port 35963 is slot 0, 35964 slot 1 (default: 35963 for
         /// a card, 35964 for a PSAM).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "pn532")]
         vpcd: Option<std::net::SocketAddr>,
+        /// Serve the card in the field of an emulated PN532 on a pseudo-terminal
+        /// instead, and make PATH a symlink to its device (removed on exit). A
+        /// host opens PATH as a serial port (libnfc: `pn532_uart:PATH`).
+        #[arg(long, value_name = "PATH")]
+        pn532: Option<PathBuf>,
         /// Pull the card out after it has executed its N-th command APDU, before
         /// the answer is sent (a tear after the card acted).
         #[arg(long, value_name = "N", conflicts_with = "remove_before")]
@@ -167,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("issued PSAM for terminal {terminal} to {}", out.display());
             Ok(())
         }
-        Commands::Serve { card, psam, vpcd, remove_after, remove_before } => {
+        Commands::Serve { card, psam, vpcd, pn532, remove_after, remove_before } => {
             let tear = match (remove_after, remove_before) {
                 (Some(apdu), _) => Some(Tear { apdu, point: TearPoint::AfterCommand }),
                 (None, Some(apdu)) => Some(Tear { apdu, point: TearPoint::BeforeCommand }),
@@ -178,11 +185,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(path), _) => {
                     let card = CitizenCard::open(&path).with_context(|| format!("--card {}", path.display()))?;
                     tracing::info!(serial = %card.image().serial.masked(), "serving citizen card");
+                    if let Some(link) = pn532 {
+                        let serial = card.image().serial.0;
+                        return serve_pn532(card, Uid::random_single([serial[5], serial[6], serial[7]]), &link, tear);
+                    }
                     serve(card, vpcd.unwrap_or((localhost, vpcd::SLOT0_PORT).into()), tear)
                 }
                 (None, Some(path)) => {
                     let psam = Psam::open(&path).with_context(|| format!("--psam {}", path.display()))?;
                     tracing::info!(terminal = %psam.terminal_number(), "serving PSAM");
+                    if let Some(link) = pn532 {
+                        let terminal = psam.terminal_number().0;
+                        return serve_pn532(
+                            psam,
+                            Uid::random_single([terminal[3], terminal[4], terminal[5]]),
+                            &link,
+                            tear,
+                        );
+                    }
                     serve(psam, vpcd.unwrap_or((localhost, vpcd::SLOT1_PORT).into()), tear)
                 }
                 (None, None) => bail!("--card or --psam is required"),
@@ -231,4 +251,39 @@ fn serve<C: SmartCard>(card: C, address: std::net::SocketAddr, tear: Option<Tear
     signal_handle.close();
     let _ = watcher.join();
     result.context("vpcd bridge")
+}
+
+/// Runs an emulated PN532 with the card in its field on a pseudo-terminal
+/// linked at `link`, until SIGINT or SIGTERM; SIGUSR1/SIGUSR2 take the card out
+/// of the field and put it back.
+fn serve_pn532<C: SmartCard>(card: C, uid: Uid, link: &std::path::Path, tear: Option<Tear>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut pty = Pty::open(Some(link)).with_context(|| format!("--pn532 {}", link.display()))?;
+    let mut chip = Pn532::new(card, uid);
+    let control = chip.control();
+    if let Some(tear) = tear {
+        control.tear_at(tear);
+    }
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2]).context("signal handlers")?;
+    let signal_handle = signals.handle();
+    let signal_control = control.clone();
+    let watcher = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            match signal {
+                SIGUSR1 => signal_control.remove(),
+                SIGUSR2 => signal_control.insert(),
+                _ => {
+                    signal_control.stop();
+                    break;
+                }
+            }
+        }
+    });
+    println!("PN532 on {} (linked at {})", pty.device().display(), link.display());
+    let result = chip.serve(pty.master());
+    signal_handle.close();
+    let _ = watcher.join();
+    drop(pty);
+    result.context("PN532 emulator")
 }
