@@ -16,7 +16,7 @@ use card_host::psam::Psam;
 use card_host::responses::LoadInitialization;
 use card_host::vpcd::{self, Bridge, Control};
 use card_host::{ApplicationSerial, CardDateTime, Fen, SmartCard, TerminalNumber, TransactionType};
-use terminal::reader::pcsc::PcscReaders;
+use terminal::reader::pcsc::{PcscChannel, PcscReaders};
 
 /// How long a test waits for pcscd to see a card come or go.
 pub const READER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -210,4 +210,60 @@ pub fn card_host_binary() -> PathBuf {
         .expect("the target directory");
     assert!(binary.exists(), "{} is missing: cargo test --workspace builds it", binary.display());
     binary
+}
+
+/// A PC/SC test rig: the reader taken, a temporary directory, a PSAM in slot 1,
+/// and a card in slot 0 once [`Rig::serve_card`] is called. Fields drop in
+/// order: the card and the PSAM leave the reader before the lock is released.
+pub struct Rig {
+    pub readers: PcscReaders,
+    card: Option<ServedCard>,
+    psam: ServedCard,
+    pub directory: tempfile::TempDir,
+    _reader: ReaderLock,
+}
+
+impl Rig {
+    /// Takes the reader and serves a new PSAM for `terminal` in slot 1.
+    pub fn new(terminal: TerminalNumber) -> Rig {
+        let reader = ReaderLock::take();
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (_, psam) = issue_psam(directory.path(), terminal);
+        let psam = ServedCard::serve(psam, vpcd::SLOT1_PORT);
+        let readers = PcscReaders::establish().expect("PC/SC context");
+        Rig { readers, card: None, psam, directory, _reader: reader }
+    }
+
+    /// Issues fixture cardholder `profile` and serves the card in slot 0 (a card
+    /// served before leaves first); returns the image's path.
+    pub fn serve_card(&mut self, profile: usize, balance: Fen) -> PathBuf {
+        self.card = None;
+        let (path, card) = issue_card(self.directory.path(), profile, balance);
+        self.card = Some(ServedCard::serve(card, vpcd::SLOT0_PORT));
+        path
+    }
+
+    /// Takes the card out of the reader for good (its image file stays).
+    pub fn stop_card(&mut self) {
+        self.card = None;
+    }
+
+    /// The served card's control (tears, removal).
+    pub fn card(&self) -> &ServedCard {
+        self.card.as_ref().expect("a card is served: Rig::serve_card")
+    }
+
+    pub fn psam(&self) -> &ServedCard {
+        &self.psam
+    }
+
+    /// An exclusive connection to the card in slot 0.
+    pub fn card_channel(&self) -> PcscChannel {
+        self.readers.connect(&card_reader(), READER_TIMEOUT).expect("card in the reader")
+    }
+
+    /// An exclusive connection to the PSAM in slot 1.
+    pub fn psam_channel(&self) -> PcscChannel {
+        self.readers.connect(&psam_reader(), READER_TIMEOUT).expect("PSAM in the reader")
+    }
 }

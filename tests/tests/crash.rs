@@ -7,13 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use card_host::card::CitizenCard;
-use card_host::vpcd::SLOT1_PORT;
 use card_host::{CardDateTime, Fen, TerminalNumber, TransactionType};
 use system_tests::*;
 use terminal::CardSession;
 use terminal::psam::PsamSession;
 use terminal::purse::{PurchaseRequest, Purse};
-use terminal::reader::pcsc::PcscReaders;
 
 const TERMINAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x00, 0x08]);
 const BALANCE: Fen = Fen(100_000);
@@ -71,12 +69,9 @@ fn wait_exit(child: &mut Child) {
 
 #[test]
 fn card_killed_at_each_point_of_a_save_reloads_before_or_after() {
-    let _reader = ReaderLock::take();
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (_, psam) = issue_psam(directory.path(), TERMINAL);
-    let _psam = ServedCard::serve(psam, SLOT1_PORT);
-    let readers = PcscReaders::establish().expect("PC/SC");
-    let mut psam_channel = readers.connect(&psam_reader(), READER_TIMEOUT).expect("PSAM");
+    let rig = Rig::new(TERMINAL);
+    let (directory, readers) = (&rig.directory, &rig.readers);
+    let mut psam_channel = rig.psam_channel();
     let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).expect("PSAM");
 
     for (point, debited) in [("before-temp-sync", false), ("before-rename", false), ("before-directory-sync", true)] {
@@ -111,12 +106,9 @@ fn card_killed_at_each_point_of_a_save_reloads_before_or_after() {
 
 #[test]
 fn card_killed_at_random_moments_reloads_consistent() {
-    let _reader = ReaderLock::take();
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (_, psam) = issue_psam(directory.path(), TERMINAL);
-    let _psam = ServedCard::serve(psam, SLOT1_PORT);
-    let readers = PcscReaders::establish().expect("PC/SC");
-    let mut psam_channel = readers.connect(&psam_reader(), READER_TIMEOUT).expect("PSAM");
+    let rig = Rig::new(TERMINAL);
+    let (directory, readers) = (&rig.directory, &rig.readers);
+    let mut psam_channel = rig.psam_channel();
     let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).expect("PSAM");
     let (path, card) = issue_card(directory.path(), 1, BALANCE);
     drop(card);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use card_host::status::StatusWord;
-use card_host::vpcd::{SLOT0_PORT, SLOT1_PORT, Tear, TearPoint};
+use card_host::vpcd::{SLOT0_PORT, Tear, TearPoint};
 use card_host::{CardDateTime, Fen, TransactionType};
 use system_tests::*;
 use terminal::cardholder::SocialSecurity;
@@ -35,13 +35,10 @@ fn compound_record(state: u8, fare: u32) -> Vec<u8> {
 
 #[test]
 fn cardholder_is_read_after_the_pin_through_pcscd() {
-    let _reader = ReaderLock::take();
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (_, card) = issue_card(directory.path(), 0, Fen(0));
-    let _served = ServedCard::serve(card, SLOT0_PORT);
-    let readers = PcscReaders::establish().expect("PC/SC context");
-    assert!(readers.list().expect("readers").contains(&card_reader()));
-    let mut channel = connect(&readers, &card_reader());
+    let mut rig = Rig::new(terminal_number());
+    rig.serve_card(0, Fen(0));
+    assert!(rig.readers.list().expect("readers").contains(&card_reader()));
+    let mut channel = rig.card_channel();
     assert_eq!(&channel.atr().expect("ATR")[..2], &[0x3B, 0x8C]);
 
     let mut social = SocialSecurity::select(CardSession::new(&mut channel)).expect("select SSSE");
@@ -59,15 +56,10 @@ fn cardholder_is_read_after_the_pin_through_pcscd() {
 
 #[test]
 fn load_purchase_and_compound_purchase_through_pcscd() {
-    let _reader = ReaderLock::take();
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (card_path, card) = issue_card(directory.path(), 1, Fen(0));
-    let (_, psam) = issue_psam(directory.path(), terminal_number());
-    let _card = ServedCard::serve(card, SLOT0_PORT);
-    let _psam = ServedCard::serve(psam, SLOT1_PORT);
-    let readers = PcscReaders::establish().expect("PC/SC context");
-    let mut card_channel = connect(&readers, &card_reader());
-    let mut psam_channel = connect(&readers, &psam_reader());
+    let mut rig = Rig::new(terminal_number());
+    let card_path = rig.serve_card(1, Fen(0));
+    let mut card_channel = rig.card_channel();
+    let mut psam_channel = rig.psam_channel();
     let host = TestLoadHost::default();
 
     let mut purse = Purse::select(CardSession::new(&mut card_channel)).expect("select e-purse");
@@ -120,7 +112,7 @@ fn load_purchase_and_compound_purchase_through_pcscd() {
 
     // The image on disk says the same.
     card_channel.disconnect();
-    drop(_card);
+    rig.stop_card();
     let saved = card_host::card::CitizenCard::open(&card_path).expect("image");
     assert_eq!(saved.image().purse.balance, Fen(4_500));
 }
@@ -134,14 +126,10 @@ fn terminal_number() -> card_host::TerminalNumber {
 /// happened, and the balance agrees: never charged twice, never lost.
 #[test]
 fn torn_purchase_is_settled_by_the_card_through_pcscd() {
-    let _reader = ReaderLock::take();
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (_, card) = issue_card(directory.path(), 2, Fen(10_000));
-    let (_, psam) = issue_psam(directory.path(), terminal_number());
-    let served = ServedCard::serve(card, SLOT0_PORT);
-    let _psam = ServedCard::serve(psam, SLOT1_PORT);
-    let readers = PcscReaders::establish().expect("PC/SC context");
-    let mut psam_channel = connect(&readers, &psam_reader());
+    let mut rig = Rig::new(terminal_number());
+    rig.serve_card(2, Fen(10_000));
+    let (served, readers) = (rig.card(), &rig.readers);
+    let mut psam_channel = rig.psam_channel();
     let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).expect("PSAM");
     let host = TestLoadHost::default();
     let mut expected_balance = Fen(10_000);
@@ -151,7 +139,7 @@ fn torn_purchase_is_settled_by_the_card_through_pcscd() {
     for apdu in 1..=4 {
         for point in [TearPoint::BeforeCommand, TearPoint::AfterCommand] {
             let (counter, balance) = {
-                let mut channel = connect(&readers, &card_reader());
+                let mut channel = connect(readers, &card_reader());
                 let mut purse = Purse::select(CardSession::new(&mut channel)).expect("select");
                 let balance = purse.balance().expect("balance");
                 let counter = card_counter(&mut purse);
@@ -160,7 +148,7 @@ fn torn_purchase_is_settled_by_the_card_through_pcscd() {
             };
             assert_eq!(balance, expected_balance);
             served.control().tear_at(Tear { apdu, point });
-            let mut channel = connect(&readers, &card_reader());
+            let mut channel = connect(readers, &card_reader());
             let request = PurchaseRequest { amount: Fen(150), at: at(), compound_records: vec![] };
             let outcome =
                 Purse::select(CardSession::new(&mut channel)).and_then(|mut purse| purse.purchase(&mut psam, &request));
@@ -174,7 +162,7 @@ fn torn_purchase_is_settled_by_the_card_through_pcscd() {
             served.control().insert();
 
             // The card is back: ask it.
-            let mut channel = connect(&readers, &card_reader());
+            let mut channel = connect(readers, &card_reader());
             let mut purse = Purse::select(CardSession::new(&mut channel)).expect("select");
             let serial = purse.public_information().application_serial;
             let proof = purse.prove(TransactionType::PursePurchase, counter + 1).expect("prove");
@@ -208,15 +196,10 @@ fn card_counter(purse: &mut Purse<'_>) -> u16 {
 
 #[test]
 fn application_block_with_the_psam_mac_through_pcscd() {
-    let _reader = ReaderLock::take();
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (_, card) = issue_card(directory.path(), 3, Fen(1_000));
-    let (_, psam) = issue_psam(directory.path(), terminal_number());
-    let _card = ServedCard::serve(card, SLOT0_PORT);
-    let _psam = ServedCard::serve(psam, SLOT1_PORT);
-    let readers = PcscReaders::establish().expect("PC/SC context");
-    let mut card_channel = connect(&readers, &card_reader());
-    let mut psam_channel = connect(&readers, &psam_reader());
+    let mut rig = Rig::new(terminal_number());
+    let card_path = rig.serve_card(3, Fen(1_000));
+    let mut card_channel = rig.card_channel();
+    let mut psam_channel = rig.psam_channel();
     let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).expect("PSAM");
     let mut purse = Purse::select(CardSession::new(&mut card_channel)).expect("select");
     purse.application_block(&mut psam).expect("APPLICATION BLOCK");
@@ -226,7 +209,8 @@ fn application_block_with_the_psam_mac_through_pcscd() {
     // A blocked application still selects (with a warning status) or refuses:
     // either way nothing is debited.
     card_channel.disconnect();
-    let saved = card_host::card::CitizenCard::open(&directory.path().join("card-3.card")).expect("image");
+    rig.stop_card();
+    let saved = card_host::card::CitizenCard::open(&card_path).expect("image");
     assert_eq!(saved.image().purse.balance, Fen(1_000));
 }
 
@@ -234,12 +218,9 @@ fn application_block_with_the_psam_mac_through_pcscd() {
 /// README's example).
 #[test]
 fn opensc_tool_reads_the_balance() {
-    let _reader = ReaderLock::take();
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (_, card) = issue_card(directory.path(), 0, Fen(1_234));
-    let _card = ServedCard::serve(card, SLOT0_PORT);
-    let readers = PcscReaders::establish().expect("PC/SC context");
-    assert!(readers.wait_for(&card_reader(), true, READER_TIMEOUT).expect("status"));
+    let mut rig = Rig::new(terminal_number());
+    rig.serve_card(0, Fen(1_234));
+    assert!(rig.readers.wait_for(&card_reader(), true, READER_TIMEOUT).expect("status"));
     let output = std::process::Command::new("opensc-tool")
         .args(["-r", &card_reader(), "-s", "00 A4 04 00 08 A0 00 00 06 32 01 01 05", "-s", "80 5C 00 02 04"])
         .output()
