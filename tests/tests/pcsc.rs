@@ -12,7 +12,7 @@ use terminal::cardholder::SocialSecurity;
 use terminal::psam::PsamSession;
 use terminal::purse::{PurchaseRequest, Purse};
 use terminal::reader::pcsc::{PcscChannel, PcscReaders};
-use terminal::{CardError, CardSession, ReaderError};
+use terminal::{CardError, CardSession, Channel, ReaderError};
 
 fn at() -> CardDateTime {
     CardDateTime::new(2026, 11, 25, 8, 30, 0).expect("valid")
@@ -312,4 +312,27 @@ fn served_card_comes_back_after_pcscd_restarts() {
     let mut purse = Purse::select(CardSession::new(&mut channel)).expect("select");
     assert_eq!(purse.balance().expect("balance"), Fen(4_321));
     channel.disconnect();
+}
+
+/// Extended-length APDUs (ISO/IEC 7816-4 5.1: Lc and Le on two bytes) pass
+/// through pcscd and vpcd to the card, both ways.
+#[test]
+fn extended_length_apdus_pass_through_pcscd() {
+    let mut rig = Rig::new(terminal_number());
+    rig.serve_card(0, Fen(0));
+    let mut channel = rig.card_channel();
+    // SELECT by name, case 4E: 00 A4 04 00 | 00 00 08 | AID | 00 00. Sent as bytes
+    // on the channel: a Command would choose the short form.
+    let select = hex_bytes("00A40400000008A00000063201010500 00");
+    let answer = channel.transmit(&select).expect("round trip");
+    assert_eq!(&answer[answer.len() - 2..], [0x90, 0x00], "extended SELECT");
+    // READ BINARY of the public information, case 2E with Le = 300: the 30 bytes.
+    let answer = channel.transmit(&hex_bytes("00B09500 00012C")).expect("round trip");
+    assert_eq!(answer.len(), 32, "30 bytes and the status word");
+    assert_eq!(&answer[30..], [0x90, 0x00]);
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex")).collect()
 }
