@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cardholder;
+pub mod medical;
 pub mod journal;
 pub mod psam;
 pub mod purse;

@@ -336,3 +336,24 @@ fn hex_bytes(text: &str) -> Vec<u8> {
     let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex")).collect()
 }
+
+/// A hospital counter: the patient's PIN, the medical data, a visit registered.
+#[test]
+fn medical_data_and_a_visit_through_pcscd() {
+    use terminal::medical::{Medical, Visit};
+    let mut rig = Rig::new(terminal_number());
+    rig.serve_card(0, Fen(0));
+    let mut channel = rig.card_channel();
+    let mut medical = Medical::select(CardSession::new(&mut channel)).expect("select medical");
+    let refused = medical.patient().expect_err("patient data needs the PIN");
+    assert_eq!(refused.status(), Some(StatusWord::SecurityStatusNotSatisfied));
+    medical.verify_pin("123456").expect("PIN");
+    let patient = medical.patient().expect("patient information");
+    assert_eq!(patient.patient_number, "P31000000001");
+    assert_eq!(patient.allergies(), ["penicillin"]);
+    assert!(medical.visits().expect("visits").is_empty());
+    let visit =
+        Visit { date: [0x20, 0x26, 0x11, 0x25], hospital: [0x31, 0, 0, 0, 0x05, 0x01], department: 12, visit_type: 1 };
+    medical.register_visit(&visit).expect("APPEND RECORD");
+    assert_eq!(medical.visits().expect("visits"), [visit]);
+}
