@@ -1,8 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+pub mod blacklist;
+pub mod bus;
 pub mod cardholder;
-pub mod medical;
+pub mod compound;
 pub mod journal;
+pub mod medical;
 pub mod psam;
 pub mod purse;
 pub mod reader;
