@@ -1,1 +1,17 @@
 #![doc = include_str!("../README.md")]
+
+pub mod batch;
+pub mod db;
+pub mod error;
+pub mod ingest;
+pub mod ledger;
+pub mod money;
+pub mod registry;
+pub mod run_day;
+
+pub use batch::{Batch, Record, RecordKind, RecordRejection};
+pub use db::{Db, Dialect};
+pub use error::Error;
+pub use ingest::{IngestReport, ingest};
+pub use money::{BusinessDay, FeeRate, fee_fen};
+pub use run_day::{DaySummary, RunOptions, run_day};

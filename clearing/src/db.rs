@@ -1,0 +1,138 @@
+//! The database: SQLite (a file, WAL; the embedded default) or PostgreSQL, chosen
+//! by the URL, through sqlx's `Any` driver so the same SQL (PostgreSQL's `$1`
+//! placeholders, `ON CONFLICT DO NOTHING`, `RETURNING`, which SQLite speaks too)
+//! runs on both. The schema is applied on connect from the numbered migrations
+//! under `clearing/migrations/{sqlite,postgres}`.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+use crate::error::Error;
+
+/// The most connections in a PostgreSQL pool.
+pub const POOL_CONNECTIONS_MAX: u32 = 16;
+/// How long SQLite waits for a lock before it answers "busy".
+pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 10_000;
+/// How long a caller waits for a pooled connection.
+pub const POOL_ACQUIRE_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool and the dialect behind it.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+/// The migrations of one dialect, embedded in the binary: (version, description, SQL).
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../migrations/sqlite/0001_schema.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "schema", include_str!("../migrations/postgres/0001_schema.sql"))];
+
+fn migrator(dialect: Dialect) -> Migrator {
+    let list = match dialect {
+        Dialect::Sqlite => SQLITE_MIGRATIONS,
+        Dialect::Postgres => POSTGRES_MIGRATIONS,
+    };
+    let migrations = list
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, Cow::Borrowed(*sql), false)
+        })
+        .collect::<Vec<_>>();
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+}
+
+impl Db {
+    /// Connects by URL and applies the migrations: `sqlite://PATH` (created when
+    /// missing, put in WAL mode) or `postgres://USER@HOST:PORT/DATABASE[?options=...]`.
+    pub async fn connect(url: &str) -> Result<Db, Error> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() || path.contains('?') {
+                return Err(Error::Config("a SQLite URL is sqlite://PATH, without parameters".into()));
+            }
+            (Dialect::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_owned())
+        } else {
+            return Err(Error::Config("the database URL must start with sqlite:// or postgres://".into()));
+        };
+        let options: AnyConnectOptions = url.parse().map_err(Error::Database)?;
+        let options = options.disable_statement_logging();
+        let pool = match dialect {
+            // One writer at a time is how SQLite works; one connection also keeps
+            // every transaction free of SQLITE_BUSY upgrades.
+            Dialect::Sqlite => AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+                .after_connect(|connection, _| {
+                    Box::pin(async move {
+                        connection.execute("PRAGMA journal_mode = WAL").await?;
+                        connection.execute("PRAGMA synchronous = NORMAL").await?;
+                        connection.execute("PRAGMA foreign_keys = ON").await?;
+                        connection.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(options)
+                .await
+                .map_err(Error::Database)?,
+            Dialect::Postgres => AnyPoolOptions::new()
+                .max_connections(POOL_CONNECTIONS_MAX)
+                .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+                .connect_with(options)
+                .await
+                .map_err(Error::Database)?,
+        };
+        migrator(dialect).run(&pool).await.map_err(|error| Error::Migration(error.to_string()))?;
+        Ok(Db { pool, dialect })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `($1, $2), ($3, $4)`: placeholders for `rows` rows of `columns` values
+/// (sqlx's `QueryBuilder` for `Any` numbers nothing, which PostgreSQL refuses).
+pub fn row_placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", row * columns + column + 1));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$first, $first+1, …`: `count` placeholders for an `IN (…)` list.
+pub fn list_placeholders(count: usize, first: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_are_numbered() {
+        assert_eq!(super::row_placeholders(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(super::list_placeholders(3, 2), "$2, $3, $4");
+    }
+}

@@ -1,0 +1,140 @@
+//! Idempotent batch ingest: the batch's key (terminal id, batch id) is inserted
+//! with `ON CONFLICT DO NOTHING` in the same transaction as its records, so the
+//! same batch uploaded twice, or twice at once, counts once. A batch id that
+//! comes back with other records is refused as a conflict.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::batch::{Batch, RecordRejection, raw_for_quarantine};
+use crate::db::Db;
+use crate::error::Error;
+use crate::money::BusinessDay;
+
+/// Rows per multi-row INSERT (each transaction row binds 17 values; SQLite allows 32,766).
+pub const INSERT_ROWS_MAX: usize = 500;
+
+/// What an upload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReport {
+    pub terminal_id: String,
+    pub batch_id: String,
+    /// The batch had been uploaded before: nothing new was stored.
+    pub duplicate: bool,
+    pub record_count: u64,
+    pub accepted_count: u64,
+    pub rejected_count: u64,
+    /// The records refused this time (empty for a duplicate).
+    pub rejected: Vec<RecordRejection>,
+}
+
+/// Stores a parsed batch received at `received_at` (unix seconds).
+pub async fn ingest(db: &Db, batch: &Batch, received_at: i64) -> Result<IngestReport, Error> {
+    let terminal_id = batch.terminal_id.to_string();
+    let rejected: Vec<RecordRejection> = batch.records.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+    let record_count = batch.records.len() as u64;
+    let accepted_count = record_count - rejected.len() as u64;
+    let mut tx = db.pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO batches (terminal_id, batch_id, digest, received_at, record_count, accepted_count, rejected_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (terminal_id, batch_id) DO NOTHING RETURNING batch_id",
+    )
+    .bind(&terminal_id)
+    .bind(&batch.batch_id)
+    .bind(batch.digest.to_vec())
+    .bind(received_at)
+    .bind(record_count as i64)
+    .bind(accepted_count as i64)
+    .bind(rejected.len() as i64)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if inserted.is_none() {
+        tx.rollback().await?;
+        let row = sqlx::query(
+            "SELECT digest, record_count, accepted_count, rejected_count FROM batches
+             WHERE terminal_id = $1 AND batch_id = $2",
+        )
+        .bind(&terminal_id)
+        .bind(&batch.batch_id)
+        .fetch_one(&db.pool)
+        .await?;
+        let digest: Vec<u8> = row.try_get("digest")?;
+        if digest != batch.digest {
+            return Err(Error::BatchConflict { terminal_id, batch_id: batch.batch_id.clone() });
+        }
+        tracing::info!(terminal = %terminal_id, batch = %batch.batch_id, "batch uploaded again: counted once");
+        return Ok(IngestReport {
+            terminal_id,
+            batch_id: batch.batch_id.clone(),
+            duplicate: true,
+            record_count: row.try_get::<i64, _>("record_count")? as u64,
+            accepted_count: row.try_get::<i64, _>("accepted_count")? as u64,
+            rejected_count: row.try_get::<i64, _>("rejected_count")? as u64,
+            rejected: Vec::new(),
+        });
+    }
+    let accepted: Vec<(usize, &crate::batch::Record)> =
+        batch.records.iter().enumerate().filter_map(|(index, r)| r.as_ref().ok().map(|r| (index, r))).collect();
+    for rows in accepted.chunks(INSERT_ROWS_MAX) {
+        let sql = format!(
+            "INSERT INTO transactions (terminal_id, batch_id, record_index, kind, card_serial, card_type, counter,
+             balance_before, amount_fen, transaction_type, terminal_number, terminal_serial, occurred_at,
+             business_day, tac, received_at, state) VALUES {}",
+            crate::db::row_placeholders(rows.len(), 17)
+        );
+        let mut insert = sqlx::query(&sql);
+        for (index, record) in rows {
+            insert = insert
+                .bind(terminal_id.clone())
+                .bind(batch.batch_id.clone())
+                .bind(*index as i64)
+                .bind(record.kind.as_str())
+                .bind(record.card_serial.to_hex())
+                .bind(i64::from(record.card_type))
+                .bind(i64::from(record.counter))
+                .bind(i64::from(record.balance_before.0))
+                .bind(i64::from(record.amount.0))
+                .bind(i64::from(record.transaction_type.code()))
+                .bind(record.terminal_number.to_string())
+                .bind(i64::from(record.terminal_serial))
+                .bind(hex::encode(record.at.to_bytes()))
+                .bind(BusinessDay::of(&record.at).to_string())
+                .bind(hex::encode_upper(record.tac))
+                .bind(received_at)
+                .bind("pending");
+        }
+        insert.execute(&mut *tx).await?;
+    }
+    for rejection in &rejected {
+        sqlx::query(
+            "INSERT INTO quarantine (terminal_id, batch_id, record_index, reason, detail, raw_record)
+             VALUES ($1, $2, $3, 'malformed', $4, $5)",
+        )
+        .bind(&terminal_id)
+        .bind(&batch.batch_id)
+        .bind(rejection.index as i64)
+        .bind(format!("{}: {}", rejection.field, rejection.message))
+        .bind(raw_for_quarantine(&batch.raw_records[rejection.index]))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE terminals SET last_upload_at = $1 WHERE terminal_number = $2")
+        .bind(received_at)
+        .bind(&terminal_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(
+        terminal = %terminal_id, batch = %batch.batch_id, accepted = accepted_count, rejected = rejected.len(),
+        "batch stored"
+    );
+    Ok(IngestReport {
+        terminal_id,
+        batch_id: batch.batch_id.clone(),
+        duplicate: false,
+        record_count,
+        accepted_count,
+        rejected_count: rejected.len() as u64,
+        rejected,
+    })
+}

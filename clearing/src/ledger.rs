@@ -1,0 +1,78 @@
+//! The double-entry ledger. Debits are positive, credits negative; every entry's
+//! postings sum to zero (asserted before writing), so the whole ledger does.
+//!
+//! | account | what it is |
+//! | --- | --- |
+//! | `card_float` | what the issuer owes cardholders (their purses): credited by loads, debited by purchases |
+//! | `merchant_payable:<id>` | what the issuer owes a merchant: credited by its cleared purchases, debited by its fee and its payout |
+//! | `fee_income` | fees earned: credited at settlement |
+//! | `topup_funding` | money received for loads (cash, bank): debited by loads and initial balances |
+//! | `settlement_bank` | payouts to merchants in the settlement file: credited at settlement |
+
+use sqlx::{Any, Transaction};
+
+use crate::db::Db;
+use crate::error::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Account {
+    CardFloat,
+    MerchantPayable(String),
+    FeeIncome,
+    TopupFunding,
+    SettlementBank,
+}
+
+impl Account {
+    pub fn name(&self) -> String {
+        match self {
+            Account::CardFloat => "card_float".into(),
+            Account::MerchantPayable(merchant) => format!("merchant_payable:{merchant}"),
+            Account::FeeIncome => "fee_income".into(),
+            Account::TopupFunding => "topup_funding".into(),
+            Account::SettlementBank => "settlement_bank".into(),
+        }
+    }
+}
+
+/// Posts one balanced entry; an entry id already posted is left as it is (so a
+/// retried step never posts twice). Postings of zero are skipped.
+pub async fn post(
+    tx: &mut Transaction<'_, Any>,
+    entry_id: &str,
+    business_day: &str,
+    postings: &[(Account, i64)],
+) -> Result<(), Error> {
+    let sum: i128 = postings.iter().map(|(_, amount)| i128::from(*amount)).sum();
+    assert_eq!(sum, 0, "entry {entry_id} does not balance");
+    for (account, amount) in postings.iter().filter(|(_, amount)| *amount != 0) {
+        sqlx::query(
+            "INSERT INTO ledger_postings (entry_id, business_day, account, amount_fen) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (entry_id, account) DO NOTHING",
+        )
+        .bind(entry_id)
+        .bind(business_day)
+        .bind(account.name())
+        .bind(*amount)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The sum of every posting (zero when the ledger balances).
+pub async fn total(db: &Db) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar("SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_postings")
+        .fetch_one(&db.pool)
+        .await?)
+}
+
+/// The balance of one account (debits positive).
+pub async fn balance(db: &Db, account: &Account) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM ledger_postings WHERE account = $1",
+    )
+    .bind(account.name())
+    .fetch_one(&db.pool)
+    .await?)
+}

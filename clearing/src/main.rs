@@ -1,0 +1,136 @@
+//! `clearing`: the clearing back-end's command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use clearing::run_day::{RunOptions, Step};
+use clearing::{BusinessDay, Db};
+use hsm_sim::{ClientConfig, HsmClient};
+
+#[derive(Parser)]
+#[command(name = "clearing", about = "The citizen card clearing back-end")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates or upgrades the database schema.
+    Migrate {
+        #[arg(long)]
+        database: String,
+    },
+    /// Loads merchants and terminals from a JSON file (fixtures/merchants/*.json).
+    LoadMerchants {
+        #[arg(long)]
+        database: String,
+        file: PathBuf,
+    },
+    /// Stores a batch document (as a terminal would upload it).
+    Ingest {
+        #[arg(long)]
+        database: String,
+        file: PathBuf,
+    },
+    /// Clears, settles and reports one business day.
+    RunDay {
+        #[arg(long)]
+        date: String,
+        #[arg(long)]
+        database: String,
+        /// The HSM, host:port.
+        #[arg(long)]
+        hsm: String,
+        /// Where the settlement file, manifest and reconciliation report go.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value_t = clearing::run_day::CHUNK_RECORDS_MAX)]
+        chunk_records: i64,
+        #[arg(long, default_value = clearing::run_day::SIGNING_KEY_DEFAULT)]
+        signing_key: String,
+    },
+}
+
+/// For crash tests only: `CLEARING_TEST_KILL_AT=chunk-committed:2` makes the job
+/// kill itself with SIGKILL at that step, as `kill -9` from outside would.
+fn kill_hook() -> Option<clearing::run_day::StepHook> {
+    let target = std::env::var("CLEARING_TEST_KILL_AT").ok()?;
+    Some(Arc::new(move |step: Step| {
+        if step.name() == target {
+            eprintln!("killing myself at {target}");
+            let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Migrate { database } => {
+            Db::connect(&database).await?;
+            println!("schema up to date");
+        }
+        Command::LoadMerchants { database, file } => {
+            let db = Db::connect(&database).await?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let merchants: clearing::registry::MerchantFile = serde_json::from_str(&text)?;
+            clearing::registry::load_merchant_file(&db, &merchants).await?;
+            println!("{} merchants, {} terminals", merchants.merchants.len(), merchants.terminals.len());
+        }
+        Command::Ingest { database, file } => {
+            let db = Db::connect(&database).await?;
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let batch = clearing::batch::parse(&bytes)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+            let report = clearing::ingest(&db, &batch, now).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::RunDay { date, database, hsm, out, chunk_records, signing_key } => {
+            let day = BusinessDay::parse(&date)?;
+            anyhow::ensure!(
+                (1..=clearing::run_day::CHUNK_RECORDS_MAX).contains(&chunk_records),
+                "--chunk-records must be 1 to {}",
+                clearing::run_day::CHUNK_RECORDS_MAX
+            );
+            let db = Db::connect(&database).await?;
+            let hsm = HsmClient::connect(ClientConfig::new(hsm)).await.context("connecting to the HSM")?;
+            let mut options = RunOptions::new(day, out);
+            options.chunk_records = chunk_records;
+            options.signing_key = signing_key;
+            options.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            options.on_step = kill_hook();
+            let started = std::time::Instant::now();
+            let (summary, stats) = clearing::run_day(&db, &hsm, &options).await?;
+            let elapsed = started.elapsed();
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            eprintln!(
+                "day {}: {} records ({} cleared, {} quarantined); this run: {} records in {} chunks, {} TACs, \
+                 {:.3} s ({:.0} records/s); gross {} fee {} net {} yuan",
+                summary.business_day,
+                summary.records,
+                summary.cleared,
+                summary.quarantined,
+                stats.records_processed,
+                stats.chunks,
+                stats.tacs_verified,
+                elapsed.as_secs_f64(),
+                stats.records_processed as f64 / elapsed.as_secs_f64().max(1e-9),
+                clearing::money::yuan(summary.gross_fen),
+                clearing::money::yuan(summary.fee_fen),
+                clearing::money::yuan(summary.net_fen),
+            );
+        }
+    }
+    Ok(())
+}

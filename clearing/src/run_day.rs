@@ -1,0 +1,934 @@
+//! `run-day`: clear, settle and report one business day.
+//!
+//! 1. **Clear** the day's pending records in chunks of at most
+//!    [`CHUNK_RECORDS_MAX`], in the order (card, card time, kind, counter, id).
+//!    For each chunk: verify the TACs through the HSM (`verify_tacs`, batched),
+//!    check every record against its terminal, its card's shadow account and the
+//!    blacklist, then in **one database transaction** mark each record cleared or
+//!    quarantined (with its reason), move the shadow accounts, record the spent
+//!    counters, and post the chunk's ledger entry. A record's state is the
+//!    durable cursor: a chunk either committed all of this or none of it, so a
+//!    job killed at any point and run again picks up exactly the records still
+//!    pending and never posts twice.
+//! 2. **Settle** the cleared purchases not yet settled, per merchant, with its
+//!    fee rate and the rounding rule of [`crate::money`], in one transaction (a
+//!    new settlement run only when there is something new to settle: re-running
+//!    a settled day changes nothing).
+//! 3. **Write** the settlement file (CSV) and its manifest, signed by the HSM
+//!    (Ed25519, deterministic), and the reconciliation report: all derived from
+//!    the database alone, so a re-run writes the same bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use card_host::model::{ApplicationSerial, CardDateTime, Fen, TerminalNumber, TransactionType};
+use hsm_sim::command::{LoadTac, PurchaseTac, TacRecord};
+use hsm_sim::{HsmClient, TacVerdict};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row};
+
+use crate::batch::RecordKind;
+use crate::db::Db;
+use crate::error::Error;
+use crate::ledger::{self, Account};
+use crate::money::{BusinessDay, FeeRate, fee_fen};
+
+/// The most records cleared in one chunk (one HSM round, one database transaction).
+pub const CHUNK_RECORDS_MAX: i64 = 5_000;
+/// An upload later than this after the card's transaction time is quarantined as late.
+pub const LATE_UPLOAD_SECONDS_MAX: i64 = 7 * 86_400;
+/// The most chunks in one run (a bound on the loop: 5 × 10⁹ records).
+pub const CHUNKS_MAX: u64 = 1_000_000;
+/// The HSM key label that signs settlement files.
+pub const SIGNING_KEY_DEFAULT: &str = "settlement.signing";
+
+/// Why a record was quarantined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Refused at upload (a field did not parse).
+    Malformed,
+    UnknownTerminal,
+    RevokedTerminal,
+    UnknownCard,
+    /// The HSM says the TAC is wrong.
+    ForgedTac,
+    /// The HSM refused the record's fields.
+    TacRejected,
+    BlacklistedCard,
+    LateUpload,
+    /// The card's counter was already cleared (a replayed or repeated record).
+    Duplicate,
+    /// The counter is behind the shadow account but was never cleared (out of order).
+    StaleCounter,
+    /// The counter is ahead of the shadow account: records are missing before it.
+    CounterGap,
+    /// The balance before differs from the shadow account (a cloned or tampered card).
+    BalanceDiscontinuity,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::UnknownTerminal => "unknown_terminal",
+            Reason::RevokedTerminal => "revoked_terminal",
+            Reason::UnknownCard => "unknown_card",
+            Reason::ForgedTac => "forged_tac",
+            Reason::TacRejected => "tac_rejected",
+            Reason::BlacklistedCard => "blacklisted_card",
+            Reason::LateUpload => "late_upload",
+            Reason::Duplicate => "duplicate",
+            Reason::StaleCounter => "stale_counter",
+            Reason::CounterGap => "counter_gap",
+            Reason::BalanceDiscontinuity => "balance_discontinuity",
+        }
+    }
+}
+
+/// The moments a test can stop the job at (to kill it there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// A chunk's transaction is written but not committed.
+    ChunkBeforeCommit(u64),
+    ChunkCommitted(u64),
+    SettlementCommitted,
+    FileWritten,
+}
+
+impl Step {
+    pub fn name(&self) -> String {
+        match self {
+            Step::ChunkBeforeCommit(n) => format!("chunk-before-commit:{n}"),
+            Step::ChunkCommitted(n) => format!("chunk-committed:{n}"),
+            Step::SettlementCommitted => "settlement-committed".into(),
+            Step::FileWritten => "file-written".into(),
+        }
+    }
+}
+
+pub type StepHook = Arc<dyn Fn(Step) + Send + Sync>;
+
+pub struct RunOptions {
+    pub day: BusinessDay,
+    /// Where the settlement file, its manifest and the reconciliation report go.
+    pub out_dir: PathBuf,
+    pub signing_key: String,
+    /// Records per chunk, 1..=[`CHUNK_RECORDS_MAX`].
+    pub chunk_records: i64,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Called at each [`Step`] (tests kill the process there).
+    pub on_step: Option<StepHook>,
+}
+
+impl RunOptions {
+    pub fn new(day: BusinessDay, out_dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            day,
+            out_dir: out_dir.into(),
+            signing_key: SIGNING_KEY_DEFAULT.into(),
+            chunk_records: CHUNK_RECORDS_MAX,
+            progress: false,
+            on_step: None,
+        }
+    }
+
+    fn step(&self, step: Step) {
+        if let Some(hook) = &self.on_step {
+            hook(step);
+        }
+    }
+}
+
+/// One merchant's line of a settlement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementLine {
+    pub settlement_run: i64,
+    pub merchant_id: String,
+    pub settlement_account: String,
+    pub record_count: i64,
+    pub gross_fen: i64,
+    pub fee_rate: String,
+    pub fee_fen: i64,
+    pub net_fen: i64,
+}
+
+/// The day's result: derived from the database alone, so identical on every re-run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaySummary {
+    pub business_day: String,
+    pub records: i64,
+    pub cleared: i64,
+    pub quarantined: i64,
+    pub pending: i64,
+    pub quarantined_by_reason: BTreeMap<String, i64>,
+    pub purchases_fen: i64,
+    pub loads_fen: i64,
+    pub settlements: Vec<SettlementLine>,
+    pub gross_fen: i64,
+    pub fee_fen: i64,
+    pub net_fen: i64,
+    /// The sum of every posting in the ledger: always 0.
+    pub ledger_total_fen: i64,
+    /// −(card float) equals the sum of the shadow balances.
+    pub card_float_matches_shadows: bool,
+    /// Settled gross equals the cleared purchases of the day.
+    pub settled_equals_cleared: bool,
+    pub settlement_file: String,
+    pub settlement_sha256: String,
+    pub settlement_signature: String,
+}
+
+/// What this run did (differs between a first run and a re-run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    pub chunks: u64,
+    pub records_processed: u64,
+    pub tacs_verified: u64,
+    pub hsm_micros: u64,
+    pub settlement_runs_added: u64,
+}
+
+/// A pending record as read back, with its fields as types.
+struct Pending {
+    transaction_id: i64,
+    terminal_id: String,
+    batch_id: String,
+    record_index: i64,
+    kind: RecordKind,
+    serial: ApplicationSerial,
+    counter: i64,
+    balance_before: i64,
+    amount: i64,
+    transaction_type: TransactionType,
+    terminal: TerminalNumber,
+    terminal_serial: u32,
+    occurred_at: String,
+    at: CardDateTime,
+    tac: [u8; 4],
+    received_at: i64,
+}
+
+fn inconsistent(what: &str) -> impl Fn(card_host::model::ValueError) -> Error + '_ {
+    move |error| Error::Inconsistent(format!("{what}: {error}"))
+}
+
+impl Pending {
+    fn from_row(row: &AnyRow) -> Result<Pending, Error> {
+        let kind: String = row.try_get("kind")?;
+        let occurred_at: String = row.try_get("occurred_at")?;
+        let date_time = hex::decode(&occurred_at).map_err(|_| Error::Inconsistent("occurred_at".into()))?;
+        let tac: String = row.try_get("tac")?;
+        let tac: [u8; 4] = hex::decode(&tac)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| Error::Inconsistent("tac".into()))?;
+        Ok(Pending {
+            transaction_id: row.try_get("transaction_id")?,
+            terminal_id: row.try_get("terminal_id")?,
+            batch_id: row.try_get("batch_id")?,
+            record_index: row.try_get("record_index")?,
+            kind: RecordKind::parse(&kind).ok_or_else(|| Error::Inconsistent(format!("kind {kind}")))?,
+            serial: ApplicationSerial::parse_hex(&row.try_get::<String, _>("card_serial")?)
+                .map_err(inconsistent("card_serial"))?,
+            counter: row.try_get("counter")?,
+            balance_before: row.try_get("balance_before")?,
+            amount: row.try_get("amount_fen")?,
+            transaction_type: TransactionType::from_code(row.try_get::<i64, _>("transaction_type")? as u8)
+                .map_err(inconsistent("transaction_type"))?,
+            terminal: TerminalNumber::parse_hex(&row.try_get::<String, _>("terminal_number")?)
+                .map_err(inconsistent("terminal_number"))?,
+            terminal_serial: row.try_get::<i64, _>("terminal_serial")? as u32,
+            at: CardDateTime::from_slice(&date_time).map_err(inconsistent("occurred_at"))?,
+            occurred_at,
+            tac,
+            received_at: row.try_get("received_at")?,
+        })
+    }
+
+    fn tac_record(&self) -> TacRecord {
+        match self.kind {
+            RecordKind::Purchase => TacRecord::Purchase(PurchaseTac {
+                serial: self.serial,
+                amount: Fen(self.amount as u32),
+                kind: self.transaction_type,
+                terminal: self.terminal,
+                terminal_serial: self.terminal_serial,
+                at: self.at,
+                tac: self.tac,
+            }),
+            RecordKind::Load => TacRecord::Load(LoadTac {
+                serial: self.serial,
+                new_balance: Fen((self.balance_before + self.amount) as u32),
+                online_counter: self.counter as u16,
+                amount: Fen(self.amount as u32),
+                kind: self.transaction_type,
+                terminal: self.terminal,
+                at: self.at,
+                tac: self.tac,
+            }),
+        }
+    }
+}
+
+struct TerminalInfo {
+    merchant_id: String,
+    active: bool,
+}
+
+#[derive(Clone)]
+struct CardState {
+    key_set: String,
+    balance_fen: i64,
+    offline_counter: i64,
+    online_counter: i64,
+    changed: bool,
+}
+
+/// Reference data read once per run: terminals and the blacklist's latest state per card.
+struct Reference {
+    terminals: HashMap<String, TerminalInfo>,
+    /// card serial → the date-time (YYYYMMDDhhmmss) from which it is blacklisted.
+    blacklisted_from: HashMap<String, String>,
+}
+
+async fn load_reference(db: &Db) -> Result<Reference, Error> {
+    let mut terminals = HashMap::new();
+    for row in sqlx::query("SELECT terminal_number, merchant_id, status FROM terminals").fetch_all(&db.pool).await? {
+        let status: String = row.try_get("status")?;
+        terminals.insert(
+            row.try_get("terminal_number")?,
+            TerminalInfo { merchant_id: row.try_get("merchant_id")?, active: status == "active" },
+        );
+    }
+    let mut blacklisted_from = HashMap::new();
+    for row in
+        sqlx::query("SELECT card_serial, action, listed_at FROM blacklist ORDER BY version").fetch_all(&db.pool).await?
+    {
+        let card: String = row.try_get("card_serial")?;
+        if row.try_get::<String, _>("action")? == "add" {
+            blacklisted_from.insert(card, row.try_get("listed_at")?);
+        } else {
+            blacklisted_from.remove(&card);
+        }
+    }
+    Ok(Reference { terminals, blacklisted_from })
+}
+
+async fn load_cards(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    serials: &[String],
+) -> Result<HashMap<String, CardState>, Error> {
+    let mut cards = HashMap::new();
+    for part in serials.chunks(crate::ingest::INSERT_ROWS_MAX) {
+        let sql = format!(
+            "SELECT card_serial, key_set, balance_fen, offline_counter, online_counter FROM cards
+             WHERE card_serial IN ({})",
+            crate::db::list_placeholders(part.len(), 1)
+        );
+        let mut query = sqlx::query(&sql);
+        for serial in part {
+            query = query.bind(serial.clone());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            cards.insert(
+                row.try_get("card_serial")?,
+                CardState {
+                    key_set: row.try_get("key_set")?,
+                    balance_fen: row.try_get("balance_fen")?,
+                    offline_counter: row.try_get("offline_counter")?,
+                    online_counter: row.try_get("online_counter")?,
+                    changed: false,
+                },
+            );
+        }
+    }
+    Ok(cards)
+}
+
+/// Clears, settles and reports one day. Safe to run again, and to run again
+/// after being killed at any point: the totals come out the same.
+pub async fn run_day(db: &Db, hsm: &HsmClient, options: &RunOptions) -> Result<(DaySummary, RunStats), Error> {
+    assert!((1..=CHUNK_RECORDS_MAX).contains(&options.chunk_records), "chunk size out of range");
+    let day = options.day.to_string();
+    let mut stats = RunStats::default();
+    let reference = load_reference(db).await?;
+    let pending_total: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM transactions WHERE business_day = $1 AND state = 'pending'")
+            .bind(&day)
+            .fetch_one(&db.pool)
+            .await?;
+    let bar = if options.progress {
+        let bar = indicatif::ProgressBar::new(pending_total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} records, {per_sec}, eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("clearing {day}"));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    tracing::info!(day = %day, pending = pending_total, "clearing");
+    while stats.chunks < CHUNKS_MAX {
+        let processed = clear_chunk(db, hsm, options, &reference, &mut stats).await?;
+        if processed == 0 {
+            break;
+        }
+        bar.inc(processed);
+    }
+    bar.finish_and_clear();
+    stats.settlement_runs_added = settle(db, &day).await?;
+    options.step(Step::SettlementCommitted);
+    let summary = write_outputs(db, hsm, options).await?;
+    options.step(Step::FileWritten);
+    tracing::info!(
+        day = %day, cleared = summary.cleared, quarantined = summary.quarantined,
+        gross_fen = summary.gross_fen, fee_fen = summary.fee_fen, "day cleared"
+    );
+    Ok((summary, stats))
+}
+
+/// Clears one chunk; returns how many records it processed (0: none left).
+async fn clear_chunk(
+    db: &Db,
+    hsm: &HsmClient,
+    options: &RunOptions,
+    reference: &Reference,
+    stats: &mut RunStats,
+) -> Result<u64, Error> {
+    let day = options.day.to_string();
+    let rows = sqlx::query(
+        "SELECT transaction_id, terminal_id, batch_id, record_index, kind, card_serial, counter, balance_before,
+         amount_fen, transaction_type, terminal_number, terminal_serial, occurred_at, tac, received_at
+         FROM transactions WHERE business_day = $1 AND state = 'pending'
+         ORDER BY card_serial, occurred_at, kind, counter, transaction_id LIMIT $2",
+    )
+    .bind(&day)
+    .bind(options.chunk_records)
+    .fetch_all(&db.pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let records = rows.iter().map(Pending::from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut serials: Vec<String> = records.iter().map(|r| r.serial.to_hex()).collect();
+    serials.dedup();
+
+    // The shadow accounts, read before the HSM round; the transaction that
+    // writes them re-reads nothing, and the state guard below refuses to commit
+    // if another job cleared these records meanwhile.
+    let mut cards = {
+        let mut tx = db.pool.begin().await?;
+        let cards = load_cards(&mut tx, &serials).await?;
+        tx.commit().await?;
+        cards
+    };
+
+    // TACs, batched per key set, for every record of a known card.
+    let mut verdicts: Vec<Option<TacVerdict>> = vec![None; records.len()];
+    let mut by_key_set: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, record) in records.iter().enumerate() {
+        if let Some(card) = cards.get(&record.serial.to_hex()) {
+            by_key_set.entry(card.key_set.as_str()).or_default().push(index);
+        }
+    }
+    let started = std::time::Instant::now();
+    for (key_set, indices) in &by_key_set {
+        let batch: Vec<TacRecord> = indices.iter().map(|&i| records[i].tac_record()).collect();
+        let answers = hsm.verify_tacs(key_set, &batch).await?;
+        if answers.len() != batch.len() {
+            return Err(Error::Inconsistent("the HSM answered a different number of verdicts".into()));
+        }
+        for (&index, verdict) in indices.iter().zip(answers) {
+            verdicts[index] = Some(verdict);
+        }
+        stats.tacs_verified += batch.len() as u64;
+    }
+    stats.hsm_micros += started.elapsed().as_micros() as u64;
+
+    // Decide each record in order, moving the in-memory shadow accounts.
+    let mut outcomes: Vec<Result<String, (Reason, String)>> = Vec::with_capacity(records.len());
+    let mut possibly_spent: Vec<usize> = Vec::new();
+    let mut spent_in_chunk: HashMap<(ApplicationSerial, RecordKind, i64), i64> = HashMap::new();
+    for (index, record) in records.iter().enumerate() {
+        let mut outcome = decide(record, verdicts[index], reference, &mut cards);
+        let key = (record.serial, record.kind, record.counter);
+        match &outcome {
+            Ok(_) => {
+                spent_in_chunk.insert(key, record.transaction_id);
+            }
+            Err((Reason::StaleCounter, _)) => match spent_in_chunk.get(&key) {
+                Some(original) => {
+                    outcome = Err((
+                        Reason::Duplicate,
+                        format!("counter {} already cleared in transaction {original}", record.counter),
+                    ))
+                }
+                None => possibly_spent.push(index),
+            },
+            Err(_) => {}
+        }
+        outcomes.push(outcome);
+    }
+
+    let mut tx = db.pool.begin().await?;
+    // A counter behind the shadow account: a duplicate if that counter was cleared.
+    for &index in &possibly_spent {
+        let record = &records[index];
+        let spent: Option<i64> = sqlx::query_scalar(
+            "SELECT transaction_id FROM card_counters WHERE card_serial = $1 AND kind = $2 AND counter = $3",
+        )
+        .bind(record.serial.to_hex())
+        .bind(record.kind.as_str())
+        .bind(record.counter)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(original) = spent {
+            outcomes[index] = Err((
+                Reason::Duplicate,
+                format!("counter {} already cleared in transaction {original}", record.counter),
+            ));
+        }
+    }
+    let mut purchases_by_merchant: BTreeMap<String, i64> = BTreeMap::new();
+    let mut loads_fen: i64 = 0;
+    let mut cleared_by_merchant: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut spent_counters: Vec<(String, &'static str, i64, i64)> = Vec::new();
+    for (record, outcome) in records.iter().zip(&outcomes) {
+        match outcome {
+            Ok(merchant) => {
+                match record.kind {
+                    RecordKind::Purchase => {
+                        *purchases_by_merchant.entry(merchant.clone()).or_default() += record.amount
+                    }
+                    RecordKind::Load => loads_fen += record.amount,
+                }
+                cleared_by_merchant.entry(merchant.clone()).or_default().push(record.transaction_id);
+                spent_counters.push((
+                    record.serial.to_hex(),
+                    record.kind.as_str(),
+                    record.counter,
+                    record.transaction_id,
+                ));
+            }
+            Err((reason, detail)) => {
+                sqlx::query(
+                    "INSERT INTO quarantine (terminal_id, batch_id, record_index, transaction_id, business_day, reason, detail)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&record.terminal_id)
+                .bind(&record.batch_id)
+                .bind(record.record_index)
+                .bind(record.transaction_id)
+                .bind(&day)
+                .bind(reason.as_str())
+                .bind(detail)
+                .execute(&mut *tx)
+                .await?;
+                let done = sqlx::query(
+                    "UPDATE transactions SET state = 'quarantined' WHERE transaction_id = $1 AND state = 'pending'",
+                )
+                .bind(record.transaction_id)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(Error::Conflict("another job is clearing this day".into()));
+                }
+            }
+        }
+    }
+    for (merchant, ids) in &cleared_by_merchant {
+        for part in ids.chunks(crate::ingest::INSERT_ROWS_MAX) {
+            let sql = format!(
+                "UPDATE transactions SET state = 'cleared', merchant_id = $1
+                 WHERE state = 'pending' AND transaction_id IN ({})",
+                crate::db::list_placeholders(part.len(), 2)
+            );
+            let mut update = sqlx::query(&sql).bind(merchant.clone());
+            for id in part {
+                update = update.bind(*id);
+            }
+            let done = update.execute(&mut *tx).await?;
+            if done.rows_affected() != part.len() as u64 {
+                return Err(Error::Conflict("another job is clearing this day".into()));
+            }
+        }
+    }
+    for part in spent_counters.chunks(crate::ingest::INSERT_ROWS_MAX) {
+        // No ON CONFLICT: a counter cleared twice is a bug, and fails the chunk.
+        let sql = format!(
+            "INSERT INTO card_counters (card_serial, kind, counter, transaction_id) VALUES {}",
+            crate::db::row_placeholders(part.len(), 4)
+        );
+        let mut insert = sqlx::query(&sql);
+        for (serial, kind, counter, id) in part {
+            insert = insert.bind(serial.clone()).bind(*kind).bind(*counter).bind(*id);
+        }
+        insert.execute(&mut *tx).await?;
+    }
+    for (serial, card) in cards.iter().filter(|(_, card)| card.changed) {
+        assert!(card.balance_fen >= 0, "a shadow balance is never negative");
+        sqlx::query(
+            "UPDATE cards SET balance_fen = $1, offline_counter = $2, online_counter = $3 WHERE card_serial = $4",
+        )
+        .bind(card.balance_fen)
+        .bind(card.offline_counter)
+        .bind(card.online_counter)
+        .bind(serial)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let purchases_fen: i64 = purchases_by_merchant.values().sum();
+    let mut postings = vec![(Account::CardFloat, purchases_fen - loads_fen), (Account::TopupFunding, loads_fen)];
+    postings.extend(
+        purchases_by_merchant.iter().map(|(merchant, amount)| (Account::MerchantPayable(merchant.clone()), -amount)),
+    );
+    ledger::post(&mut tx, &format!("clear:{day}:{}", records[0].transaction_id), &day, &postings).await?;
+    stats.chunks += 1;
+    options.step(Step::ChunkBeforeCommit(stats.chunks));
+    tx.commit().await?;
+    options.step(Step::ChunkCommitted(stats.chunks));
+    stats.records_processed += records.len() as u64;
+    Ok(records.len() as u64)
+}
+
+/// The checks of one record, in order; on success the shadow account moves and
+/// the merchant to credit is returned.
+fn decide(
+    record: &Pending,
+    verdict: Option<TacVerdict>,
+    reference: &Reference,
+    cards: &mut HashMap<String, CardState>,
+) -> Result<String, (Reason, String)> {
+    let terminal_key = record.terminal.to_string();
+    let terminal = reference
+        .terminals
+        .get(&terminal_key)
+        .ok_or((Reason::UnknownTerminal, format!("terminal {terminal_key} is not registered")))?;
+    if !terminal.active {
+        return Err((Reason::RevokedTerminal, format!("terminal {terminal_key} is revoked")));
+    }
+    let serial = record.serial.to_hex();
+    let card = cards.get_mut(&serial).ok_or((Reason::UnknownCard, "the card was never issued".to_owned()))?;
+    match verdict {
+        Some(TacVerdict::Valid) => {}
+        Some(TacVerdict::Invalid) => return Err((Reason::ForgedTac, "the HSM found the TAC wrong".to_owned())),
+        Some(TacVerdict::Rejected(code)) => {
+            return Err((Reason::TacRejected, format!("the HSM refused the record's fields ({code:?})")));
+        }
+        None => return Err((Reason::TacRejected, "no TAC verdict".to_owned())),
+    }
+    if let Some(from) = reference.blacklisted_from.get(&serial)
+        && record.occurred_at.as_str() >= from.as_str()
+    {
+        return Err((Reason::BlacklistedCard, format!("blacklisted from {from}")));
+    }
+    let delay = record.received_at - record.at.unix_seconds() as i64;
+    if delay > LATE_UPLOAD_SECONDS_MAX {
+        return Err((Reason::LateUpload, format!("uploaded {delay} s after the transaction")));
+    }
+    let expected = match record.kind {
+        RecordKind::Purchase => card.offline_counter,
+        RecordKind::Load => card.online_counter,
+    };
+    if record.counter < expected {
+        return Err((Reason::StaleCounter, format!("counter {} behind the expected {expected}", record.counter)));
+    }
+    if record.counter > expected {
+        return Err((Reason::CounterGap, format!("counter {} but {expected} expected", record.counter)));
+    }
+    if record.balance_before != card.balance_fen {
+        return Err((
+            Reason::BalanceDiscontinuity,
+            format!("balance before {} but the shadow account holds {}", record.balance_before, card.balance_fen),
+        ));
+    }
+    match record.kind {
+        RecordKind::Purchase => {
+            assert!(record.amount <= card.balance_fen, "checked at upload: amount within the balance before");
+            card.balance_fen -= record.amount;
+            card.offline_counter += 1;
+        }
+        RecordKind::Load => {
+            card.balance_fen += record.amount;
+            card.online_counter += 1;
+        }
+    }
+    card.changed = true;
+    Ok(terminal.merchant_id.clone())
+}
+
+/// Settles the cleared purchases not yet settled; returns the settlement runs added (0 or 1).
+async fn settle(db: &Db, day: &str) -> Result<u64, Error> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO day_runs (business_day, settlement_runs) VALUES ($1, 0) ON CONFLICT (business_day) DO NOTHING",
+    )
+    .bind(day)
+    .execute(&mut *tx)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT t.merchant_id AS merchant_id, COUNT(*) AS record_count,
+         CAST(SUM(t.amount_fen) AS BIGINT) AS gross_fen, m.fee_rate AS fee_rate, m.settlement_account AS account
+         FROM transactions t JOIN merchants m ON m.merchant_id = t.merchant_id
+         WHERE t.business_day = $1 AND t.state = 'cleared' AND t.kind = 'purchase' AND t.settlement_run IS NULL
+         GROUP BY t.merchant_id, m.fee_rate, m.settlement_account ORDER BY t.merchant_id",
+    )
+    .bind(day)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT settlement_runs FROM day_runs WHERE business_day = $1")
+        .bind(day)
+        .fetch_one(&mut *tx)
+        .await?;
+    let run = runs + 1;
+    for row in &rows {
+        let merchant: String = row.try_get("merchant_id")?;
+        let gross: i64 = row.try_get("gross_fen")?;
+        let count: i64 = row.try_get("record_count")?;
+        let rate_text: String = row.try_get("fee_rate")?;
+        let account: String = row.try_get("account")?;
+        let rate = FeeRate::parse(&rate_text).map_err(|error| Error::Inconsistent(error.to_string()))?;
+        let fee = fee_fen(gross, rate);
+        let net = gross - fee;
+        assert!(fee >= 0 && net >= 0 && fee + net == gross, "fee and net split the gross");
+        sqlx::query(
+            "INSERT INTO settlements (business_day, settlement_run, merchant_id, settlement_account, record_count,
+             gross_fen, fee_rate, fee_fen, net_fen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(day)
+        .bind(run)
+        .bind(&merchant)
+        .bind(&account)
+        .bind(count)
+        .bind(gross)
+        .bind(rate.to_string())
+        .bind(fee)
+        .bind(net)
+        .execute(&mut *tx)
+        .await?;
+        let marked = sqlx::query(
+            "UPDATE transactions SET settlement_run = $1 WHERE business_day = $2 AND state = 'cleared'
+             AND kind = 'purchase' AND settlement_run IS NULL AND merchant_id = $3",
+        )
+        .bind(run)
+        .bind(day)
+        .bind(&merchant)
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() != count as u64 {
+            return Err(Error::Conflict("another job is settling this day".into()));
+        }
+        ledger::post(
+            &mut tx,
+            &format!("settle:{day}:{run}:{merchant}"),
+            day,
+            &[
+                (Account::MerchantPayable(merchant.clone()), gross),
+                (Account::FeeIncome, -fee),
+                (Account::SettlementBank, -net),
+            ],
+        )
+        .await?;
+    }
+    let updated =
+        sqlx::query("UPDATE day_runs SET settlement_runs = $1 WHERE business_day = $2 AND settlement_runs = $3")
+            .bind(run)
+            .bind(day)
+            .bind(runs)
+            .execute(&mut *tx)
+            .await?;
+    if updated.rows_affected() != 1 {
+        return Err(Error::Conflict("another job is settling this day".into()));
+    }
+    tx.commit().await?;
+    Ok(1)
+}
+
+/// The day's settlements, in file order.
+pub async fn settlements(db: &Db, day: &str) -> Result<Vec<SettlementLine>, Error> {
+    let rows = sqlx::query(
+        "SELECT settlement_run, merchant_id, settlement_account, record_count, gross_fen, fee_rate, fee_fen, net_fen
+         FROM settlements WHERE business_day = $1 ORDER BY settlement_run, merchant_id",
+    )
+    .bind(day)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(SettlementLine {
+                settlement_run: row.try_get("settlement_run")?,
+                merchant_id: row.try_get("merchant_id")?,
+                settlement_account: row.try_get("settlement_account")?,
+                record_count: row.try_get("record_count")?,
+                gross_fen: row.try_get("gross_fen")?,
+                fee_rate: row.try_get("fee_rate")?,
+                fee_fen: row.try_get("fee_fen")?,
+                net_fen: row.try_get("net_fen")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Error::Database)
+}
+
+/// The settlement file: a CSV, one line per merchant and settlement run.
+pub fn settlement_csv(day: &str, lines: &[SettlementLine]) -> String {
+    let mut csv = String::from(
+        "business_day,settlement_run,merchant_id,settlement_account,record_count,gross_fen,fee_rate,fee_fen,net_fen\n",
+    );
+    for line in lines {
+        csv.push_str(&format!(
+            "{day},{},{},{},{},{},{},{},{}\n",
+            line.settlement_run,
+            csv_field(&line.merchant_id),
+            csv_field(&line.settlement_account),
+            line.record_count,
+            line.gross_fen,
+            line.fee_rate,
+            line.fee_fen,
+            line.net_fen
+        ));
+    }
+    csv
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_owned() }
+}
+
+/// The signed manifest beside the settlement file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub business_day: String,
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub merchants: u64,
+    pub gross_fen: i64,
+    pub fee_fen: i64,
+    pub net_fen: i64,
+    pub signing_key: String,
+    /// Ed25519 over the file's SHA-256 (`hsm_sim::settlement_digest`), 128 hex digits.
+    pub signature: String,
+    pub public_key: String,
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let file_error = |source| Error::File { path: path.display().to_string(), source };
+    let temporary = path.with_extension("partial");
+    let mut file = std::fs::File::create(&temporary).map_err(file_error)?;
+    file.write_all(bytes).map_err(file_error)?;
+    file.sync_all().map_err(file_error)?;
+    std::fs::rename(&temporary, path).map_err(file_error)?;
+    Ok(())
+}
+
+async fn scalar(db: &Db, sql: &str, day: &str) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(sql).bind(day).fetch_one(&db.pool).await?)
+}
+
+/// The day's summary, from the database.
+pub async fn summary(db: &Db, day: &str) -> Result<DaySummary, Error> {
+    let count = |state: &'static str| {
+        let sql = format!("SELECT COUNT(*) FROM transactions WHERE business_day = $1 AND state = '{state}'");
+        async move { scalar(db, &sql, day).await }
+    };
+    let (cleared, quarantined, pending) =
+        (count("cleared").await?, count("quarantined").await?, count("pending").await?);
+    let sum_kind = |kind: &'static str| {
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM transactions
+             WHERE business_day = $1 AND state = 'cleared' AND kind = '{kind}'"
+        );
+        async move { scalar(db, &sql, day).await }
+    };
+    let (purchases_fen, loads_fen) = (sum_kind("purchase").await?, sum_kind("load").await?);
+    let mut quarantined_by_reason = BTreeMap::new();
+    for row in sqlx::query("SELECT reason, COUNT(*) AS n FROM quarantine WHERE business_day = $1 GROUP BY reason")
+        .bind(day)
+        .fetch_all(&db.pool)
+        .await?
+    {
+        quarantined_by_reason.insert(row.try_get("reason")?, row.try_get("n")?);
+    }
+    let settlements = settlements(db, day).await?;
+    let gross_fen = settlements.iter().map(|l| l.gross_fen).sum();
+    let fee_fen = settlements.iter().map(|l| l.fee_fen).sum();
+    let net_fen = settlements.iter().map(|l| l.net_fen).sum();
+    let ledger_total_fen = ledger::total(db).await?;
+    let card_float = ledger::balance(db, &Account::CardFloat).await?;
+    let shadows: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(SUM(balance_fen), 0) AS BIGINT) FROM cards")
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(DaySummary {
+        business_day: day.to_owned(),
+        records: cleared + quarantined + pending,
+        cleared,
+        quarantined,
+        pending,
+        quarantined_by_reason,
+        purchases_fen,
+        loads_fen,
+        settled_equals_cleared: gross_fen == purchases_fen,
+        settlements,
+        gross_fen,
+        fee_fen,
+        net_fen,
+        ledger_total_fen,
+        card_float_matches_shadows: -card_float == shadows,
+        settlement_file: String::new(),
+        settlement_sha256: String::new(),
+        settlement_signature: String::new(),
+    })
+}
+
+/// Writes the settlement file, its signed manifest and the reconciliation report.
+async fn write_outputs(db: &Db, hsm: &HsmClient, options: &RunOptions) -> Result<DaySummary, Error> {
+    let day = options.day.to_string();
+    let mut summary = summary(db, &day).await?;
+    std::fs::create_dir_all(&options.out_dir)
+        .map_err(|source| Error::File { path: options.out_dir.display().to_string(), source })?;
+    let csv = settlement_csv(&day, &summary.settlements);
+    let file_name = format!("settlement-{day}.csv");
+    let digest = hsm_sim::settlement_digest(csv.as_bytes());
+    let signature = hsm.sign_settlement(&options.signing_key, csv.as_bytes()).await?;
+    let public_key = hsm.settlement_public_key(&options.signing_key).await?;
+    write_atomically(&options.out_dir.join(&file_name), csv.as_bytes())?;
+    let manifest = Manifest {
+        format: "clearing-settlement-manifest/1".into(),
+        business_day: day.clone(),
+        file: file_name.clone(),
+        bytes: csv.len() as u64,
+        sha256: hex::encode(digest),
+        merchants: summary.settlements.len() as u64,
+        gross_fen: summary.gross_fen,
+        fee_fen: summary.fee_fen,
+        net_fen: summary.net_fen,
+        signing_key: options.signing_key.clone(),
+        signature: hex::encode(signature),
+        public_key: hex::encode(public_key),
+    };
+    let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Inconsistent(e.to_string()))?;
+    write_atomically(&options.out_dir.join(format!("settlement-{day}.manifest.json")), &manifest_json)?;
+    summary.settlement_file = file_name;
+    summary.settlement_sha256 = manifest.sha256;
+    summary.settlement_signature = manifest.signature;
+    let report = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Inconsistent(e.to_string()))?;
+    write_atomically(&options.out_dir.join(format!("reconciliation-{day}.json")), &report)?;
+    if summary.ledger_total_fen != 0 || !summary.card_float_matches_shadows || !summary.settled_equals_cleared {
+        tracing::error!(day = %day, "reconciliation failed: see the report");
+        return Err(Error::Inconsistent(format!("day {day} does not reconcile: {summary:?}")));
+    }
+    Ok(summary)
+}
