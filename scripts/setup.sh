@@ -54,3 +54,35 @@ ensure_pcscd() {
   echo "pcscd did not open the vpcd reader on 127.0.0.1:$VPCD_PORT (see /etc/reader.conf.d/vpcd)" >&2
   exit 1
 }
+
+# PostgreSQL for the clearing tests: 127.0.0.1:5432, user postgres, database
+# `test`, trust authentication on loopback. Installs Debian's `postgresql` when
+# it is missing, starts the cluster when it is stopped, creates the database.
+POSTGRES_PORT=5432
+
+postgres_listening() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$POSTGRES_PORT") 2>/dev/null
+}
+
+ensure_postgres() {
+  if postgres_listening; then return 0; fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    say "installing postgresql"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  fi
+  local version
+  version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  # Tests connect as postgres over loopback without a password (never do this on a shared host).
+  if ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    as_root sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+  fi
+  say "starting PostgreSQL $version"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  for _ in $(seq 100); do postgres_listening && break; sleep 0.1; done
+  postgres_listening || { echo "PostgreSQL did not start on 127.0.0.1:$POSTGRES_PORT" >&2; exit 1; }
+  if ! psql -h 127.0.0.1 -U postgres -d test -Atc 'select 1' >/dev/null 2>&1; then
+    psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test' >/dev/null
+  fi
+}

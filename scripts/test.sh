@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, unit tests, and the system
-# tests through the real pcscd + vpcd. Installs what is missing and starts pcscd.
+# tests through the real pcscd + vpcd. Installs what is missing and starts pcscd
+# and PostgreSQL (the clearing tests run on SQLite and on PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 ensure_packages
 ensure_pcscd
+ensure_postgres
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
