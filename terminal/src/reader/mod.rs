@@ -8,11 +8,13 @@
 
 pub mod in_process;
 pub mod pcsc;
+pub mod pn532;
 
 use card_host::apdu::{Command, Response};
 use card_host::status::StatusWord;
 
 pub use in_process::InProcess;
+pub use pn532::{Pn532Error, Pn532Reader};
 
 /// GET RESPONSE rounds one command may take before the answer is refused.
 pub const GET_RESPONSE_ROUNDS_MAX: usize = 32;
@@ -40,6 +42,15 @@ pub enum ReaderError {
     ChainTooLong,
     #[error("PC/SC: {0}")]
     Pcsc(#[from] ::pcsc::Error),
+    /// More than one card answered in a contactless reader's field: nothing is
+    /// done with either; the rider must present one card only.
+    #[error("{0} cards in the field: present one card only")]
+    SeveralCards(u8),
+    /// The serial line to a reader module failed.
+    #[error("serial line: {0}")]
+    Serial(#[from] std::io::Error),
+    #[error("PN532: {0}")]
+    Pn532(#[from] pn532::Pn532Error),
 }
 
 /// One card in one reader: carries a command APDU's bytes to the card and its

@@ -1,0 +1,443 @@
+//! A PN532 reader module on a serial line (HSU, 115200 baud): the bus
+//! validator's reader. Frames are `card_host::pn532::frame`'s, shared with the
+//! emulator that tests this driver.
+//!
+//! One command goes like this: the command frame; the PN532's ACK; its answer
+//! frame (code + 1). The driver
+//!
+//! - wakes the module up (`55 55 00 ..`) and puts it in normal mode
+//!   (SAMConfiguration), then checks GetFirmwareVersion says PN532;
+//! - sends a command again when no ACK came (the PN532 did not take it), at
+//!   most [`COMMAND_ATTEMPTS_MAX`] times, and never sends InDataExchange
+//!   again once something came back, so an APDU is not run twice;
+//! - asks for an answer again with NACK when it came broken (bad LCS or DCS),
+//!   at most [`NACKS_MAX`] times; it waits [`NACK_QUIET`] first, so that a
+//!   broken frame that was only line noise costs nothing;
+//! - skips garbage between frames (the decoder resynchronises on the next start
+//!   code) and answers to other commands (late answers after a timeout);
+//! - lists type A targets with MaxTg 2, so two cards in the field are seen and
+//!   refused ([`ReaderError::SeveralCards`]): a validator must not debit a card
+//!   the rider did not mean to present;
+//! - carries APDUs in InDataExchange, chained with the MI bit both ways when
+//!   longer than [`DATA_EXCHANGE_CHUNK_MAX`] bytes;
+//! - maps InDataExchange's status `01` (time out), `29` (released), `2B`
+//!   (disappeared) and `27` (no such target any more) to
+//!   [`ReaderError::CardRemoved`]: the card left and the outcome is unknown.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use card_host::pn532::command::{
+    BAUD_TYPE_A_106, DATA_EXCHANGE_CHUNK_MAX, MORE_INFORMATION, SAK_ISO14443_4, SAM_MODE_NORMAL, TARGETS_MAX, code,
+};
+use card_host::pn532::{Decoder, Direction, Frame, FrameError, Information, Status, TypeATarget};
+
+use super::{CHAINED_RESPONSE_MAX, Channel, ReaderError};
+
+/// The HSU wake-up: 0x55s, then 00s long enough for the PN532 to wake
+/// (UM0701-02 §7.2.11 and the PN532 application note).
+pub const WAKE_UP: [u8; 16] =
+    [0x55, 0x55, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00];
+/// The PN532's baud rate on the serial line after power-on.
+pub const BAUD_RATE: u32 = 115_200;
+/// The serial port's read timeout: how often the driver looks at its deadlines.
+pub const PORT_READ_TIMEOUT: Duration = Duration::from_millis(10);
+/// Sends of one command frame before the driver gives up on an ACK.
+pub const COMMAND_ATTEMPTS_MAX: usize = 3;
+/// NACKs for one answer before the driver gives up on it.
+pub const NACKS_MAX: usize = 3;
+/// How long the line stays quiet after a broken frame before the driver asks
+/// for the answer again.
+pub const NACK_QUIET: Duration = Duration::from_millis(50);
+/// InDataExchange answers one response APDU may take.
+pub const RESPONSE_FRAMES_MAX: usize = CHAINED_RESPONSE_MAX / DATA_EXCHANGE_CHUNK_MAX + 2;
+/// Frames not meant for the waiting command that the driver skips before it
+/// calls the line broken.
+pub const STRAY_FRAMES_MAX: usize = 16;
+/// The longest command APDU the driver sends.
+pub const COMMAND_APDU_MAX: usize = card_host::apdu::COMMAND_LENGTH_MAX;
+
+/// How long to wait, and how long the data exchanges may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pn532Options {
+    /// For the ACK after a command frame (the PN532 answers within a millisecond).
+    pub ack_timeout: Duration,
+    /// For the answer after the ACK (an InDataExchange waits for the card).
+    pub answer_timeout: Duration,
+    /// The most APDU bytes per InDataExchange, 1 to [`DATA_EXCHANGE_CHUNK_MAX`];
+    /// less makes the driver chain shorter APDUs (for tests).
+    pub chunk_max: usize,
+}
+
+impl Default for Pn532Options {
+    fn default() -> Self {
+        Pn532Options {
+            ack_timeout: Duration::from_millis(500),
+            answer_timeout: Duration::from_secs(3),
+            chunk_max: DATA_EXCHANGE_CHUNK_MAX,
+        }
+    }
+}
+
+/// What went wrong with the PN532 itself (the line, the frames, its answers).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Pn532Error {
+    #[error("no ACK for command {command:#04X} after {attempts} attempts: is a PN532 on the line?")]
+    NoAck { command: u8, attempts: usize },
+    #[error("no answer to command {command:#04X} within {waited:?}")]
+    NoAnswer { command: u8, waited: Duration },
+    #[error("the PN532 found a syntax error in command {command:#04X}")]
+    SyntaxError { command: u8 },
+    #[error("the answer to command {command:#04X} came broken {nacks} times")]
+    BrokenAnswers { command: u8, nacks: usize },
+    #[error("{skipped} frames on the line that were not the answer to command {command:#04X}")]
+    StrayFrames { command: u8, skipped: usize },
+    #[error("{command}: status {status}")]
+    Status { command: &'static str, status: Status },
+    #[error("not a PN532: firmware {0:02X?}")]
+    NotPn532(Vec<u8>),
+    #[error("malformed answer to {command}: {detail}")]
+    Malformed { command: &'static str, detail: String },
+    #[error("the card does not speak ISO/IEC 14443-4 (SAK {0:#04X})")]
+    NotIsoDep(u8),
+    #[error("command APDU of {0} bytes is too long")]
+    ApduTooLong(usize),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// The PN532's GetFirmwareVersion answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirmwareVersion {
+    pub ic: u8,
+    pub version: u8,
+    pub revision: u8,
+    pub support: u8,
+}
+
+/// A PN532 on a serial port. See the module doc.
+pub struct Pn532Reader<P: Read + Write> {
+    port: P,
+    decoder: Decoder,
+    options: Pn532Options,
+    target: Option<TypeATarget>,
+    /// The line may hold a late answer (after a timeout): drain it before the
+    /// next command.
+    drain: bool,
+}
+
+impl Pn532Reader<serialport::TTYPort> {
+    /// Opens the serial device at `path` (115200 8N1, raw), wakes the PN532 up,
+    /// and checks it is one.
+    pub fn open(path: &Path) -> Result<(Self, FirmwareVersion), ReaderError> {
+        let port = serialport::new(path.to_string_lossy(), BAUD_RATE)
+            .timeout(PORT_READ_TIMEOUT)
+            .open_native()
+            .map_err(io::Error::from)?;
+        let mut reader = Pn532Reader::new(port);
+        let firmware = reader.wake_up()?;
+        Ok((reader, firmware))
+    }
+}
+
+impl<P: Read + Write> Pn532Reader<P> {
+    /// A driver on `port`, whose reads must time out (in [`PORT_READ_TIMEOUT`]
+    /// or so) for the driver's own timeouts to hold. Call [`Pn532Reader::wake_up`] first.
+    pub fn new(port: P) -> Self {
+        Pn532Reader::with_options(port, Pn532Options::default())
+    }
+
+    pub fn with_options(port: P, options: Pn532Options) -> Self {
+        let options = Pn532Options { chunk_max: options.chunk_max.clamp(1, DATA_EXCHANGE_CHUNK_MAX), ..options };
+        Pn532Reader { port, decoder: Decoder::new(), options, target: None, drain: true }
+    }
+
+    /// Wakes the PN532 up from its power-on low-power mode, puts it in normal
+    /// mode (SAMConfiguration 01) and reads its firmware version.
+    pub fn wake_up(&mut self) -> Result<FirmwareVersion, ReaderError> {
+        self.port.write_all(&WAKE_UP)?;
+        self.port.flush()?;
+        self.command(code::SAM_CONFIGURATION, &[SAM_MODE_NORMAL, 0x14, 0x00])?;
+        self.firmware_version()
+    }
+
+    /// GetFirmwareVersion; refuses anything but a PN532 (IC `32`).
+    pub fn firmware_version(&mut self) -> Result<FirmwareVersion, ReaderError> {
+        let answer = self.command(code::GET_FIRMWARE_VERSION, &[])?;
+        match answer[..] {
+            [ic @ 0x32, version, revision, support] => Ok(FirmwareVersion { ic, version, revision, support }),
+            _ => Err(Pn532Error::NotPn532(answer).into()),
+        }
+    }
+
+    /// Looks once for a card at 106 kbps type A (InListPassiveTarget, MaxTg 2)
+    /// and activates it for APDUs. `Ok(None)`: no card. Two cards: both are
+    /// released and the answer is [`ReaderError::SeveralCards`].
+    pub fn find_card(&mut self) -> Result<Option<TypeATarget>, ReaderError> {
+        self.target = None;
+        let answer = self.command(code::IN_LIST_PASSIVE_TARGET, &[TARGETS_MAX, BAUD_TYPE_A_106])?;
+        let mut targets = TypeATarget::parse_list(&answer, true)
+            .map_err(|error| Pn532Error::Malformed { command: "InListPassiveTarget", detail: error.to_string() })?;
+        match targets.len() {
+            0 => Ok(None),
+            1 => {
+                let target = targets.remove(0);
+                if target.sak & SAK_ISO14443_4 == 0 {
+                    self.release()?;
+                    return Err(Pn532Error::NotIsoDep(target.sak).into());
+                }
+                tracing::debug!(uid = %hex::encode_upper(&target.uid), "card activated");
+                self.target = Some(target.clone());
+                Ok(Some(target))
+            }
+            count => {
+                tracing::warn!(count, "several cards in the field: refused");
+                self.release()?;
+                Err(ReaderError::SeveralCards(u8::try_from(count).unwrap_or(u8::MAX)))
+            }
+        }
+    }
+
+    /// Looks for a card until one is there, at most `timeout`, every `interval`.
+    pub fn wait_for_card(&mut self, timeout: Duration, interval: Duration) -> Result<TypeATarget, ReaderError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(target) = self.find_card()? {
+                return Ok(target);
+            }
+            if Instant::now() + interval > deadline {
+                return Err(ReaderError::NoCard(timeout));
+            }
+            std::thread::sleep(interval);
+        }
+    }
+
+    /// The card found last, while it is still thought to be there.
+    pub fn target(&self) -> Option<&TypeATarget> {
+        self.target.as_ref()
+    }
+
+    /// Releases every target (InRelease 0): the card session ends.
+    pub fn release(&mut self) -> Result<(), ReaderError> {
+        self.target = None;
+        let answer = self.command(code::IN_RELEASE, &[0x00])?;
+        match answer.first().map(|status| Status::from_byte(*status)) {
+            Some(Status::Ok) => Ok(()),
+            Some(status) => Err(Pn532Error::Status { command: "InRelease", status }.into()),
+            None => Err(Pn532Error::Malformed { command: "InRelease", detail: "no status".into() }.into()),
+        }
+    }
+
+    pub fn into_port(self) -> P {
+        self.port
+    }
+
+    /// Reads until a frame, a broken frame, or `deadline`.
+    fn read_frame(&mut self, deadline: Instant) -> Result<Option<Result<Frame, FrameError>>, ReaderError> {
+        let mut buffer = [0u8; 300];
+        loop {
+            if let Some(outcome) = self.decoder.next_frame() {
+                return Ok(Some(outcome));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            match self.port.read(&mut buffer) {
+                Ok(0) => std::thread::sleep(PORT_READ_TIMEOUT),
+                Ok(count) => self.decoder.push(&buffer[..count]),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Reads and drops whatever the line holds until it is quiet for [`NACK_QUIET`].
+    fn drain_line(&mut self) -> Result<(), ReaderError> {
+        let mut dropped = 0usize;
+        loop {
+            match self.read_frame(Instant::now() + NACK_QUIET)? {
+                None => break,
+                Some(_) if dropped < STRAY_FRAMES_MAX => dropped += 1,
+                Some(_) => break,
+            }
+        }
+        self.decoder.clear();
+        if dropped > 0 {
+            tracing::debug!(dropped, "stale frames drained from the line");
+        }
+        self.drain = false;
+        Ok(())
+    }
+
+    /// Sends command `code` and returns its answer's parameters (after the
+    /// answer code). See the module doc for the retries.
+    fn command(&mut self, code: u8, parameters: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        let result = self.command_once(code, parameters);
+        if matches!(result, Err(ReaderError::Pn532(_))) {
+            self.drain = true;
+        }
+        result
+    }
+
+    fn command_once(&mut self, code: u8, parameters: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        if self.drain {
+            self.drain_line()?;
+        }
+        let frame = Information::command(code, parameters).map_err(Pn532Error::from)?.to_bytes();
+        let changes_card = code == code::IN_DATA_EXCHANGE;
+        let mut stray = 0usize;
+        let mut attempts = 0;
+        'send: loop {
+            attempts += 1;
+            self.port.write_all(&frame)?;
+            self.port.flush()?;
+            let deadline = Instant::now() + self.options.ack_timeout;
+            let mut heard = false;
+            loop {
+                match self.read_frame(deadline)? {
+                    Some(Ok(Frame::Ack)) => break,
+                    Some(Ok(Frame::Information(answer))) if is_answer(&answer, code) => {
+                        // The ACK got lost on the way; the answer did not.
+                        tracing::debug!(command = format_args!("{code:02X}"), "answer without ACK");
+                        return Ok(answer.parameters().to_vec());
+                    }
+                    Some(Ok(Frame::Error)) => return Err(Pn532Error::SyntaxError { command: code }.into()),
+                    Some(Ok(Frame::Nack)) if !changes_card && attempts < COMMAND_ATTEMPTS_MAX => continue 'send,
+                    Some(Ok(other)) => {
+                        heard = true;
+                        stray += 1;
+                        tracing::debug!(frame = ?other, "stray frame while waiting for ACK");
+                        if stray > STRAY_FRAMES_MAX {
+                            return Err(Pn532Error::StrayFrames { command: code, skipped: stray }.into());
+                        }
+                    }
+                    Some(Err(error)) => {
+                        heard = true;
+                        tracing::debug!(%error, "broken frame while waiting for ACK");
+                    }
+                    None => {
+                        // A command the PN532 never acknowledged did not reach it,
+                        // unless something broken came back: then an APDU may have.
+                        if attempts >= COMMAND_ATTEMPTS_MAX || (changes_card && heard) {
+                            return Err(Pn532Error::NoAck { command: code, attempts }.into());
+                        }
+                        tracing::warn!(command = format_args!("{code:02X}"), attempts, "no ACK: sending again");
+                        continue 'send;
+                    }
+                }
+            }
+            return self.answer(code, stray);
+        }
+    }
+
+    /// Waits for the answer to `code` after its ACK, NACKing broken answers.
+    fn answer(&mut self, code: u8, mut stray: usize) -> Result<Vec<u8>, ReaderError> {
+        let deadline = Instant::now() + self.options.answer_timeout;
+        let mut nacks = 0;
+        let mut broken_at: Option<Instant> = None;
+        loop {
+            let wait_until = broken_at.map_or(deadline, |at| (at + NACK_QUIET).min(deadline));
+            match self.read_frame(wait_until)? {
+                Some(Ok(Frame::Information(answer))) if is_answer(&answer, code) => {
+                    return Ok(answer.parameters().to_vec());
+                }
+                Some(Ok(Frame::Error)) => return Err(Pn532Error::SyntaxError { command: code }.into()),
+                Some(Ok(other)) => {
+                    stray += 1;
+                    tracing::debug!(frame = ?other, "stray frame while waiting for the answer");
+                    if stray > STRAY_FRAMES_MAX {
+                        return Err(Pn532Error::StrayFrames { command: code, skipped: stray }.into());
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "broken frame while waiting for the answer");
+                    broken_at = Some(Instant::now());
+                }
+                None if broken_at.is_some() && Instant::now() < deadline => {
+                    // The broken frame was the answer: ask for it again.
+                    nacks += 1;
+                    if nacks > NACKS_MAX {
+                        return Err(Pn532Error::BrokenAnswers { command: code, nacks: NACKS_MAX }.into());
+                    }
+                    tracing::warn!(command = format_args!("{code:02X}"), nacks, "broken answer: NACK");
+                    self.port.write_all(&card_host::pn532::frame::NACK)?;
+                    self.port.flush()?;
+                    broken_at = None;
+                }
+                None => {
+                    return Err(Pn532Error::NoAnswer { command: code, waited: self.options.answer_timeout }.into());
+                }
+            }
+        }
+    }
+
+    /// One InDataExchange: returns the status and data, or the card's removal.
+    fn data_exchange(&mut self, target: u8, data: &[u8]) -> Result<(u8, Vec<u8>), ReaderError> {
+        let mut parameters = Vec::with_capacity(1 + data.len());
+        parameters.push(target);
+        parameters.extend_from_slice(data);
+        let answer = self.command(code::IN_DATA_EXCHANGE, &parameters)?;
+        let Some((&status_byte, data)) = answer.split_first() else {
+            return Err(Pn532Error::Malformed { command: "InDataExchange", detail: "no status byte".into() }.into());
+        };
+        match Status::from_byte(status_byte) {
+            Status::Ok => Ok((status_byte, data.to_vec())),
+            status if status.means_card_gone() || status == Status::NotAcceptable => {
+                tracing::info!(%status, "card gone from the field");
+                self.target = None;
+                Err(ReaderError::CardRemoved)
+            }
+            status => Err(Pn532Error::Status { command: "InDataExchange", status }.into()),
+        }
+    }
+}
+
+fn is_answer(frame: &Information, code: u8) -> bool {
+    frame.direction() == Direction::Pn532ToHost && frame.code() == code.wrapping_add(1)
+}
+
+impl<P: Read + Write> Channel for Pn532Reader<P> {
+    /// Carries one APDU in InDataExchange, chained with MI both ways when long.
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        let target = self.target.as_ref().ok_or(ReaderError::CardRemoved)?.number;
+        if apdu.len() > COMMAND_APDU_MAX {
+            return Err(Pn532Error::ApduTooLong(apdu.len()).into());
+        }
+        let chunks: Vec<&[u8]> =
+            if apdu.is_empty() { vec![apdu] } else { apdu.chunks(self.options.chunk_max).collect() };
+        let last = chunks.len() - 1;
+        let mut answer = (0u8, Vec::new());
+        for (index, chunk) in chunks.iter().enumerate() {
+            let more = if index < last { MORE_INFORMATION } else { 0 };
+            answer = self.data_exchange(target | more, chunk)?;
+            if index < last && (!answer.1.is_empty() || answer.0 & MORE_INFORMATION != 0) {
+                return Err(Pn532Error::Malformed {
+                    command: "InDataExchange",
+                    detail: "data in the answer to a chained part".into(),
+                }
+                .into());
+            }
+        }
+        let (mut status, mut response) = answer;
+        let mut frames = 1;
+        while status & MORE_INFORMATION != 0 {
+            frames += 1;
+            if frames > RESPONSE_FRAMES_MAX || response.len() > CHAINED_RESPONSE_MAX {
+                return Err(ReaderError::ChainTooLong);
+            }
+            let (next_status, data) = self.data_exchange(target, &[])?;
+            status = next_status;
+            response.extend_from_slice(&data);
+        }
+        if response.len() > CHAINED_RESPONSE_MAX {
+            return Err(ReaderError::ChainTooLong);
+        }
+        Ok(response)
+    }
+}
