@@ -4,6 +4,7 @@ pub mod blacklist;
 pub mod bus;
 pub mod cardholder;
 pub mod compound;
+pub mod config;
 pub mod journal;
 pub mod medical;
 pub mod psam;

@@ -1,1 +1,180 @@
-fn main() {}
+//! `terminal bus --config FILE`: the bus validator. Each tap prints one line on
+//! standard output (what the rider's display shows); logs go to standard error.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use card_host::CardDateTime;
+use card_host::card::CitizenCard;
+use card_host::psam::Psam;
+use clap::{Parser, Subcommand};
+use terminal::CardSession;
+use terminal::blacklist::Blacklist;
+use terminal::bus::Validator;
+use terminal::config::{Config, ReaderConfig};
+use terminal::journal::Journal;
+use terminal::psam::PsamSession;
+use terminal::reader::InProcess;
+use terminal::reader::pcsc::PcscReaders;
+use terminal::tariff::Tariff;
+
+/// How long the validator waits for the PSAM at start.
+const PSAM_WAIT: Duration = Duration::from_secs(10);
+/// How long one wait for a card lasts before the validator looks at its
+/// blacklist file again.
+const CARD_POLL: Duration = Duration::from_secs(1);
+/// The longest line of the in-process demo's standard input.
+const COMMAND_LINE_BYTES_MAX: usize = 256;
+
+#[derive(Parser)]
+#[command(name = "terminal", about = "Citizen card terminal: bus validator (kiosk and counter modes to come)")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// A bus validator on a route: one tap, one line of output.
+    Bus {
+        /// The terminal's configuration file (TOML; see fixtures/terminals/).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop after this many taps (tests and demos); run until killed otherwise.
+        #[arg(long)]
+        taps: Option<u64>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().mode {
+        Mode::Bus { config, taps } => run_bus(&config, taps),
+    }
+}
+
+/// The blacklist file and when it was last read.
+struct BlacklistSource {
+    path: Option<PathBuf>,
+    modified: Option<SystemTime>,
+}
+
+impl BlacklistSource {
+    /// Reads the file again if it changed, and offers it to the validator,
+    /// which keeps the newer version.
+    fn refresh(&mut self, validator: &mut Validator) {
+        let Some(path) = &self.path else { return };
+        let modified = std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok();
+        if modified.is_none() || modified == self.modified {
+            return;
+        }
+        self.modified = modified;
+        match Blacklist::load(path) {
+            Ok(list) => {
+                validator.update_blacklist(list);
+            }
+            Err(error) => tracing::error!(%error, "blacklist not read; keeping the one in use"),
+        }
+    }
+}
+
+fn run_bus(config_path: &Path, taps: Option<u64>) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let Some(bus) = &config.bus else { bail!("{}: no [bus] section", config_path.display()) };
+    let tariff = Tariff::load(&bus.tariff)?;
+    let journal =
+        Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
+    let mut validator =
+        Validator::new(bus.settings(), tariff, Blacklist::empty(), journal, config.journal.flag_unresolved_after())?;
+    let mut blacklist = BlacklistSource { path: config.blacklist.as_ref().map(|b| b.path.clone()), modified: None };
+    blacklist.refresh(&mut validator);
+    let out = std::io::stdout();
+    let mut done = 0u64;
+    let more = |done: u64| taps.is_none_or(|limit| done < limit);
+
+    match &config.reader {
+        ReaderConfig::Pcsc { card, psam } => {
+            let readers = PcscReaders::establish().context("PC/SC")?;
+            let mut psam_channel = readers.connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
+            let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).context("PSAM")?;
+            tracing::info!(reader = %card, terminal = %psam.terminal_number(), "waiting for cards");
+            while more(done) {
+                blacklist.refresh(&mut validator);
+                if !readers.wait_for(card, true, CARD_POLL)? {
+                    continue;
+                }
+                let mut channel = match readers.connect(card, CARD_POLL) {
+                    Ok(channel) => channel,
+                    Err(error) => {
+                        tracing::warn!(%error, "card not connected");
+                        continue;
+                    }
+                };
+                let tap = validator.tap(&mut channel, &mut psam, config.now());
+                writeln!(out.lock(), "{tap}")?;
+                done += 1;
+                channel.disconnect();
+                // One presentation, one tap: wait until the card has left.
+                while more(done) && !readers.wait_for(card, false, CARD_POLL)? {}
+            }
+        }
+        ReaderConfig::InProcess { cards, psam } => {
+            let mut readers = cards
+                .iter()
+                .map(|path| {
+                    CitizenCard::open(path).map(InProcess::new).with_context(|| format!("card {}", path.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut psam_reader = InProcess::new(Psam::open(psam).with_context(|| format!("PSAM {}", psam.display()))?);
+            let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).context("PSAM")?;
+            let mut clock: Option<CardDateTime> = None;
+            let stdin = std::io::stdin();
+            let mut line = String::new();
+            while more(done) {
+                line.clear();
+                if stdin.lock().read_line(&mut line)? == 0 {
+                    break;
+                }
+                if line.len() > COMMAND_LINE_BYTES_MAX {
+                    tracing::warn!("command line too long; ignored");
+                    continue;
+                }
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["tap", number] => {
+                        let Some(reader) = number.parse::<usize>().ok().and_then(|n| readers.get_mut(n)) else {
+                            tracing::warn!(card = number, "no such card");
+                            continue;
+                        };
+                        let now = clock.unwrap_or_else(|| config.now());
+                        let tap = validator.tap(reader, &mut psam, now);
+                        writeln!(out.lock(), "{tap}")?;
+                        done += 1;
+                    }
+                    ["station", number] => match number.parse() {
+                        Ok(station) => validator.set_station(station),
+                        Err(_) => tracing::warn!(station = number, "not a station number"),
+                    },
+                    ["time", digits] => match card_host::model::bcd_from_digits(digits)
+                        .ok()
+                        .and_then(|bytes| CardDateTime::from_slice(&bytes).ok())
+                    {
+                        Some(at) => clock = Some(at),
+                        None => tracing::warn!(time = digits, "not YYYYMMDDhhmmss"),
+                    },
+                    ["quit"] => break,
+                    [] => {}
+                    _ => tracing::warn!(command = line.trim(), "commands: tap N, station N, time YYYYMMDDhhmmss, quit"),
+                }
+            }
+        }
+        _ => bail!("this reader kind is not supported by the bus validator"),
+    }
+    validator.journal().counts().map(|counts| tracing::info!(?counts, "validator stopped"))?;
+    Ok(())
+}

@@ -17,6 +17,39 @@ use crate::session::CardError;
 /// Unresolved intents one presentation of a card settles at most.
 pub const RECOVERIES_PER_CARD_MAX: usize = 8;
 
+/// Where a test may crash the terminal in a purchase: with the environment
+/// variable `TERMINAL_FAIL_POINT` set to `after_intent`, `after_debit` or
+/// `after_complete`, the process aborts there, as `kill -9` would (no unwinding,
+/// no destructors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPoint {
+    /// The intent is on disk; DEBIT not sent.
+    AfterIntent,
+    /// The card debited and answered; the journal does not know yet.
+    AfterDebit,
+    /// The debit is completed in the journal; the PSAM has not checked MAC2.
+    AfterComplete,
+}
+
+impl FailPoint {
+    fn from_env() -> Option<FailPoint> {
+        static POINT: std::sync::OnceLock<Option<FailPoint>> = std::sync::OnceLock::new();
+        *POINT.get_or_init(|| match std::env::var("TERMINAL_FAIL_POINT").ok()?.as_str() {
+            "after_intent" => Some(FailPoint::AfterIntent),
+            "after_debit" => Some(FailPoint::AfterDebit),
+            "after_complete" => Some(FailPoint::AfterComplete),
+            _ => None,
+        })
+    }
+}
+
+fn crash_at(point: FailPoint) {
+    if FailPoint::from_env() == Some(point) {
+        tracing::warn!(?point, "fail point reached: aborting as a crash would");
+        std::process::abort();
+    }
+}
+
 /// Why a journaled purchase did not complete.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,6 +114,7 @@ pub fn purchase(
         route: place.route,
         station: place.station,
     })?;
+    crash_at(FailPoint::AfterIntent);
     let debited = match authorised.debit() {
         Ok(debited) => debited,
         Err(source @ CardError::Refused { .. }) => {
@@ -94,9 +128,11 @@ pub fn purchase(
             return Err(TransactionError::Torn { intent_id: intent.id(), source });
         }
     };
+    crash_at(FailPoint::AfterDebit);
     let receipt = debited.receipt();
     assert_eq!(receipt.balance_before, intent.entry().balance_before);
     let completed = intent.complete(journal, receipt.tac, receipt.mac2, Resolution::Answer)?;
+    crash_at(FailPoint::AfterComplete);
     if let Err(source) = debited.verify(psam) {
         tracing::error!(card = %card.masked(), id = completed.id, error = %source, "PSAM rejected MAC2");
         return Err(TransactionError::Mac2Rejected { completed: Box::new(completed), source });

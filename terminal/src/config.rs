@@ -1,0 +1,219 @@
+//! The terminal's configuration file (TOML). Relative paths are taken from the
+//! configuration file's directory. Examples: `fixtures/terminals/*.toml`.
+//!
+//! ```toml
+//! [bus]
+//! route = 42
+//! station = 1
+//! tariff = "../tariffs/bus-flat.toml"
+//! dedup_window_seconds = 10
+//!
+//! [journal]
+//! path = "/var/lib/citizen-card/journal.sqlite"
+//! flag_unresolved_after_seconds = 86400
+//!
+//! [blacklist]
+//! path = "blacklist.toml"
+//!
+//! [reader]
+//! kind = "pcsc"
+//! card = "Virtual PCD 00 00"
+//! psam = "Virtual PCD 00 01"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::bus::{BusSettings, DEDUP_WINDOW_SECONDS_MAX};
+
+/// The largest configuration file read.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 64 * 1024;
+/// Card images an in-process demo serves at most.
+pub const DEMO_CARDS_MAX: usize = 64;
+/// The UTC offset range a configuration may set (±14 hours).
+pub const UTC_OFFSET_MINUTES_MAX: i32 = 14 * 60;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("configuration {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("configuration {path}: larger than {CONFIG_FILE_BYTES_MAX} bytes")]
+    TooLarge { path: String },
+    #[error("configuration: {0}")]
+    Parse(Box<toml::de::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub bus: Option<BusConfig>,
+    pub journal: JournalConfig,
+    pub blacklist: Option<BlacklistConfig>,
+    pub reader: ReaderConfig,
+    /// Local time's offset from UTC, for the date and time sent to cards
+    /// (China Standard Time: 480).
+    #[serde(default = "china_standard_time")]
+    pub utc_offset_minutes: i32,
+}
+
+fn china_standard_time() -> i32 {
+    8 * 60
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub route: u16,
+    #[serde(default)]
+    pub station: u16,
+    pub tariff: PathBuf,
+    #[serde(default = "dedup_window_default")]
+    pub dedup_window_seconds: u32,
+}
+
+fn dedup_window_default() -> u32 {
+    10
+}
+
+impl BusConfig {
+    pub fn settings(&self) -> BusSettings {
+        BusSettings { route: self.route, station: self.station, dedup_window_seconds: self.dedup_window_seconds }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    /// An intent the card has not settled after this long is flagged for clearing.
+    #[serde(default = "flag_after_default")]
+    pub flag_unresolved_after_seconds: u64,
+}
+
+fn flag_after_default() -> u64 {
+    24 * 3600
+}
+
+impl JournalConfig {
+    pub fn flag_unresolved_after(&self) -> Duration {
+        Duration::from_secs(self.flag_unresolved_after_seconds)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlacklistConfig {
+    pub path: PathBuf,
+}
+
+/// Where the card and the PSAM are.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ReaderConfig {
+    /// PC/SC readers by name (pcscd; `Virtual PCD 00 00` is vpcd's slot 0).
+    Pcsc { card: String, psam: String },
+    /// Card images served in-process (a demo without readers): taps are read
+    /// from standard input, `tap N` for the Nth card.
+    InProcess { cards: Vec<PathBuf>, psam: PathBuf },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let size = std::fs::metadata(path).map_err(|source| ConfigError::Read { path: name.clone(), source })?.len();
+        if size > CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError::TooLarge { path: name });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: name, source })?;
+        let mut config = Config::parse(&text)?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse(Box::new(error)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Some(bus) = &self.bus
+            && bus.dedup_window_seconds > DEDUP_WINDOW_SECONDS_MAX
+        {
+            return Err(ConfigError::Invalid(format!("bus.dedup_window_seconds above {DEDUP_WINDOW_SECONDS_MAX}")));
+        }
+        if self.utc_offset_minutes.abs() > UTC_OFFSET_MINUTES_MAX {
+            return Err(ConfigError::Invalid("utc_offset_minutes beyond ±14 hours".into()));
+        }
+        if let ReaderConfig::InProcess { cards, .. } = &self.reader
+            && cards.len() > DEMO_CARDS_MAX
+        {
+            return Err(ConfigError::Invalid(format!("more than {DEMO_CARDS_MAX} in-process cards")));
+        }
+        Ok(())
+    }
+
+    /// Makes every relative path relative to `base` (the file's directory).
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        if let Some(bus) = &mut self.bus {
+            resolve(&mut bus.tariff);
+        }
+        resolve(&mut self.journal.path);
+        if let Some(blacklist) = &mut self.blacklist {
+            resolve(&mut blacklist.path);
+        }
+        if let ReaderConfig::InProcess { cards, psam } = &mut self.reader {
+            cards.iter_mut().for_each(resolve);
+            resolve(psam);
+        }
+    }
+
+    /// The local date and time now, as sent to cards.
+    pub fn now(&self) -> card_host::CardDateTime {
+        let utc =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+        let offset = i64::from(self.utc_offset_minutes) * 60;
+        let local = u64::try_from(i64::try_from(utc).unwrap_or(i64::MAX).saturating_add(offset)).unwrap_or(0);
+        card_host::CardDateTime::from_unix_seconds(local).unwrap_or_else(|_| card_host::CardDateTime::now_utc())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_configurations_load_with_paths_from_their_directory() {
+        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/terminals");
+        let config = Config::load(&directory.join("bus-42.toml")).expect("bus-42.toml");
+        let bus = config.bus.as_ref().expect("bus section");
+        assert_eq!(bus.route, 42);
+        assert!(bus.tariff.exists(), "{}", bus.tariff.display());
+        assert!(matches!(config.reader, ReaderConfig::Pcsc { .. }));
+        let demo = Config::load(&directory.join("bus-demo.toml")).expect("bus-demo.toml");
+        assert!(matches!(demo.reader, ReaderConfig::InProcess { .. }));
+        assert!(demo.blacklist.as_ref().expect("blacklist").path.exists());
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let base = "[journal]\npath = \"j\"\n[reader]\nkind = \"pcsc\"\ncard = \"a\"\npsam = \"b\"\n";
+        assert!(Config::parse(base).is_ok());
+        let too_long = format!("{base}[bus]\nroute = 1\ntariff = \"t\"\ndedup_window_seconds = 100000\n");
+        assert!(matches!(Config::parse(&too_long), Err(ConfigError::Invalid(_))));
+        assert!(Config::parse(&format!("{base}typo = 1\n")).is_err());
+        assert!(Config::parse(&format!("utc_offset_minutes = 9999\n{base}")).is_err());
+    }
+}
