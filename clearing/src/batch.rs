@@ -218,7 +218,7 @@ pub fn parse_value(value: Value) -> Result<Batch, Error> {
     Ok(Batch { terminal_id, batch_id: document.batch_id, records, raw_records: document.records, digest })
 }
 
-type FieldError = (&'static str, String);
+pub(crate) type FieldError = (&'static str, String);
 
 const PURCHASE_FIELDS: &[&str] = &[
     "kind",
@@ -246,14 +246,14 @@ const LOAD_FIELDS: &[&str] = &[
     "tac",
 ];
 
-fn parse_terminal(text: &str) -> Result<TerminalNumber, String> {
+pub(crate) fn parse_terminal(text: &str) -> Result<TerminalNumber, String> {
     if text.len() != 12 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("must be 12 hex digits".into());
     }
     TerminalNumber::parse_hex(text).map_err(|error| error.to_string())
 }
 
-fn integer(map: &Map<String, Value>, field: &'static str, max: u64) -> Result<u64, FieldError> {
+pub(crate) fn integer(map: &Map<String, Value>, field: &'static str, max: u64) -> Result<u64, FieldError> {
     let value = map.get(field).ok_or((field, "missing".to_owned()))?;
     let number = value.as_u64().ok_or((field, "must be a whole number, not negative".to_owned()))?;
     if number > max {
@@ -262,11 +262,11 @@ fn integer(map: &Map<String, Value>, field: &'static str, max: u64) -> Result<u6
     Ok(number)
 }
 
-fn text<'a>(map: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, FieldError> {
+pub(crate) fn text<'a>(map: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, FieldError> {
     map.get(field).ok_or((field, "missing".to_owned()))?.as_str().ok_or((field, "must be a string".to_owned()))
 }
 
-fn hex_field<const N: usize>(map: &Map<String, Value>, field: &'static str) -> Result<[u8; N], FieldError> {
+pub(crate) fn hex_field<const N: usize>(map: &Map<String, Value>, field: &'static str) -> Result<[u8; N], FieldError> {
     let value = text(map, field)?;
     let wrong = || (field, format!("must be {} hex digits", 2 * N));
     if value.len() != 2 * N {

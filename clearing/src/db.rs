@@ -34,9 +34,14 @@ pub struct Db {
 }
 
 /// The migrations of one dialect, embedded in the binary: (version, description, SQL).
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../migrations/sqlite/0001_schema.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "schema", include_str!("../migrations/postgres/0001_schema.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "schema", include_str!("../migrations/sqlite/0001_schema.sql")),
+    (2, "topups", include_str!("../migrations/sqlite/0002_topups.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
+    (2, "topups", include_str!("../migrations/postgres/0002_topups.sql")),
+];
 
 fn migrator(dialect: Dialect) -> Migrator {
     let list = match dialect {
@@ -130,6 +135,24 @@ pub fn list_placeholders(count: usize, first: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        for (directory, list) in [("sqlite", super::SQLITE_MIGRATIONS), ("postgres", super::POSTGRES_MIGRATIONS)] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(directory);
+            let mut files: Vec<String> = std::fs::read_dir(&path)
+                .expect("migrations directory")
+                .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), list.len(), "{directory}");
+            for (index, (file, (version, description, sql))) in files.iter().zip(list).enumerate() {
+                assert_eq!(*version, index as i64 + 1);
+                assert_eq!(file, &format!("{version:04}_{description}.sql"));
+                assert_eq!(std::fs::read_to_string(path.join(file)).expect("read"), *sql);
+            }
+        }
+    }
+
     #[test]
     fn placeholders_are_numbered() {
         assert_eq!(super::row_placeholders(2, 2), "($1, $2), ($3, $4)");

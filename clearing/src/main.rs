@@ -18,6 +18,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serves the HTTP API.
+    Serve {
+        /// host:port to listen on.
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        database: String,
+        /// The HSM, host:port.
+        #[arg(long)]
+        hsm: String,
+        /// Bearer tokens: lines `ROLE SHA256-HEX` (operator, issuer).
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+    },
     /// Creates or upgrades the database schema.
     Migrate {
         #[arg(long)]
@@ -77,6 +91,19 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Serve { listen, database, hsm, tokens } => {
+            let db = Db::connect(&database).await?;
+            let hsm = HsmClient::connect(ClientConfig::new(hsm)).await.context("connecting to the HSM")?;
+            let tokens = match tokens {
+                Some(path) => clearing::api::Tokens::parse(
+                    &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+                )?,
+                None => clearing::api::Tokens::default(),
+            };
+            let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+            eprintln!("clearing API on http://{}", listener.local_addr()?);
+            clearing::api::serve(listener, clearing::api::AppState::new(db, hsm, tokens)).await?;
+        }
         Command::Migrate { database } => {
             Db::connect(&database).await?;
             println!("schema up to date");

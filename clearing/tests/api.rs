@@ -1,0 +1,225 @@
+//! The HTTP API over a real socket: signed terminal requests, online top-up
+//! through the HSM, tokens and roles, validation; on SQLite and PostgreSQL.
+
+mod support;
+
+use card_host::crypto::{self, purse};
+use card_host::model::{CardDateTime, Fen, TransactionType};
+use clearing::api::{self, AppState, Role, Tokens};
+use clearing::batch;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::Value;
+use support::{BUS, Backend, SHOP, World, at, uploaded_after};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const OPERATOR_TOKEN: &str = "TEST-operator-token";
+const ISSUER_TOKEN: &str = "TEST-issuer-token";
+
+struct Api {
+    address: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start(world: &World) -> Api {
+    let mut tokens = Tokens::default();
+    tokens.add(OPERATOR_TOKEN, Role::Operator);
+    tokens.add(ISSUER_TOKEN, Role::Issuer);
+    let state = AppState::new(world.db().clone(), world.hsm.client().await, tokens);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    Api { address, task: tokio::spawn(api::serve(listener, state)) }
+}
+
+/// The fixture terminals' TEST device keys: 32 bytes of the terminal's last digit.
+fn device_key(terminal: &str) -> Ed25519KeyPair {
+    let digit = terminal.as_bytes()[11] - b'0';
+    Ed25519KeyPair::from_seed_unchecked(&[digit; 32]).expect("seed")
+}
+
+/// One HTTP/1.1 request on a fresh connection; (status, body).
+async fn http(api: &Api, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(api.address).await.expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: clearing\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8(response).expect("utf-8");
+    let status: u16 = text[9..12].parse().expect("status");
+    let (_, body) = text.split_once("\r\n\r\n").expect("head and body");
+    (status, serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned())))
+}
+
+async fn signed(api: &Api, terminal: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let signature = device_key(terminal).sign(&api::signed_message(method, path, body));
+    let headers = [("X-Terminal-Id", terminal.to_owned()), ("X-Signature", hex::encode(signature.as_ref()))];
+    http(api, method, path, &headers, body).await
+}
+
+fn bearer(token: &str) -> [(&'static str, String); 1] {
+    [("Authorization", format!("Bearer {token}"))]
+}
+
+both!(terminals_upload_signed_batches, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    assert_eq!(
+        hex::encode(device_key(BUS).public_key().as_ref()),
+        support::merchants().terminals[0].device_public_key,
+        "the fixture's key is the TEST seed's"
+    );
+    let api = start(&world).await;
+    let mut card = world.issue(1, 10_000).await;
+    let records: Vec<_> = (0..3).map(|i| card.purchase(100, BUS, at(24, 8, i))).collect();
+    let body = batch::document(&support::terminal(BUS), "b1", &records).to_string();
+    let (status, report) = signed(&api, BUS, "POST", "/v1/batches", body.as_bytes()).await;
+    assert_eq!(status, 201, "{report}");
+    assert_eq!(report["accepted_count"], 3);
+    let (status, report) = signed(&api, BUS, "POST", "/v1/batches", body.as_bytes()).await;
+    assert_eq!((status, &report["duplicate"]), (200, &Value::Bool(true)));
+    // Unsigned, signed by another key, or another terminal's batch.
+    let (status, _) = http(&api, "POST", "/v1/batches", &[], body.as_bytes()).await;
+    assert_eq!(status, 401);
+    let forged = device_key(SHOP).sign(&api::signed_message("POST", "/v1/batches", body.as_bytes()));
+    let headers = [("X-Terminal-Id", BUS.to_owned()), ("X-Signature", hex::encode(forged.as_ref()))];
+    assert_eq!(http(&api, "POST", "/v1/batches", &headers, body.as_bytes()).await.0, 401);
+    assert_eq!(signed(&api, SHOP, "POST", "/v1/batches", body.as_bytes()).await.0, 403);
+    // A document that does not parse names the field; a bad record is refused alone.
+    let (status, error) = signed(&api, BUS, "POST", "/v1/batches", br#"{"format":"clearing-batch/1"}"#).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("batch")), "{error}");
+    let mut document = batch::document(&support::terminal(BUS), "b2", &[card.purchase(100, BUS, at(24, 9, 0))]);
+    document["batch_id"] = "no spaces allowed".into();
+    let (status, error) = signed(&api, BUS, "POST", "/v1/batches", document.to_string().as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("batch_id")));
+    document["batch_id"] = "b2".into();
+    document["records"][0]["tac"] = "nothex!!".into();
+    let (status, report) = signed(&api, BUS, "POST", "/v1/batches", document.to_string().as_bytes()).await;
+    assert_eq!((status, &report["rejected"][0]["field"]), (201, &Value::from("tac")));
+    let (status, _) = signed(&api, BUS, "POST", "/v1/batches", b"{not json").await;
+    assert_eq!(status, 422);
+    // A revoked terminal is refused.
+    clearing::registry::revoke_terminal(world.db(), &support::terminal(BUS)).await.expect("revoke");
+    assert_eq!(signed(&api, BUS, "POST", "/v1/batches", body.as_bytes()).await.0, 403);
+    // Health and metrics.
+    assert_eq!(http(&api, "GET", "/healthz", &[], b"").await.0, 200);
+    let (status, metrics) = http(&api, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("text").to_owned();
+    assert!(metrics.contains("clearing_batches_stored_total 2"), "{metrics}");
+    assert!(metrics.contains("clearing_batches_duplicate_total 1"), "{metrics}");
+});
+
+both!(online_topup_is_authorised_confirmed_and_cleared, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let api = start(&world).await;
+    let card = world.issue(1, 1_000).await;
+    let keys = support::master_keys().card_keys(&card.serial);
+    let kiosk = support::terminal(SHOP);
+    let (random, counter, amount) = ([9, 8, 7, 6], 0u16, Fen(5_000));
+    let session = crypto::load_session_key(keys.algorithm, &keys.load[0].key, random, counter);
+    let mac1 = purse::load_mac1(&session, card.balance, amount, TransactionType::PurseLoad, &kiosk);
+    let request = |mac1: [u8; 4]| {
+        serde_json::json!({
+            "card_serial": card.serial.to_hex(), "key_index": 1, "card_random": hex::encode(random),
+            "online_counter": counter, "balance_before_fen": card.balance.0, "amount_fen": amount.0,
+            "transaction_type": "02", "mac1": hex::encode(mac1),
+        })
+        .to_string()
+    };
+    // A wrong MAC1 is refused, naming the field.
+    let (status, error) = signed(&api, SHOP, "POST", "/v1/topups/authorise", request([0; 4]).as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("mac1")), "{error}");
+    let (status, answer) = signed(&api, SHOP, "POST", "/v1/topups/authorise", request(mac1).as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    let at = CardDateTime::from_slice(&hex::decode(answer["date_time"].as_str().expect("date")).expect("hex"))
+        .expect("date-time");
+    let mac2 = purse::load_mac2(&session, amount, TransactionType::PurseLoad, &kiosk, &at);
+    assert_eq!(answer["mac2"], hex::encode_upper(mac2), "the card would accept MAC2");
+    // A retry answers the same MAC2.
+    let (_, again) = signed(&api, SHOP, "POST", "/v1/topups/authorise", request(mac1).as_bytes()).await;
+    assert_eq!(again, answer);
+    // Confirm with the card's load TAC (a wrong one first).
+    let new_balance = Fen(card.balance.0 + amount.0);
+    let tac = purse::load_tac(
+        keys.algorithm,
+        &keys.tac,
+        new_balance,
+        counter,
+        amount,
+        TransactionType::PurseLoad,
+        &kiosk,
+        &at,
+    );
+    let confirm = |tac: [u8; 4]| {
+        serde_json::json!({"card_serial": card.serial.to_hex(), "online_counter": counter, "tac": hex::encode(tac)})
+            .to_string()
+    };
+    let (status, error) = signed(&api, SHOP, "POST", "/v1/topups/confirm", confirm([1, 2, 3, 4]).as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("tac")));
+    let (status, confirmed) = signed(&api, SHOP, "POST", "/v1/topups/confirm", confirm(tac).as_bytes()).await;
+    assert_eq!(status, 200, "{confirmed}");
+    assert_eq!(signed(&api, SHOP, "POST", "/v1/topups/confirm", confirm(tac).as_bytes()).await.0, 200);
+    // run-day clears the load once: the shadow account holds it.
+    let day = clearing::BusinessDay::parse(confirmed["business_day"].as_str().expect("day")).expect("day");
+    let options = clearing::RunOptions::new(day, world.out.path());
+    let (summary, _) = clearing::run_day(world.db(), &world.client, &options).await.expect("run-day");
+    assert_eq!((summary.cleared, summary.loads_fen), (1, 5_000));
+    let shadow = clearing::registry::shadow(world.db(), &card.serial).await.expect("shadow");
+    assert_eq!((shadow.balance_fen, shadow.online_counter), (6_000, 1));
+    assert_eq!(clearing::ledger::total(world.db()).await.expect("ledger"), 0);
+    // Fields are checked.
+    let mut bad: Value = serde_json::from_str(&request(mac1)).expect("json");
+    bad["amount_fen"] = 100_001.into();
+    let (status, error) = signed(&api, SHOP, "POST", "/v1/topups/authorise", bad.to_string().as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("amount_fen")));
+    bad["amount_fen"] = 1.into();
+    bad["colour"] = "red".into();
+    let (status, error) = signed(&api, SHOP, "POST", "/v1/topups/authorise", bad.to_string().as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("colour")));
+});
+
+both!(tokens_and_roles, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let api = start(&world).await;
+    let mut card = world.issue(1, 10_000).await;
+    let records = vec![card.purchase(100, BUS, at(24, 8, 0)), card.purchase(100, BUS, at(24, 8, 0))];
+    world.upload(BUS, "b1", &records, uploaded_after(24)).await;
+    let mut forged = records[1].clone();
+    forged.tac = [0; 4];
+    world.upload(BUS, "b2", &[forged], uploaded_after(24)).await;
+    world.run_day(24).await;
+    let path = "/v1/operator/days/2026-11-24";
+    assert_eq!(http(&api, "GET", path, &[], b"").await.0, 401);
+    assert_eq!(http(&api, "GET", path, &bearer("wrong"), b"").await.0, 401);
+    assert_eq!(http(&api, "GET", path, &bearer(ISSUER_TOKEN), b"").await.0, 403);
+    let (status, summary) = http(&api, "GET", path, &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!((status, &summary["cleared"]), (200, &Value::from(2)), "{summary}");
+    let (status, quarantine) = http(&api, "GET", &format!("{path}/quarantine"), &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!((status, &quarantine[0]["reason"]), (200, &Value::from("forged_tac")), "{quarantine}");
+    let (status, error) = http(&api, "GET", "/v1/operator/days/2026-13-01", &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("date")));
+    // The issuer reports the card lost; terminals download the blacklist.
+    let loss = format!("/v1/issuer/cards/{}/loss", card.serial.to_hex());
+    assert_eq!(http(&api, "POST", &loss, &bearer(OPERATOR_TOKEN), b"").await.0, 403);
+    let (status, answer) = http(&api, "POST", &loss, &bearer(ISSUER_TOKEN), b"").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(http(&api, "POST", &loss, &bearer(ISSUER_TOKEN), b"").await.0, 404);
+    let (status, list) = signed(&api, BUS, "GET", "/v1/blacklist?since=0", b"").await;
+    assert_eq!((status, &list[0]["card_serial"]), (200, &Value::from(card.serial.to_hex())), "{list}");
+    let (status, list) =
+        signed(&api, BUS, "GET", &format!("/v1/blacklist?since={}", answer["blacklist_version"]), b"").await;
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(http(&api, "GET", "/v1/blacklist?since=0", &[], b"").await.0, 401);
+});
