@@ -103,14 +103,32 @@ impl Db {
         Ok(Db { pool, dialect })
     }
 
+    /// A plain PostgreSQL pool of one connection, without migrations (to make or drop schemas).
+    pub async fn connect_plain(url: &str) -> Result<AnyPool, Error> {
+        sqlx::any::install_default_drivers();
+        AnyPoolOptions::new().max_connections(1).connect(url).await.map_err(Error::Database)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
 
-/// `($1, $2), ($3, $4)`: placeholders for `rows` rows of `columns` values
-/// (sqlx's `QueryBuilder` for `Any` numbers nothing, which PostgreSQL refuses).
-pub fn row_placeholders(rows: usize, columns: usize) -> String {
+/// Placeholder number `n` (from 1) in a statement that numbers from `first`:
+/// `$n` for PostgreSQL; `?` for SQLite, whose binding of `$n` names costs time
+/// quadratic in the count (sqlx looks each name up), so long statements use
+/// SQLite's positional `?` throughout.
+pub fn placeholder(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Postgres => format!("${n}"),
+        Dialect::Sqlite => "?".to_owned(),
+    }
+}
+
+/// `($1, $2), ($3, $4)`: placeholders for `rows` rows of `columns` values from
+/// number `first` (sqlx's `QueryBuilder` for `Any` numbers nothing, which
+/// PostgreSQL refuses).
+pub fn row_placeholders(dialect: Dialect, rows: usize, columns: usize, first: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -121,7 +139,7 @@ pub fn row_placeholders(rows: usize, columns: usize) -> String {
             if column > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&format!("${}", row * columns + column + 1));
+            out.push_str(&placeholder(dialect, first + row * columns + column));
         }
         out.push(')');
     }
@@ -129,8 +147,8 @@ pub fn row_placeholders(rows: usize, columns: usize) -> String {
 }
 
 /// `$first, $first+1, …`: `count` placeholders for an `IN (…)` list.
-pub fn list_placeholders(count: usize, first: usize) -> String {
-    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+pub fn list_placeholders(dialect: Dialect, count: usize, first: usize) -> String {
+    (first..first + count).map(|n| placeholder(dialect, n)).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -155,7 +173,9 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered() {
-        assert_eq!(super::row_placeholders(2, 2), "($1, $2), ($3, $4)");
-        assert_eq!(super::list_placeholders(3, 2), "$2, $3, $4");
+        use super::Dialect::{Postgres, Sqlite};
+        assert_eq!(super::row_placeholders(Postgres, 2, 2, 1), "($1, $2), ($3, $4)");
+        assert_eq!(super::row_placeholders(Sqlite, 1, 2, 1), "(?, ?)");
+        assert_eq!(super::list_placeholders(Postgres, 3, 2), "$2, $3, $4");
     }
 }

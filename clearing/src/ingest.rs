@@ -80,7 +80,7 @@ pub async fn ingest(db: &Db, batch: &Batch, received_at: i64) -> Result<IngestRe
             "INSERT INTO transactions (terminal_id, batch_id, record_index, kind, card_serial, card_type, counter,
              balance_before, amount_fen, transaction_type, terminal_number, terminal_serial, occurred_at,
              business_day, tac, received_at, state) VALUES {}",
-            crate::db::row_placeholders(rows.len(), 17)
+            crate::db::row_placeholders(db.dialect, rows.len(), 17, 1)
         );
         let mut insert = sqlx::query(&sql);
         for (index, record) in rows {

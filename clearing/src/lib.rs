@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod bench;
 pub mod db;
 pub mod error;
 pub mod ingest;

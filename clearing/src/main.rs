@@ -32,6 +32,14 @@ enum Command {
         #[arg(long)]
         tokens: Option<PathBuf>,
     },
+    /// Clears a simulated day end to end and reports the rates (docs/benchmarks.md).
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// `sqlite` (a temporary file) or a postgres:// URL (a fresh schema in it).
+        #[arg(long, default_value = "sqlite")]
+        database: String,
+    },
     /// Creates or upgrades the database schema.
     Migrate {
         #[arg(long)]
@@ -81,6 +89,19 @@ fn kill_hook() -> Option<clearing::run_day::StepHook> {
     }))
 }
 
+/// The process's peak resident memory (Linux `VmHWM`), 0 where unknown.
+fn peak_memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:").and_then(|v| v.trim().strip_suffix("kB")))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -103,6 +124,15 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
             eprintln!("clearing API on http://{}", listener.local_addr()?);
             clearing::api::serve(listener, clearing::api::AppState::new(db, hsm, tokens)).await?;
+        }
+        Command::Bench { records, database } => {
+            let config = clearing::bench::BenchConfig {
+                records,
+                database,
+                clearing_binary: std::env::current_exe().context("the clearing binary")?,
+            };
+            let report = clearing::bench::run(&config).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Migrate { database } => {
             Db::connect(&database).await?;
@@ -143,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             eprintln!(
                 "day {}: {} records ({} cleared, {} quarantined); this run: {} records in {} chunks, {} TACs, \
-                 {:.3} s ({:.0} records/s); gross {} fee {} net {} yuan",
+                 {:.3} s ({:.0} records/s); gross {} fee {} net {} yuan; peak memory {} KiB",
                 summary.business_day,
                 summary.records,
                 summary.cleared,
@@ -156,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
                 clearing::money::yuan(summary.gross_fen),
                 clearing::money::yuan(summary.fee_fen),
                 clearing::money::yuan(summary.net_fen),
+                peak_memory_kib(),
             );
         }
     }

@@ -320,6 +320,7 @@ async fn load_reference(db: &Db) -> Result<Reference, Error> {
 }
 
 async fn load_cards(
+    dialect: crate::db::Dialect,
     tx: &mut sqlx::Transaction<'_, Any>,
     serials: &[String],
 ) -> Result<HashMap<String, CardState>, Error> {
@@ -328,7 +329,7 @@ async fn load_cards(
         let sql = format!(
             "SELECT card_serial, key_set, balance_fen, offline_counter, online_counter FROM cards
              WHERE card_serial IN ({})",
-            crate::db::list_placeholders(part.len(), 1)
+            crate::db::list_placeholders(dialect, part.len(), 1)
         );
         let mut query = sqlx::query(&sql);
         for serial in part {
@@ -424,7 +425,7 @@ async fn clear_chunk(
     // if another job cleared these records meanwhile.
     let mut cards = {
         let mut tx = db.pool.begin().await?;
-        let cards = load_cards(&mut tx, &serials).await?;
+        let cards = load_cards(db.dialect, &mut tx, &serials).await?;
         tx.commit().await?;
         cards
     };
@@ -545,9 +546,10 @@ async fn clear_chunk(
     for (merchant, ids) in &cleared_by_merchant {
         for part in ids.chunks(crate::ingest::INSERT_ROWS_MAX) {
             let sql = format!(
-                "UPDATE transactions SET state = 'cleared', merchant_id = $1
+                "UPDATE transactions SET state = 'cleared', merchant_id = {}
                  WHERE state = 'pending' AND transaction_id IN ({})",
-                crate::db::list_placeholders(part.len(), 2)
+                crate::db::placeholder(db.dialect, 1),
+                crate::db::list_placeholders(db.dialect, part.len(), 2)
             );
             let mut update = sqlx::query(&sql).bind(merchant.clone());
             for id in part {
@@ -563,7 +565,7 @@ async fn clear_chunk(
         // No ON CONFLICT: a counter cleared twice is a bug, and fails the chunk.
         let sql = format!(
             "INSERT INTO card_counters (card_serial, kind, counter, transaction_id) VALUES {}",
-            crate::db::row_placeholders(part.len(), 4)
+            crate::db::row_placeholders(db.dialect, part.len(), 4, 1)
         );
         let mut insert = sqlx::query(&sql);
         for (serial, kind, counter, id) in part {
