@@ -211,6 +211,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, Error> {
     let started = Instant::now();
     let output = child::output(
         std::process::Command::new(&config.clearing_binary)
+            .env("RUST_LOG", std::env::var("CLEARING_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .args(["run-day", "--date", "2026-11-24", "--database", &url, "--hsm", &hsm_address.to_string()])
             .arg("--out")
             .arg(work.join("out")),
@@ -218,6 +219,9 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, Error> {
     .await?;
     let run_day_seconds = started.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&output.stderr);
+    if std::env::var_os("CLEARING_BENCH_LOG").is_some() {
+        eprintln!("{stderr}");
+    }
     if !output.status.success() {
         return Err(Error::Config(format!("run-day failed: {stderr}")));
     }

@@ -403,6 +403,7 @@ async fn clear_chunk(
     stats: &mut RunStats,
 ) -> Result<u64, Error> {
     let day = options.day.to_string();
+    let phase = std::time::Instant::now();
     let rows = sqlx::query(
         "SELECT transaction_id, terminal_id, batch_id, record_index, kind, card_serial, counter, balance_before,
          amount_fen, transaction_type, terminal_number, terminal_serial, occurred_at, tac, received_at
@@ -417,6 +418,7 @@ async fn clear_chunk(
         return Ok(0);
     }
     let records = rows.iter().map(Pending::from_row).collect::<Result<Vec<_>, _>>()?;
+    let select_micros = phase.elapsed().as_micros();
     let mut serials: Vec<String> = records.iter().map(|r| r.serial.to_hex()).collect();
     serials.dedup();
 
@@ -477,6 +479,7 @@ async fn clear_chunk(
         outcomes.push(outcome);
     }
 
+    let decided_micros = phase.elapsed().as_micros();
     let mut tx = db.pool.begin().await?;
     // A counter behind the shadow account: a duplicate if that counter was cleared.
     for &index in &possibly_spent {
@@ -573,17 +576,28 @@ async fn clear_chunk(
         }
         insert.execute(&mut *tx).await?;
     }
-    for (serial, card) in cards.iter().filter(|(_, card)| card.changed) {
-        assert!(card.balance_fen >= 0, "a shadow balance is never negative");
-        sqlx::query(
-            "UPDATE cards SET balance_fen = $1, offline_counter = $2, online_counter = $3 WHERE card_serial = $4",
-        )
-        .bind(card.balance_fen)
-        .bind(card.offline_counter)
-        .bind(card.online_counter)
-        .bind(serial)
-        .execute(&mut *tx)
-        .await?;
+    let changed: Vec<(&String, &CardState)> = cards.iter().filter(|(_, card)| card.changed).collect();
+    for part in changed.chunks(crate::ingest::INSERT_ROWS_MAX) {
+        // One statement per part: a CTE of the new states joined to the cards.
+        let sql = format!(
+            "WITH shadow (card_serial, balance_fen, offline_counter, online_counter) AS (VALUES {})
+             UPDATE cards SET balance_fen = shadow.balance_fen, offline_counter = shadow.offline_counter,
+             online_counter = shadow.online_counter FROM shadow WHERE cards.card_serial = shadow.card_serial",
+            crate::db::row_placeholders(db.dialect, part.len(), 4, 1)
+        );
+        let mut update = sqlx::query(&sql);
+        for (serial, card) in part {
+            assert!(card.balance_fen >= 0, "a shadow balance is never negative");
+            update = update
+                .bind((*serial).clone())
+                .bind(card.balance_fen)
+                .bind(card.offline_counter)
+                .bind(card.online_counter);
+        }
+        let done = update.execute(&mut *tx).await?;
+        if done.rows_affected() != part.len() as u64 {
+            return Err(Error::Inconsistent("a shadow account to update is missing".into()));
+        }
     }
     let purchases_fen: i64 = purchases_by_merchant.values().sum();
     let mut postings = vec![(Account::CardFloat, purchases_fen - loads_fen), (Account::TopupFunding, loads_fen)];
@@ -595,6 +609,14 @@ async fn clear_chunk(
     options.step(Step::ChunkBeforeCommit(stats.chunks));
     tx.commit().await?;
     options.step(Step::ChunkCommitted(stats.chunks));
+    tracing::debug!(
+        chunk = stats.chunks,
+        records = records.len(),
+        select_micros,
+        decided_micros,
+        committed_micros = phase.elapsed().as_micros(),
+        "chunk cleared"
+    );
     stats.records_processed += records.len() as u64;
     Ok(records.len() as u64)
 }
