@@ -30,6 +30,9 @@ use crate::transaction::{self, Place, Recovered, TransactionError};
 
 /// The longest dedup window a configuration may set.
 pub const DEDUP_WINDOW_SECONDS_MAX: u32 = 600;
+/// Cards the dedup window remembers at most (a bus sees far fewer within a
+/// window); beyond it, entries outside the window are dropped.
+pub const RECENT_CARDS_MAX: usize = 100_000;
 /// A tap-in older than this is a trip whose tap-out was missed.
 pub const TRIP_DURATION_MAX: Duration = Duration::from_secs(4 * 3600);
 
@@ -173,6 +176,9 @@ pub struct Validator {
     tariff: Tariff,
     blacklist: Blacklist,
     journal: Journal,
+    /// The newest completed debit per card: the dedup window, loaded from the
+    /// journal at start and kept with it, so a tap costs no query.
+    recent: std::cell::RefCell<std::collections::HashMap<ApplicationSerial, (CardDateTime, Fen)>>,
 }
 
 fn card_failure(card: Option<ApplicationSerial>, error: &CardError) -> Tap {
@@ -205,8 +211,29 @@ impl Validator {
         assert!(settings.dedup_window_seconds <= DEDUP_WINDOW_SECONDS_MAX, "configuration checks the window");
         let unresolved = journal.unresolved()?.len();
         let flagged = journal.flag_unresolved_older_than(flag_unresolved_after)?;
-        tracing::info!(route = settings.route, unresolved, flagged, "bus validator ready");
-        Ok(Validator { settings, tariff, blacklist, journal })
+        let mut recent = std::collections::HashMap::new();
+        for row in journal.recent_completed(crate::journal::ROWS_MAX)? {
+            // Newest first: the first row of a card is its latest.
+            recent.entry(row.entry.card).or_insert((row.entry.at, row.entry.amount));
+        }
+        tracing::info!(route = settings.route, unresolved, flagged, recent = recent.len(), "bus validator ready");
+        Ok(Validator { settings, tariff, blacklist, journal, recent: std::cell::RefCell::new(recent) })
+    }
+
+    /// Remembers a completed debit for the dedup window.
+    fn remember(&self, completed: &crate::journal::Completed, now: &CardDateTime) {
+        let mut recent = self.recent.borrow_mut();
+        if recent.len() >= RECENT_CARDS_MAX {
+            let oldest = now.unix_seconds().saturating_sub(u64::from(self.settings.dedup_window_seconds));
+            recent.retain(|_, (at, _)| at.unix_seconds() >= oldest);
+            if recent.len() >= RECENT_CARDS_MAX {
+                recent.clear();
+            }
+        }
+        let entry = recent.entry(completed.entry.card).or_insert((completed.entry.at, completed.entry.amount));
+        if completed.entry.at >= entry.0 {
+            *entry = (completed.entry.at, completed.entry.amount);
+        }
     }
 
     pub fn journal(&self) -> &Journal {
@@ -250,7 +277,10 @@ impl Validator {
             Ok(recovered) => {
                 for outcome in recovered {
                     match outcome {
-                        Recovered::Completed(row) => tracing::info!(id = row.id, "earlier debit proved by the card"),
+                        Recovered::Completed(row) => {
+                            tracing::info!(id = row.id, "earlier debit proved by the card");
+                            self.remember(&row, &now);
+                        }
                         Recovered::Voided(row) => tracing::info!(id = row.id, "earlier debit did not happen"),
                     }
                 }
@@ -275,16 +305,13 @@ impl Validator {
             });
         }
 
-        let window_start = CardDateTime::from_unix_seconds(
-            now.unix_seconds().saturating_sub(u64::from(self.settings.dedup_window_seconds)),
-        )
-        .unwrap_or(now);
-        match self.journal.last_completed_since(&serial, &window_start) {
-            Ok(Some(row)) if row.entry.at <= now => {
-                return Ok(Tap::AlreadyPaid { card: serial, amount: row.entry.amount, at: row.entry.at });
-            }
-            Ok(_) => {}
-            Err(error) => return Err(journal_failure(card, &error)),
+        let window_start = now.unix_seconds().saturating_sub(u64::from(self.settings.dedup_window_seconds));
+        let last = self.recent.borrow().get(&serial).copied();
+        if let Some((at, amount)) = last
+            && at.unix_seconds() >= window_start
+            && at <= now
+        {
+            return Ok(Tap::AlreadyPaid { card: serial, amount, at });
         }
 
         let record = purse
@@ -302,6 +329,7 @@ impl Validator {
         let place = Place { route: Some(self.settings.route), station: Some(self.settings.station) };
         match transaction::purchase(purse, psam, &self.journal, &request, place) {
             Ok(completed) => {
+                self.remember(&completed, &now);
                 let balance = completed.entry.balance_before.checked_sub(completed.entry.amount).unwrap_or(Fen::ZERO);
                 Ok(Tap::Paid { card: serial, card_type, boarding, quote, balance })
             }

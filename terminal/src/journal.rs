@@ -26,10 +26,8 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use card_host::{ApplicationSerial, CardDateTime, Fen, TerminalNumber, TransactionType};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, migrate::Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Row, migrate::Migrator};
 
 /// The journal's schema history (`terminal/migrations`, numbered and commented).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -181,7 +179,13 @@ pub struct Counts {
 /// The journal file, open.
 pub struct Journal {
     runtime: tokio::runtime::Runtime,
-    pool: SqlitePool,
+    /// One connection, used by this process alone (no pool: each query is one
+    /// hand-off to sqlx's SQLite worker thread).
+    connection: std::sync::Mutex<SqliteConnection>,
+    /// Unresolved intents per card, mirrored in memory so that a tap of a card
+    /// with nothing open costs no query. Loaded at open; this process is the
+    /// file's only writer.
+    unresolved_cards: std::sync::Mutex<std::collections::HashMap<ApplicationSerial, u32>>,
 }
 
 fn now_unix_ms() -> i64 {
@@ -205,12 +209,48 @@ impl Journal {
             // kill -9 and power loss.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT_MAX);
-        let pool = runtime.block_on(async {
-            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
-            MIGRATOR.run(&pool).await?;
-            Ok::<_, JournalError>(pool)
+        let connection = runtime.block_on(async {
+            let mut connection = options.connect().await?;
+            MIGRATOR.run(&mut connection).await?;
+            Ok::<_, JournalError>(connection)
         })?;
-        Ok(Journal { runtime, pool })
+        let journal =
+            Journal { runtime, connection: std::sync::Mutex::new(connection), unresolved_cards: Default::default() };
+        let mut cards = std::collections::HashMap::new();
+        for intent in journal.unresolved()? {
+            *cards.entry(intent.entry.card).or_insert(0) += 1;
+        }
+        *journal.unresolved_cards.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = cards;
+        Ok(journal)
+    }
+
+    fn connection(&self) -> std::sync::MutexGuard<'_, SqliteConnection> {
+        self.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn unresolved_cards(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ApplicationSerial, u32>> {
+        self.unresolved_cards.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `card` has an unresolved intent (from memory, no query).
+    pub fn has_unresolved(&self, card: &ApplicationSerial) -> bool {
+        self.unresolved_cards().contains_key(card)
+    }
+
+    /// The newest completed debits (at most `limit` ≤ [`ROWS_MAX`]), newest
+    /// first: what a validator's dedup window starts from after a restart.
+    pub fn recent_completed(&self, limit: u32) -> Result<Vec<Completed>, JournalError> {
+        if limit > ROWS_MAX {
+            return Err(JournalError::TooManyRows);
+        }
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM card_transaction WHERE state = 'completed' ORDER BY id DESC LIMIT ?"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.connection()),
+        )?;
+        rows.iter().map(completed_from_row).collect()
     }
 
     /// Writes the intent durably: when this returns, the row is on disk.
@@ -233,15 +273,17 @@ impl Journal {
             .bind(entry.route.map(i64::from))
             .bind(entry.station.map(i64::from))
             .bind(now_unix_ms())
-            .fetch_one(&self.pool),
+            .fetch_one(&mut *self.connection()),
         )?;
         let id: i64 = id.try_get(0)?;
+        *self.unresolved_cards().entry(entry.card).or_insert(0) += 1;
         tracing::debug!(id, card = %entry.card.masked(), counter = entry.offline_counter, amount = %entry.amount, "intent written");
         Ok(Intent { id, entry, flagged: false })
     }
 
     fn resolve(
         &self,
+        card: &ApplicationSerial,
         id: i64,
         state: &str,
         proof: Option<([u8; 4], [u8; 4])>,
@@ -262,10 +304,17 @@ impl Journal {
             .bind(resolution.as_str())
             .bind(now_unix_ms())
             .bind(id)
-            .execute(&self.pool),
+            .execute(&mut *self.connection()),
         )?;
         if done.rows_affected() != 1 {
             return Err(JournalError::NotAnIntent(id));
+        }
+        let mut cards = self.unresolved_cards();
+        if let Some(open) = cards.get_mut(card) {
+            *open -= 1;
+            if *open == 0 {
+                cards.remove(card);
+            }
         }
         Ok(())
     }
@@ -275,7 +324,7 @@ impl Journal {
         let rows = self.runtime.block_on(
             sqlx::query(&format!("SELECT {COLUMNS} FROM card_transaction WHERE state = 'intent' ORDER BY id LIMIT ?"))
                 .bind(i64::from(ROWS_MAX))
-                .fetch_all(&self.pool),
+                .fetch_all(&mut *self.connection()),
         )?;
         rows.iter().map(intent_from_row).collect()
     }
@@ -288,7 +337,7 @@ impl Journal {
             ))
             .bind(card.to_hex())
             .bind(i64::from(ROWS_MAX))
-            .fetch_all(&self.pool),
+            .fetch_all(&mut *self.connection()),
         )?;
         rows.iter().map(intent_from_row).collect()
     }
@@ -304,7 +353,7 @@ impl Journal {
             )
             .bind(now_unix_ms())
             .bind(written_before_unix_ms)
-            .execute(&self.pool),
+            .execute(&mut *self.connection()),
         )?;
         Ok(done.rows_affected())
     }
@@ -330,7 +379,7 @@ impl Journal {
             ))
             .bind(card.to_hex())
             .bind(i64::try_from(since.unix_seconds()).unwrap_or(i64::MAX))
-            .fetch_optional(&self.pool),
+            .fetch_optional(&mut *self.connection()),
         )?;
         row.as_ref().map(completed_from_row).transpose()
     }
@@ -347,7 +396,7 @@ impl Journal {
                  OR (state = 'intent' AND flagged_unix_ms IS NOT NULL)) ORDER BY id LIMIT ?"
             ))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool),
+            .fetch_all(&mut *self.connection()),
         )?;
         rows.iter()
             .map(|row| {
@@ -368,8 +417,9 @@ impl Journal {
             return Err(JournalError::TooManyRows);
         }
         let now = now_unix_ms();
+        let mut connection = self.connection();
         self.runtime.block_on(async {
-            let mut transaction = self.pool.begin().await?;
+            let mut transaction = connection.begin().await?;
             for id in ids {
                 sqlx::query("UPDATE card_transaction SET uploaded_unix_ms = ? WHERE id = ?")
                     .bind(now)
@@ -391,7 +441,7 @@ impl Journal {
             ))
             .bind(card.to_hex())
             .bind(i64::from(ROWS_MAX))
-            .fetch_all(&self.pool),
+            .fetch_all(&mut *self.connection()),
         )?;
         rows.iter().map(completed_from_row).collect()
     }
@@ -404,7 +454,7 @@ impl Journal {
                  COALESCE(SUM(state = 'voided'), 0), \
                  COALESCE(SUM(CASE WHEN state = 'completed' THEN amount_fen ELSE 0 END), 0) FROM card_transaction",
             )
-            .fetch_one(&self.pool),
+            .fetch_one(&mut *self.connection()),
         )?;
         let count = |index: usize| -> Result<u64, JournalError> {
             let value: i64 = row.try_get(index)?;
@@ -413,9 +463,12 @@ impl Journal {
         Ok(Counts { intents: count(0)?, completed: count(1)?, voided: count(2)?, completed_fen: count(3)? })
     }
 
-    /// Closes the pool, checkpointing the WAL.
+    /// Closes the connection, checkpointing the WAL.
     pub fn close(self) {
-        self.runtime.block_on(self.pool.close());
+        let connection = self.connection.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(error) = self.runtime.block_on(connection.close()) {
+            tracing::warn!(%error, "journal close");
+        }
     }
 }
 
@@ -441,7 +494,7 @@ impl Intent {
         mac2: [u8; 4],
         resolution: Resolution,
     ) -> Result<Completed, JournalError> {
-        journal.resolve(self.id, "completed", Some((tac, mac2)), resolution)?;
+        journal.resolve(&self.entry.card, self.id, "completed", Some((tac, mac2)), resolution)?;
         tracing::debug!(id = self.id, card = %self.entry.card.masked(), ?resolution, "debit completed");
         Ok(Completed { id: self.id, entry: self.entry, tac, mac2, resolution })
     }
@@ -449,7 +502,7 @@ impl Intent {
     /// The card did not debit: the row is voided durably and the purchase may be
     /// made again.
     pub fn void(self, journal: &Journal, resolution: Resolution) -> Result<Voided, JournalError> {
-        journal.resolve(self.id, "voided", None, resolution)?;
+        journal.resolve(&self.entry.card, self.id, "voided", None, resolution)?;
         tracing::debug!(id = self.id, card = %self.entry.card.masked(), ?resolution, "intent voided");
         Ok(Voided { id: self.id, entry: self.entry, resolution })
     }

@@ -184,6 +184,9 @@ pub fn recover(purse: &mut Purse<'_>, journal: &Journal, intent: Intent) -> Resu
 /// [`RECOVERIES_PER_CARD_MAX`]), oldest first.
 pub fn recover_card(purse: &mut Purse<'_>, journal: &Journal) -> Result<Vec<Recovered>, TransactionError> {
     let card = purse.public_information().application_serial;
+    if !journal.has_unresolved(&card) {
+        return Ok(Vec::new());
+    }
     let intents = journal.unresolved_for(&card)?;
     let mut settled = Vec::new();
     for intent in intents.into_iter().take(RECOVERIES_PER_CARD_MAX) {

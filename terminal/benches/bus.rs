@@ -1,0 +1,224 @@
+//! A bus validator's tap (flat fare, journal on disk) in-process and through
+//! pcscd + vpcd, each against the bare APDU round trip of the same path measured
+//! in the same run, and the journal's fsync'd commit.
+//!
+//! Run: `cargo bench -p terminal --bench bus` (pcscd with vpcd must be running:
+//! `bash scripts/test.sh` or `scripts/demo.sh` starts it).
+//!
+//! A paid tap is 8 round trips: the card's SELECT, READ BINARY, READ RECORD,
+//! INITIALIZE, UPDATE CAPP DATA CACHE and DEBIT, the PSAM's INIT SAM and CREDIT
+//! SAM; and 2 journal commits, each fsync'd (the intent before DEBIT, its
+//! completion after). Figures are medians of batches; ratios within the run.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use card_host::card::CitizenCard;
+use card_host::psam::Psam;
+use card_host::storage::Storage;
+use card_host::vpcd::{SLOT0_PORT, SLOT1_PORT};
+use card_host::{ApplicationSerial, CardDateTime, Fen, SmartCard, TerminalNumber, TransactionType};
+use system_tests::{ReaderLock, ServedCard, card_reader, issue_card, issue_psam, psam_reader};
+use terminal::CardSession;
+use terminal::blacklist::Blacklist;
+use terminal::bus::{BusSettings, Tap, Validator};
+use terminal::journal::{Entry, Journal, Resolution};
+use terminal::psam::PsamSession;
+use terminal::purse::Purse;
+use terminal::reader::pcsc::PcscReaders;
+use terminal::reader::{Channel, InProcess};
+use terminal::tariff::Tariff;
+
+const BATCHES: usize = 11;
+const TERMINAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x00, 0x44]);
+/// Round trips of one paid tap (6 card, 2 PSAM).
+const TAP_ROUND_TRIPS: u32 = 8;
+const BALANCE: Fen = Fen(100_000);
+
+fn median_per_operation(operations: u32, mut batch: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..BATCHES)
+        .map(|_| {
+            let start = Instant::now();
+            batch();
+            start.elapsed() / operations
+        })
+        .collect();
+    times.sort();
+    times[BATCHES / 2]
+}
+
+fn validator(directory: &Path, name: &str) -> Validator {
+    // One fen a ride, so a card's balance lasts the whole run; the work of a tap
+    // does not depend on the amount.
+    let tariff = Tariff::parse("name = \"bench\"\nfare = { kind = \"flat\", amount_fen = 1 }\n").expect("tariff");
+    let journal = Journal::open(&directory.join(format!("{name}.sqlite"))).expect("journal");
+    let settings = BusSettings { route: 42, station: 1, dedup_window_seconds: 10 };
+    Validator::new(settings, tariff, Blacklist::empty(), journal, Duration::from_secs(86_400)).expect("validator")
+}
+
+/// (bare GET BALANCE round trip, paid tap) over the given channels. Each tap is
+/// 20 s of card time after the last, beyond the dedup window.
+fn measure(
+    directory: &Path,
+    name: &str,
+    card: &mut dyn Channel,
+    psam: &mut dyn Channel,
+    bare_count: u32,
+    tap_count: u32,
+) -> (Duration, Duration) {
+    let balance = card_host::commands::get_balance().to_bytes();
+    Purse::select(CardSession::new(&mut *card)).expect("select");
+    let bare = median_per_operation(bare_count, || {
+        for _ in 0..bare_count {
+            let response = card.transmit(&balance).expect("round trip");
+            assert_eq!(response[response.len() - 2..], [0x90, 0x00]);
+        }
+    });
+    let validator = validator(directory, name);
+    let mut psam = PsamSession::open(CardSession::new(psam)).expect("PSAM");
+    let start = CardDateTime::new(2026, 11, 25, 6, 0, 0).expect("valid").unix_seconds();
+    let mut taps = 0u64;
+    let tap = median_per_operation(tap_count, || {
+        for _ in 0..tap_count {
+            taps += 1;
+            let now = CardDateTime::from_unix_seconds(start + taps * 20).expect("valid");
+            let tap = validator.tap(&mut *card, &mut psam, now);
+            assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
+        }
+    });
+    (bare, tap)
+}
+
+/// One fsync'd journal commit: an intent written (and, separately, completed).
+fn journal_commit(directory: &Path) -> (Duration, Duration) {
+    let journal = Journal::open(&directory.join("commit.sqlite")).expect("journal");
+    let at = CardDateTime::new(2026, 11, 25, 6, 0, 0).expect("valid");
+    let mut counter = 0u16;
+    let mut intents = Vec::new();
+    let count = 50;
+    let write = median_per_operation(count, || {
+        for _ in 0..count {
+            counter += 1;
+            let entry = Entry {
+                card: ApplicationSerial([0x31, 0, 0, 0, 0, 0, 0, 1]),
+                offline_counter: counter,
+                kind: TransactionType::PursePurchase,
+                amount: Fen(200),
+                balance_before: BALANCE,
+                terminal: TERMINAL,
+                terminal_serial: u32::from(counter),
+                at,
+                route: Some(42),
+                station: Some(1),
+            };
+            intents.push(journal.write_intent(entry).expect("intent"));
+        }
+    });
+    let mut intents = intents.into_iter();
+    let complete = median_per_operation(count, || {
+        for _ in 0..count {
+            let intent = intents.next().expect("an intent per completion");
+            intent.complete(&journal, [1; 4], [2; 4], Resolution::Answer).expect("complete");
+        }
+    });
+    (write, complete)
+}
+
+fn memory_card(directory: &Path, profile: usize) -> CitizenCard {
+    let (path, _) = issue_card(directory, profile, BALANCE);
+    let image = card_host::storage::load(&path).expect("image");
+    let mut card = CitizenCard::with_seed(image, Storage::Memory, 1);
+    card.power_on();
+    card
+}
+
+fn memory_psam() -> Psam {
+    let mut psam = Psam::new(Psam::issue(&system_tests::master_keys(), TERMINAL, 1), Storage::Memory);
+    psam.power_on();
+    psam
+}
+
+fn main() {
+    let _reader = ReaderLock::take();
+    // The journal on the disk it would be on (not a tmpfs) ...
+    let directory = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let path = directory.path();
+    // ... and on a tmpfs, where fsync costs nothing: what is left is CPU.
+    let memory_directory = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+
+    let (write, complete) = journal_commit(path);
+    let (cpu_write, cpu_complete) = journal_commit(memory_directory.path());
+
+    // In-process, cards in memory, journal on tmpfs: the terminal's own CPU
+    // (with SQLite's and the software card's).
+    let (cpu_bare, cpu_tap) = measure(
+        memory_directory.path(),
+        "cpu",
+        &mut InProcess::new(memory_card(path, 0)),
+        &mut InProcess::new(memory_psam()),
+        20_000,
+        200,
+    );
+
+    // In-process, cards in memory, journal on disk.
+    let (memory_bare, memory_tap) = measure(
+        path,
+        "memory",
+        &mut InProcess::new(memory_card(path, 3)),
+        &mut InProcess::new(memory_psam()),
+        20_000,
+        100,
+    );
+
+    // In-process, card and PSAM images saved with fsync as the served cards do.
+    let (_, card) = issue_card(path, 1, BALANCE);
+    let (_, psam) = issue_psam(path, TERMINAL);
+    let (file_bare, file_tap) = measure(path, "file", &mut InProcess::new(card), &mut InProcess::new(psam), 2_000, 50);
+
+    // Through pcscd + vpcd.
+    let (_, card) = issue_card(path, 2, BALANCE);
+    let (_, psam) = issue_psam(path, TERMINAL);
+    let _card = ServedCard::serve(card, SLOT0_PORT);
+    let _psam = ServedCard::serve(psam, SLOT1_PORT);
+    let readers = PcscReaders::establish().expect("PC/SC");
+    let mut card_channel = readers.connect(&card_reader(), Duration::from_secs(10)).expect("card");
+    let mut psam_channel = readers.connect(&psam_reader(), Duration::from_secs(10)).expect("PSAM");
+    let (pcsc_bare, pcsc_tap) = measure(path, "pcsc", &mut card_channel, &mut psam_channel, 500, 50);
+
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    let ratio = |tap: Duration, bare: Duration| tap.as_secs_f64() / (f64::from(TAP_ROUND_TRIPS) * bare.as_secs_f64());
+    println!(
+        "journal commit (fsync'd, on {}): intent {:.0} µs, completion {:.0} µs",
+        path.display(),
+        micros(write),
+        micros(complete)
+    );
+    println!(
+        "journal commit on tmpfs (no fsync cost: CPU and sqlx's hand-offs): intent {:.0} µs, completion {:.0} µs",
+        micros(cpu_write),
+        micros(cpu_complete)
+    );
+    println!();
+    println!("| path | bare round trip | paid tap (8 round trips, 2 journal commits) | tap ÷ (8 × bare) |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, bare, tap) in [
+        ("in-process, cards in memory, journal on tmpfs (CPU)", cpu_bare, cpu_tap),
+        ("in-process, cards in memory, journal on disk", memory_bare, memory_tap),
+        ("in-process, card images saved with fsync, journal on disk", file_bare, file_tap),
+        ("pcscd + vpcd, card images saved with fsync, journal on disk", pcsc_bare, pcsc_tap),
+    ] {
+        println!("| {name} | {:.2} µs | {:.0} µs | {:.1} |", micros(bare), micros(tap), ratio(tap, bare));
+    }
+    println!();
+    let card_saves = file_tap.saturating_sub(memory_tap);
+    println!("the card's and PSAM's own image saves per tap (file − memory, in-process): {:.0} µs", micros(card_saves));
+    println!(
+        "pcscd tap ÷ (8 × pcscd bare + the tap in-process with card images saved and journal on disk): {:.2}",
+        pcsc_tap.as_secs_f64() / (f64::from(TAP_ROUND_TRIPS) * pcsc_bare.as_secs_f64() + file_tap.as_secs_f64())
+    );
+    println!(
+        "goal as written, pcscd tap ≤ 1.2 × 8 × bare + one journal commit: {:.0} µs against {:.0} µs",
+        micros(pcsc_tap),
+        1.2 * f64::from(TAP_ROUND_TRIPS) * micros(pcsc_bare) + micros(write)
+    );
+}
