@@ -8,7 +8,7 @@ set -euo pipefail
 #   libpcsclite-dev, pkg-config: the `pcsc` crate links libpcsclite;
 #   pcscd, vsmartcard-vpcd: the real PC/SC daemon and its virtual reader driver;
 #   opensc: opensc-tool, an ordinary PC/SC client the tests also drive the card with.
-REQUIRED_PACKAGES=(pkg-config libpcsclite-dev pcscd vsmartcard-vpcd opensc)
+REQUIRED_PACKAGES=(pkg-config libpcsclite-dev pcscd vsmartcard-vpcd opensc libnfc-bin)
 VPCD_PORT=35963
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -697,9 +697,9 @@ impl Pty {
     /// Opens a pair; with `link`, makes it a symlink to the slave device (an
     /// existing symlink there is replaced, anything else is an error).
     pub fn open(link: Option<&Path>) -> Result<Pty, EmulatorError> {
-        let (mut master, mut slave) = serialport::TTYPort::pair()?;
-        slave.set_exclusive(false)?;
-        master.set_exclusive(false)?;
+        // No set_exclusive here: serialport takes an flock for it, and a host
+        // opening the slave device (serialport's exclusive open) must get its own.
+        let (mut master, slave) = serialport::TTYPort::pair()?;
         serialport::SerialPort::set_timeout(&mut master, POLL_INTERVAL)?;
         let device = PathBuf::from(serialport::SerialPort::name(&slave).ok_or(EmulatorError::NoDeviceName)?);
         let link = match link {
