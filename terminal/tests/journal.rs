@@ -227,3 +227,37 @@ fn purchase_torn_at_every_apdu_is_settled_by_the_card() {
 fn compound_purchase_torn_at_every_apdu_is_settled_by_the_card() {
     torn_at_every_apdu(true);
 }
+
+/// Torn before DEBIT, then the card pays at another terminal (which uses the
+/// same transaction number): its proof is not ours, and the intent is voided.
+#[test]
+fn a_number_used_by_another_terminal_voids_the_intent() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let mut reader = Tearing::new(card(CardType::Ordinary, 30, Fen(1_000), 3));
+    let mut psam_reader = InProcess::new(psam());
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let request = PurchaseRequest { amount: Fen(150), at: at(9, 0, 0), compound_records: vec![] };
+    // SELECT, READ BINARY, INITIALIZE, then DEBIT never reaches the card.
+    reader.tear_at(4, TearPoint::BeforeCommand);
+    let mut purse = Purse::select(CardSession::new(&mut reader)).expect("select");
+    let torn = transaction::purchase(&mut purse, &mut psam, &journal, &request, Place::default());
+    assert!(matches!(torn, Err(TransactionError::Torn { .. })), "{torn:?}");
+    reader.insert();
+
+    // Another terminal (its own PSAM, its own journal) debits the card.
+    let other_terminal = card_host::TerminalNumber([0x31, 0, 0, 0, 0, 0x99]);
+    let mut other_psam_reader = InProcess::new(card_host::psam::Psam::new(
+        card_host::psam::Psam::issue(&master_keys(), other_terminal, 1),
+        card_host::storage::Storage::Memory,
+    ));
+    let mut other_psam = PsamSession::open(CardSession::new(&mut other_psam_reader)).expect("PSAM");
+    let mut purse = Purse::select(CardSession::new(&mut reader)).expect("select");
+    purse.purchase(&mut other_psam, &request).expect("paid elsewhere");
+
+    // Back here: the card proves number 1, but its record is the other terminal's.
+    let recovered = transaction::recover_card(&mut purse, &journal).expect("recover");
+    assert!(matches!(recovered.as_slice(), [Recovered::Voided(_)]), "{recovered:?}");
+    assert_eq!(journal.counts().expect("counts"), Counts { intents: 0, completed: 0, voided: 1, completed_fen: 0 });
+    assert_eq!(purse.balance().expect("balance"), Fen(850), "only the other terminal's debit");
+}
