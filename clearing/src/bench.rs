@@ -57,6 +57,14 @@ pub struct BenchReport {
     pub run_day_peak_memory_kib: u64,
     pub cleared: i64,
     pub quarantined: i64,
+    /// Online top-up authorisations through the HTTP API (signed request, card
+    /// look-up, HSM ZC, top-up row), paced at `topup_rate_per_second` on one
+    /// keep-alive connection over loopback.
+    pub topup_requests: usize,
+    pub topup_rate_per_second: u64,
+    pub topup_p50_micros: u64,
+    pub topup_p99_micros: u64,
+    pub topup_max_micros: u64,
 }
 
 fn config_error(message: impl std::fmt::Display) -> Error {
@@ -232,6 +240,8 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, Error> {
         .and_then(|rest| rest.split(" KiB").next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
+    eprintln!("bench: online top-up authorisations");
+    let topups = topup_latencies(&db, hsm, &keys, cards.min(TOPUP_REQUESTS as u64) as usize).await?;
     hsm_task.abort();
     if let Some(schema) = schema {
         db.close().await;
@@ -257,7 +267,94 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, Error> {
         run_day_peak_memory_kib: peak,
         cleared: summary.cleared,
         quarantined: summary.quarantined,
+        topup_requests: topups.len(),
+        topup_rate_per_second: TOPUP_RATE_PER_SECOND,
+        topup_p50_micros: percentile(&topups, 50),
+        topup_p99_micros: percentile(&topups, 99),
+        topup_max_micros: topups.last().copied().unwrap_or(0),
     })
+}
+
+/// Top-up authorisations measured.
+pub const TOPUP_REQUESTS: usize = 3_000;
+/// Their pace.
+pub const TOPUP_RATE_PER_SECOND: u64 = 1_000;
+/// The longest HTTP answer the bench reads.
+const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+
+fn percentile(sorted: &[u64], percent: usize) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() * percent).div_ceil(100)).clamp(1, sorted.len()) - 1]
+}
+
+/// Sorted latencies (µs) of `count` top-up authorisations through the API.
+async fn topup_latencies(db: &Db, hsm: HsmClient, keys: &MasterKeySet, count: usize) -> Result<Vec<u64>, Error> {
+    use ::tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let state = crate::api::AppState::new(db.clone(), hsm, crate::api::Tokens::default());
+    let listener = ::tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(config_error)?;
+    let address = listener.local_addr().map_err(config_error)?;
+    let server = ::tokio::spawn(crate::api::serve(listener, state));
+    // The fixture kiosk terminal (310000000902) and its TEST device key (seed 0x02 × 32).
+    let terminal = TerminalNumber::parse_hex("310000000902").map_err(config_error)?;
+    let device = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[2; 32]).map_err(config_error)?;
+    let load_key = keys.load.first().ok_or_else(|| config_error("the key set has no load key"))?;
+    let mut stream =
+        ::tokio::io::BufReader::new(::tokio::net::TcpStream::connect(address).await.map_err(config_error)?);
+    let mut ticks = ::tokio::time::interval(std::time::Duration::from_micros(1_000_000 / TOPUP_RATE_PER_SECOND));
+    ticks.set_missed_tick_behavior(::tokio::time::MissedTickBehavior::Delay);
+    let mut latencies = Vec::with_capacity(count);
+    for card in 0..count as u64 {
+        let serial = serial_of(card);
+        let dlk = crypto::diversify(keys.algorithm, &load_key.key, &serial.0);
+        let random = (card as u32).to_be_bytes();
+        let session = crypto::load_session_key(keys.algorithm, &dlk, random, 0);
+        let (balance, amount) = (Fen(1_000), Fen(5_000));
+        let mac1 = purse::load_mac1(&session, balance, amount, TransactionType::PurseLoad, &terminal);
+        let body = serde_json::json!({
+            "card_serial": serial.to_hex(), "key_index": load_key.index, "card_random": hex::encode(random),
+            "online_counter": 0, "balance_before_fen": balance.0, "amount_fen": amount.0,
+            "transaction_type": "02", "mac1": hex::encode(mac1),
+        })
+        .to_string();
+        let path = "/v1/topups/authorise";
+        let signature = device.sign(&crate::api::signed_message("POST", path, body.as_bytes()));
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: clearing\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             X-Terminal-Id: {terminal}\r\nX-Signature: {}\r\n\r\n{body}",
+            body.len(),
+            hex::encode(signature.as_ref())
+        );
+        ticks.tick().await;
+        let started = Instant::now();
+        stream.get_mut().write_all(request.as_bytes()).await.map_err(config_error)?;
+        let mut status_line = String::new();
+        stream.read_line(&mut status_line).await.map_err(config_error)?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.map_err(config_error)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().map_err(config_error)?;
+            }
+        }
+        if length > RESPONSE_BYTES_MAX {
+            return Err(config_error("answer too long"));
+        }
+        let mut answer = vec![0; length];
+        stream.read_exact(&mut answer).await.map_err(config_error)?;
+        latencies.push(started.elapsed().as_micros() as u64);
+        if !status_line.starts_with("HTTP/1.1 200") {
+            return Err(config_error(format!("top-up refused: {status_line} {}", String::from_utf8_lossy(&answer))));
+        }
+    }
+    server.abort();
+    latencies.sort_unstable();
+    Ok(latencies)
 }
 
 fn serial_of(card: u64) -> ApplicationSerial {
