@@ -69,3 +69,86 @@ pub fn card_dispatch(data: &[u8]) {
         assert!(card.image().purse.is_consistent(), "purse inconsistent after {}", hex::encode_upper(apdu));
     }
 }
+
+/// Most PN532 commands one fuzz input is split into.
+pub const PN532_COMMANDS_PER_INPUT_MAX: usize = 64;
+
+/// Checks that the bytes a PN532 emulator answered are whole, valid frames
+/// from the PN532 (ACKs, error frames, responses), never a NACK.
+fn assert_pn532_output(out: &[u8]) {
+    use crate::pn532::{Decoder, Direction, Frame};
+    let mut decoder = Decoder::new();
+    decoder.push(out);
+    while let Some(outcome) = decoder.next_frame() {
+        match outcome.expect("the emulator sends only valid frames") {
+            Frame::Information(answer) => assert_eq!(answer.direction(), Direction::Pn532ToHost),
+            Frame::Ack | Frame::Error => {}
+            Frame::Nack => panic!("the emulator never sends NACK"),
+        }
+    }
+    assert_eq!(decoder.pending(), 0, "no partial frame in the emulator's output");
+}
+
+/// The PN532 frame decoder and emulator on untrusted bytes. The first byte
+/// picks a chunk size; the rest goes (1) through the streaming decoder in those
+/// chunks and the one-shot parser: no panic, a bounded buffer, and every frame
+/// re-encodes to bytes that parse back to it; (2) raw into an emulated PN532
+/// with a citizen card in its field; (3) split into commands (a length byte,
+/// then code and parameters) sent as valid frames to a fresh emulator. The
+/// emulators' output must be valid PN532-to-host frames.
+pub fn pn532_frames(data: &[u8]) {
+    use crate::pn532::frame::{self, FRAME_LENGTH_MAX};
+    use crate::pn532::{Decoder, Information, Pn532, Uid};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(mode % 32) + 1;
+    let mut decoder = Decoder::new();
+    for piece in rest.chunks(chunk) {
+        decoder.push(piece);
+        while let Some(outcome) = decoder.next_frame() {
+            if let Ok(decoded) = outcome {
+                let bytes = decoded.to_bytes();
+                assert!(bytes.len() <= FRAME_LENGTH_MAX);
+                assert_eq!(frame::parse(&bytes), Ok(decoded), "a decoded frame re-encodes");
+            }
+        }
+        assert!(decoder.pending() <= FRAME_LENGTH_MAX, "the decoder holds at most one frame");
+    }
+    if let Ok(parsed) = frame::parse(rest) {
+        assert_eq!(frame::parse(&parsed.to_bytes()), Ok(parsed));
+    }
+
+    let card = || CitizenCard::with_seed(test_image().clone(), Storage::Memory, 0);
+    let mut chip = Pn532::new(card(), Uid::random_single([1, 2, 3])).with_chunk_max(chunk * 8);
+    for piece in rest.chunks(chunk) {
+        assert_pn532_output(&chip.receive(piece));
+    }
+
+    let cards = vec![(card(), Uid::random_single([1, 2, 3])), (card(), Uid::random_single([4, 5, 6]))];
+    let mut chip = Pn532::with_cards(cards).expect("two cards").with_chunk_max(chunk * 8);
+    let control = chip.control();
+    let mut rest = rest;
+    for index in 0..PN532_COMMANDS_PER_INPUT_MAX {
+        let Some((&length, tail)) = rest.split_first() else {
+            break;
+        };
+        let length = usize::from(length).min(tail.len());
+        let (command, tail) = tail.split_at(length);
+        rest = tail;
+        let Some((&code, parameters)) = command.split_first() else {
+            continue;
+        };
+        if index == usize::from(mode % 16) {
+            control.set_present(usize::from(mode & 0x01), false);
+        }
+        if let Ok(information) = Information::command(code, parameters) {
+            let out = chip.receive(&information.to_bytes());
+            assert!(out.starts_with(&frame::ACK), "a valid command is acknowledged");
+            assert_pn532_output(&out);
+        }
+    }
+    for slot in chip.into_cards() {
+        assert!(slot.image().purse.is_consistent());
+    }
+}
