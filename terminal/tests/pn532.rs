@@ -257,8 +257,7 @@ impl<P: Write> Write for NoisyLine<P> {
 #[test]
 fn garbage_and_broken_frames_on_the_line_are_survived() {
     let (mut field, host) = Field::start(one_card(Fen(10_000)), 262);
-    let options = Pn532Options { ack_timeout: Duration::from_millis(200), ..Pn532Options::default() };
-    let mut reader = Pn532Reader::with_options(NoisyLine::new(host, 5), options);
+    let mut reader = Pn532Reader::new(NoisyLine::new(host, 5));
     reader.wake_up().expect("awake through the noise");
     reader.find_card().expect("listed").expect("a card");
     let mut balance = Fen(10_000);
