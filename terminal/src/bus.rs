@@ -176,6 +176,7 @@ pub struct Validator {
     tariff: Tariff,
     blacklist: Blacklist,
     journal: Journal,
+    flag_unresolved_after: Duration,
     /// The newest completed debit per card: the dedup window, loaded from the
     /// journal at start and kept with it, so a tap costs no query.
     recent: std::cell::RefCell<std::collections::HashMap<ApplicationSerial, (CardDateTime, Fen)>>,
@@ -217,7 +218,14 @@ impl Validator {
             recent.entry(row.entry.card).or_insert((row.entry.at, row.entry.amount));
         }
         tracing::info!(route = settings.route, unresolved, flagged, recent = recent.len(), "bus validator ready");
-        Ok(Validator { settings, tariff, blacklist, journal, recent: std::cell::RefCell::new(recent) })
+        Ok(Validator {
+            settings,
+            tariff,
+            blacklist,
+            journal,
+            flag_unresolved_after,
+            recent: std::cell::RefCell::new(recent),
+        })
     }
 
     /// Remembers a completed debit for the dedup window.
@@ -234,6 +242,16 @@ impl Validator {
         if completed.entry.at >= entry.0 {
             *entry = (completed.entry.at, completed.entry.amount);
         }
+    }
+
+    /// Flags for clearing the intents left unresolved for longer than the
+    /// configured time (done at start, and by a running validator now and then).
+    pub fn flag_unresolved(&self) -> Result<u64, JournalError> {
+        let flagged = self.journal.flag_unresolved_older_than(self.flag_unresolved_after)?;
+        if flagged > 0 {
+            tracing::warn!(flagged, "unresolved intents flagged for clearing");
+        }
+        Ok(flagged)
     }
 
     pub fn journal(&self) -> &Journal {

@@ -25,6 +25,8 @@ const PSAM_WAIT: Duration = Duration::from_secs(10);
 /// How long one wait for a card lasts before the validator looks at its
 /// blacklist file again.
 const CARD_POLL: Duration = Duration::from_secs(1);
+/// How often a running validator flags intents left unresolved too long.
+const FLAG_INTERVAL: Duration = Duration::from_secs(60);
 /// The longest line of the in-process demo's standard input.
 const COMMAND_LINE_BYTES_MAX: usize = 256;
 
@@ -103,8 +105,15 @@ fn run_bus(config_path: &Path, taps: Option<u64>) -> anyhow::Result<()> {
             let mut psam_channel = readers.connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
             let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).context("PSAM")?;
             tracing::info!(reader = %card, terminal = %psam.terminal_number(), "waiting for cards");
+            let mut flagged_at = std::time::Instant::now();
             while more(done) {
                 blacklist.refresh(&mut validator);
+                if flagged_at.elapsed() >= FLAG_INTERVAL {
+                    flagged_at = std::time::Instant::now();
+                    if let Err(error) = validator.flag_unresolved() {
+                        tracing::error!(%error, "flagging unresolved intents");
+                    }
+                }
                 if !readers.wait_for(card, true, CARD_POLL)? {
                     continue;
                 }
