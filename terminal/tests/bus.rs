@@ -215,3 +215,27 @@ fn bus_tap_torn_at_every_apdu_charges_exactly_once() {
     // SELECT, READ BINARY, READ RECORD, INITIALIZE, UPDATE CAPP DATA CACHE, DEBIT.
     assert_eq!(points_tried, 12);
 }
+
+/// A transfer onto a distance route is decided at tap-in and granted at tap-out.
+#[test]
+fn transfer_onto_a_distance_route_is_granted_at_tap_out() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let flat = validator(directory.path(), "bus-flat.toml", 1, Blacklist::empty());
+    let mut distance = validator(directory.path(), "bus-distance.toml", 8, Blacklist::empty());
+    let mut reader = InProcess::new(card(CardType::Ordinary, 0x17, Fen(2_000), 17));
+    tap(&flat, &mut reader, at(8, 0, 0));
+    distance.set_station(2);
+    tap(&distance, &mut reader, at(8, 30, 0));
+    distance.set_station(5);
+    let tap_out = tap(&distance, &mut reader, at(8, 50, 0));
+    assert_eq!(
+        tap_out.to_string(),
+        "TAP OUT 3 stations 1.00 yuan (transfer -1.00) balance 17.00 card ************0017"
+    );
+    // Without a recent boarding elsewhere, no discount.
+    distance.set_station(2);
+    tap(&distance, &mut reader, at(11, 0, 0));
+    distance.set_station(5);
+    let later = tap(&distance, &mut reader, at(11, 20, 0));
+    assert_eq!(later.to_string(), "TAP OUT 3 stations 2.00 yuan balance 15.00 card ************0017");
+}
