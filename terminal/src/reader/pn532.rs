@@ -126,6 +126,8 @@ pub struct Pn532Reader<P: Read + Write> {
     /// The line may hold a late answer (after a timeout): drain it before the
     /// next command.
     drain: bool,
+    /// Bytes read from the line so far.
+    received: u64,
 }
 
 impl Pn532Reader<serialport::TTYPort> {
@@ -151,7 +153,7 @@ impl<P: Read + Write> Pn532Reader<P> {
 
     pub fn with_options(port: P, options: Pn532Options) -> Self {
         let options = Pn532Options { chunk_max: options.chunk_max.clamp(1, DATA_EXCHANGE_CHUNK_MAX), ..options };
-        Pn532Reader { port, decoder: Decoder::new(), options, target: None, drain: true }
+        Pn532Reader { port, decoder: Decoder::new(), options, target: None, drain: true, received: 0 }
     }
 
     /// Wakes the PN532 up from its power-on low-power mode, puts it in normal
@@ -246,7 +248,10 @@ impl<P: Read + Write> Pn532Reader<P> {
             }
             match self.port.read(&mut buffer) {
                 Ok(0) => std::thread::sleep(PORT_READ_TIMEOUT),
-                Ok(count) => self.decoder.push(&buffer[..count]),
+                Ok(count) => {
+                    self.received += count as u64;
+                    self.decoder.push(&buffer[..count]);
+                }
                 Err(error)
                     if matches!(
                         error.kind(),
@@ -298,6 +303,7 @@ impl<P: Read + Write> Pn532Reader<P> {
             self.port.write_all(&frame)?;
             self.port.flush()?;
             let deadline = Instant::now() + self.options.ack_timeout;
+            let received_before = self.received;
             let mut heard = false;
             loop {
                 match self.read_frame(deadline)? {
@@ -323,7 +329,9 @@ impl<P: Read + Write> Pn532Reader<P> {
                     }
                     None => {
                         // A command the PN532 never acknowledged did not reach it,
-                        // unless something broken came back: then an APDU may have.
+                        // unless something came back (broken, or cut short): then
+                        // an APDU may have.
+                        heard |= self.received != received_before;
                         if attempts >= COMMAND_ATTEMPTS_MAX || (changes_card && heard) {
                             return Err(Pn532Error::NoAck { command: code, attempts }.into());
                         }
@@ -439,5 +447,184 @@ impl<P: Read + Write> Channel for Pn532Reader<P> {
             return Err(ReaderError::ChainTooLong);
         }
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use card_host::pn532::frame::{ACK, ERROR, NACK};
+
+    use super::*;
+
+    /// A scripted PN532: each write gets the next scripted reply (if any) onto
+    /// the line; reads time out when the line is empty.
+    struct Script {
+        replies: VecDeque<Vec<u8>>,
+        line: VecDeque<u8>,
+        written: Vec<Vec<u8>>,
+    }
+
+    impl Script {
+        fn new(replies: Vec<Vec<u8>>) -> Self {
+            Script { replies: replies.into(), line: VecDeque::new(), written: Vec::new() }
+        }
+    }
+
+    impl Read for Script {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            if self.line.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let count = buffer.len().min(self.line.len());
+            for (slot, byte) in buffer.iter_mut().zip(self.line.drain(..count)) {
+                *slot = byte;
+            }
+            Ok(count)
+        }
+    }
+
+    impl Write for Script {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.written.push(bytes.to_vec());
+            if bytes != WAKE_UP
+                && let Some(reply) = self.replies.pop_front()
+            {
+                self.line.extend(reply);
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn answer(code: u8, parameters: &[u8]) -> Vec<u8> {
+        Information::response(code, parameters).expect("fits").to_bytes()
+    }
+
+    fn acked(code: u8, parameters: &[u8]) -> Vec<u8> {
+        [&ACK[..], &answer(code, parameters)].concat()
+    }
+
+    fn reader(replies: Vec<Vec<u8>>) -> Pn532Reader<Script> {
+        let options = Pn532Options {
+            ack_timeout: Duration::from_millis(30),
+            answer_timeout: Duration::from_millis(200),
+            chunk_max: DATA_EXCHANGE_CHUNK_MAX,
+        };
+        let mut reader = Pn532Reader::with_options(Script::new(replies), options);
+        reader.drain = false;
+        reader
+    }
+
+    const FIRMWARE: [u8; 4] = [0x32, 0x01, 0x06, 0x07];
+
+    /// A reader with one ISO 14443-4 card listed.
+    fn with_card(mut replies: Vec<Vec<u8>>) -> Pn532Reader<Script> {
+        let target = TypeATarget { number: 1, atqa: [0, 4], sak: 0x20, uid: vec![8, 1, 2, 3], ats: vec![1] };
+        let mut listed = vec![1];
+        listed.extend(target.to_bytes());
+        replies.insert(0, acked(code::IN_LIST_PASSIVE_TARGET, &listed));
+        let mut reader = reader(replies);
+        reader.find_card().expect("listed").expect("a card");
+        reader
+    }
+
+    #[test]
+    fn an_answer_whose_ack_was_lost_is_taken() {
+        let mut reader = reader(vec![answer(code::GET_FIRMWARE_VERSION, &FIRMWARE)]);
+        assert_eq!(reader.firmware_version().expect("firmware").ic, 0x32);
+    }
+
+    #[test]
+    fn a_broken_answer_is_asked_for_again() {
+        let mut broken = acked(code::GET_FIRMWARE_VERSION, &FIRMWARE);
+        broken[12] ^= 0x01;
+        let mut reader = reader(vec![broken, answer(code::GET_FIRMWARE_VERSION, &FIRMWARE)]);
+        assert_eq!(reader.firmware_version().expect("firmware").version, 1);
+        let port = reader.into_port();
+        assert_eq!(port.written.len(), 2);
+        assert_eq!(port.written[1], NACK);
+    }
+
+    #[test]
+    fn without_ack_a_command_is_sent_three_times() {
+        let mut reader = reader(vec![]);
+        let outcome = reader.firmware_version();
+        assert!(matches!(outcome, Err(ReaderError::Pn532(Pn532Error::NoAck { attempts: 3, .. }))), "{outcome:?}");
+        assert_eq!(reader.into_port().written.len(), 3);
+        // A second attempt that gets its ACK and answer succeeds.
+        let mut reader = reader_with_second_try();
+        assert_eq!(reader.firmware_version().expect("firmware").revision, 6);
+    }
+
+    fn reader_with_second_try() -> Pn532Reader<Script> {
+        reader(vec![vec![], acked(code::GET_FIRMWARE_VERSION, &FIRMWARE)])
+    }
+
+    #[test]
+    fn an_apdu_is_not_sent_again_once_something_came_back() {
+        let mut reader = with_card(vec![vec![0x00, 0x00, 0xFF, 0x05, 0xFB, 0xD5, 0x41]]);
+        let outcome = reader.transmit(&[0x80, 0x54, 0x01, 0x00, 0x0F]);
+        assert!(matches!(outcome, Err(ReaderError::Pn532(Pn532Error::NoAck { attempts: 1, .. }))), "{outcome:?}");
+        assert_eq!(reader.into_port().written.len(), 2, "InListPassiveTarget, one InDataExchange");
+        // Nothing at all came back: the PN532 never took it, so it is sent again.
+        let mut reader = with_card(vec![vec![], acked(code::IN_DATA_EXCHANGE, &[0x00, 0x90, 0x00])]);
+        assert_eq!(reader.transmit(&[0x00, 0x84, 0x00, 0x00, 0x04]).expect("answer"), [0x90, 0x00]);
+    }
+
+    #[test]
+    fn syntax_errors_other_chips_and_stray_frames() {
+        let mut reader = reader(vec![[&ACK[..], &ERROR].concat()]);
+        assert!(matches!(
+            reader.firmware_version(),
+            Err(ReaderError::Pn532(Pn532Error::SyntaxError { command: 0x02 }))
+        ));
+        let mut reader = reader_for(acked(code::GET_FIRMWARE_VERSION, &[0x33, 0x02, 0x01, 0x07]));
+        assert!(matches!(reader.firmware_version(), Err(ReaderError::Pn532(Pn532Error::NotPn532(_)))));
+        // A late answer to another command and noise before ours are skipped.
+        let mut line = answer(code::IN_RELEASE, &[0x00]);
+        line.extend([0x13, 0x00, 0xFF, 0x37]);
+        line.extend(acked(code::GET_FIRMWARE_VERSION, &FIRMWARE));
+        assert_eq!(reader_for(line).firmware_version().expect("firmware").support, 7);
+    }
+
+    fn reader_for(reply: Vec<u8>) -> Pn532Reader<Script> {
+        reader(vec![reply])
+    }
+
+    #[test]
+    fn statuses_of_a_gone_card_are_removals() {
+        for status in [0x01, 0x27, 0x29, 0x2B] {
+            let mut reader = with_card(vec![acked(code::IN_DATA_EXCHANGE, &[status])]);
+            assert!(
+                matches!(reader.transmit(&[0x00, 0xB0, 0x00, 0x00]), Err(ReaderError::CardRemoved)),
+                "{status:02X}"
+            );
+            assert!(reader.target().is_none());
+            assert!(matches!(reader.transmit(&[0x00, 0xB0, 0x00, 0x00]), Err(ReaderError::CardRemoved)));
+        }
+        let mut reader = with_card(vec![acked(code::IN_DATA_EXCHANGE, &[0x02])]);
+        let outcome = reader.transmit(&[0x00, 0xB0, 0x00, 0x00]);
+        assert!(matches!(outcome, Err(ReaderError::Pn532(Pn532Error::Status { status: Status::Crc, .. }))));
+    }
+
+    #[test]
+    fn chained_answers_are_assembled_and_bounded() {
+        let mut reader = with_card(vec![
+            acked(code::IN_DATA_EXCHANGE, &[0x40, 1, 2]),
+            acked(code::IN_DATA_EXCHANGE, &[0x40, 3]),
+            acked(code::IN_DATA_EXCHANGE, &[0x00, 0x90, 0x00]),
+        ]);
+        assert_eq!(reader.transmit(&[0x00, 0xB0, 0x00, 0x00]).expect("answer"), [1, 2, 3, 0x90, 0x00]);
+        let written = reader.into_port().written;
+        assert_eq!(written[2], Information::command(code::IN_DATA_EXCHANGE, &[0x01]).expect("fits").to_bytes());
+        let endless = vec![acked(code::IN_DATA_EXCHANGE, &[0x40, 0xAA]); RESPONSE_FRAMES_MAX + 2];
+        let mut reader = with_card(endless);
+        assert!(matches!(reader.transmit(&[0x00, 0xB0, 0x00, 0x00]), Err(ReaderError::ChainTooLong)));
     }
 }
