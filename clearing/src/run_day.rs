@@ -374,6 +374,12 @@ pub async fn run_day(db: &Db, hsm: &HsmClient, options: &RunOptions) -> Result<(
     } else {
         indicatif::ProgressBar::hidden()
     };
+    sqlx::query(
+        "INSERT INTO day_runs (business_day, settlement_runs) VALUES ($1, 0) ON CONFLICT (business_day) DO NOTHING",
+    )
+    .bind(&day)
+    .execute(&db.pool)
+    .await?;
     tracing::info!(day = %day, pending = pending_total, "clearing");
     while stats.chunks < CHUNKS_MAX {
         let processed = clear_chunk(db, hsm, options, &reference, &mut stats).await?;
@@ -481,6 +487,13 @@ async fn clear_chunk(
 
     let decided_micros = phase.elapsed().as_micros();
     let mut tx = db.pool.begin().await?;
+    // The day's next chunk number (also a row lock: one clearing job per day at a time on PostgreSQL).
+    let chunk_number: i64 = sqlx::query_scalar(
+        "UPDATE day_runs SET chunks_cleared = chunks_cleared + 1 WHERE business_day = $1 RETURNING chunks_cleared",
+    )
+    .bind(&day)
+    .fetch_one(&mut *tx)
+    .await?;
     // A counter behind the shadow account: a duplicate if that counter was cleared.
     for &index in &possibly_spent {
         let record = &records[index];
@@ -549,12 +562,13 @@ async fn clear_chunk(
     for (merchant, ids) in &cleared_by_merchant {
         for part in ids.chunks(crate::ingest::INSERT_ROWS_MAX) {
             let sql = format!(
-                "UPDATE transactions SET state = 'cleared', merchant_id = {}
+                "UPDATE transactions SET state = 'cleared', merchant_id = {}, clear_chunk = {}
                  WHERE state = 'pending' AND transaction_id IN ({})",
                 crate::db::placeholder(db.dialect, 1),
-                crate::db::list_placeholders(db.dialect, part.len(), 2)
+                crate::db::placeholder(db.dialect, 2),
+                crate::db::list_placeholders(db.dialect, part.len(), 3)
             );
-            let mut update = sqlx::query(&sql).bind(merchant.clone());
+            let mut update = sqlx::query(&sql).bind(merchant.clone()).bind(chunk_number);
             for id in part {
                 update = update.bind(*id);
             }
@@ -687,7 +701,8 @@ fn decide(
     Ok(terminal.merchant_id.clone())
 }
 
-/// Settles the cleared purchases not yet settled; returns the settlement runs added (0 or 1).
+/// Settles the cleared purchases not yet settled (those of the chunks after the
+/// day's settled high-water mark); returns the settlement runs added (0 or 1).
 async fn settle(db: &Db, day: &str) -> Result<u64, Error> {
     let mut tx = db.pool.begin().await?;
     sqlx::query(
@@ -696,25 +711,33 @@ async fn settle(db: &Db, day: &str) -> Result<u64, Error> {
     .bind(day)
     .execute(&mut *tx)
     .await?;
+    let marks = sqlx::query(
+        "SELECT settlement_runs, chunks_cleared, settled_through_chunk FROM day_runs WHERE business_day = $1",
+    )
+    .bind(day)
+    .fetch_one(&mut *tx)
+    .await?;
+    let runs: i64 = marks.try_get("settlement_runs")?;
+    let cleared_through: i64 = marks.try_get("chunks_cleared")?;
+    let settled_through: i64 = marks.try_get("settled_through_chunk")?;
+    if cleared_through == settled_through {
+        tx.commit().await?;
+        return Ok(0);
+    }
     let rows = sqlx::query(
         "SELECT t.merchant_id AS merchant_id, COUNT(*) AS record_count,
          CAST(SUM(t.amount_fen) AS BIGINT) AS gross_fen, m.fee_rate AS fee_rate, m.settlement_account AS account
          FROM transactions t JOIN merchants m ON m.merchant_id = t.merchant_id
-         WHERE t.business_day = $1 AND t.state = 'cleared' AND t.kind = 'purchase' AND t.settlement_run IS NULL
+         WHERE t.business_day = $1 AND t.state = 'cleared' AND t.kind = 'purchase'
+         AND t.clear_chunk > $2 AND t.clear_chunk <= $3
          GROUP BY t.merchant_id, m.fee_rate, m.settlement_account ORDER BY t.merchant_id",
     )
     .bind(day)
+    .bind(settled_through)
+    .bind(cleared_through)
     .fetch_all(&mut *tx)
     .await?;
-    if rows.is_empty() {
-        tx.commit().await?;
-        return Ok(0);
-    }
-    let runs: i64 = sqlx::query_scalar("SELECT settlement_runs FROM day_runs WHERE business_day = $1")
-        .bind(day)
-        .fetch_one(&mut *tx)
-        .await?;
-    let run = runs + 1;
+    let run = if rows.is_empty() { runs } else { runs + 1 };
     for row in &rows {
         let merchant: String = row.try_get("merchant_id")?;
         let gross: i64 = row.try_get("gross_fen")?;
@@ -740,18 +763,6 @@ async fn settle(db: &Db, day: &str) -> Result<u64, Error> {
         .bind(net)
         .execute(&mut *tx)
         .await?;
-        let marked = sqlx::query(
-            "UPDATE transactions SET settlement_run = $1 WHERE business_day = $2 AND state = 'cleared'
-             AND kind = 'purchase' AND settlement_run IS NULL AND merchant_id = $3",
-        )
-        .bind(run)
-        .bind(day)
-        .bind(&merchant)
-        .execute(&mut *tx)
-        .await?;
-        if marked.rows_affected() != count as u64 {
-            return Err(Error::Conflict("another job is settling this day".into()));
-        }
         ledger::post(
             &mut tx,
             &format!("settle:{day}:{run}:{merchant}"),
@@ -764,18 +775,23 @@ async fn settle(db: &Db, day: &str) -> Result<u64, Error> {
         )
         .await?;
     }
-    let updated =
-        sqlx::query("UPDATE day_runs SET settlement_runs = $1 WHERE business_day = $2 AND settlement_runs = $3")
-            .bind(run)
-            .bind(day)
-            .bind(runs)
-            .execute(&mut *tx)
-            .await?;
+    // Guarded by the marks read above: a concurrent settlement of the day fails here.
+    let updated = sqlx::query(
+        "UPDATE day_runs SET settlement_runs = $1, settled_through_chunk = $2
+         WHERE business_day = $3 AND settlement_runs = $4 AND settled_through_chunk = $5",
+    )
+    .bind(run)
+    .bind(cleared_through)
+    .bind(day)
+    .bind(runs)
+    .bind(settled_through)
+    .execute(&mut *tx)
+    .await?;
     if updated.rows_affected() != 1 {
         return Err(Error::Conflict("another job is settling this day".into()));
     }
     tx.commit().await?;
-    Ok(1)
+    Ok(u64::from(run > runs))
 }
 
 /// The day's settlements, in file order.
@@ -858,26 +874,32 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-async fn scalar(db: &Db, sql: &str, day: &str) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar(sql).bind(day).fetch_one(&db.pool).await?)
-}
-
 /// The day's summary, from the database.
 pub async fn summary(db: &Db, day: &str) -> Result<DaySummary, Error> {
-    let count = |state: &'static str| {
-        let sql = format!("SELECT COUNT(*) FROM transactions WHERE business_day = $1 AND state = '{state}'");
-        async move { scalar(db, &sql, day).await }
-    };
-    let (cleared, quarantined, pending) =
-        (count("cleared").await?, count("quarantined").await?, count("pending").await?);
-    let sum_kind = |kind: &'static str| {
-        let sql = format!(
-            "SELECT CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) FROM transactions
-             WHERE business_day = $1 AND state = 'cleared' AND kind = '{kind}'"
-        );
-        async move { scalar(db, &sql, day).await }
-    };
-    let (purchases_fen, loads_fen) = (sum_kind("purchase").await?, sum_kind("load").await?);
+    // One scan of the day: counts and amounts by state and kind.
+    let (mut cleared, mut quarantined, mut pending, mut purchases_fen, mut loads_fen) = (0i64, 0i64, 0i64, 0i64, 0i64);
+    for row in sqlx::query(
+        "SELECT state, kind, COUNT(*) AS n, CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) AS amount
+         FROM transactions WHERE business_day = $1 GROUP BY state, kind",
+    )
+    .bind(day)
+    .fetch_all(&db.pool)
+    .await?
+    {
+        let (state, kind): (String, String) = (row.try_get("state")?, row.try_get("kind")?);
+        let (n, amount): (i64, i64) = (row.try_get("n")?, row.try_get("amount")?);
+        match state.as_str() {
+            "cleared" => {
+                cleared += n;
+                match kind.as_str() {
+                    "purchase" => purchases_fen += amount,
+                    _ => loads_fen += amount,
+                }
+            }
+            "quarantined" => quarantined += n,
+            _ => pending += n,
+        }
+    }
     let mut quarantined_by_reason = BTreeMap::new();
     for row in sqlx::query("SELECT reason, COUNT(*) AS n FROM quarantine WHERE business_day = $1 GROUP BY reason")
         .bind(day)
