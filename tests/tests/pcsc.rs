@@ -9,6 +9,7 @@ use card_host::vpcd::{SLOT0_PORT, Tear, TearPoint};
 use card_host::{CardDateTime, Fen, TransactionType};
 use system_tests::*;
 use terminal::cardholder::SocialSecurity;
+use terminal::compound::{CompoundRecord, TripState};
 use terminal::psam::PsamSession;
 use terminal::purse::{PurchaseRequest, Purse};
 use terminal::reader::pcsc::{PcscChannel, PcscReaders};
@@ -22,15 +23,21 @@ fn connect(readers: &PcscReaders, reader: &str) -> PcscChannel {
     readers.connect(reader, READER_TIMEOUT).expect("card in the reader")
 }
 
-/// A compound (transit) record for the bus application: identifier, length,
-/// entry state and the fare taken (layout in docs/card.md).
-fn compound_record(state: u8, fare: u32) -> Vec<u8> {
-    let mut record = vec![0; 48];
-    record[0] = card_host::issue::COMPOUND_BUS;
-    record[1] = 46;
-    record[2] = state;
-    record[3..7].copy_from_slice(&fare.to_be_bytes());
-    record
+/// A bus compound record (the 48-byte layout of docs/card.md) at tap-in or tap-out.
+fn trip(state: TripState, fare: Fen) -> (u8, Vec<u8>) {
+    let mut record = CompoundRecord::empty(card_host::issue::COMPOUND_BUS);
+    record.state = state;
+    record.route = 11;
+    record.entry_station = 3;
+    record.entry_terminal = terminal_number();
+    record.entry_at = Some(at());
+    record.max_fare = Fen(500);
+    if state == TripState::TappedOut {
+        record.exit_station = 7;
+        record.exit_at = Some(at());
+        record.fare = fare;
+    }
+    (record.identifier, record.to_bytes())
 }
 
 #[test]
@@ -99,9 +106,11 @@ fn load_purchase_and_compound_purchase_through_pcscd() {
     assert_eq!(refused.status(), Some(StatusWord::InsufficientBalance));
 
     // Transit: tap in (fare 0, entry record), tap out (fare, exit record).
-    let tap_in = PurchaseRequest { amount: Fen(0), at: at(), compound_records: vec![(1, compound_record(1, 0))] };
+    let tap_in =
+        PurchaseRequest { amount: Fen(0), at: at(), compound_records: vec![trip(TripState::TappedIn, Fen(0))] };
     purse.purchase(&mut psam, &tap_in).expect("tap in");
-    let tap_out = PurchaseRequest { amount: Fen(300), at: at(), compound_records: vec![(1, compound_record(2, 300))] };
+    let tap_out =
+        PurchaseRequest { amount: Fen(300), at: at(), compound_records: vec![trip(TripState::TappedOut, Fen(300))] };
     let receipt = purse.purchase(&mut psam, &tap_out).expect("tap out");
     assert_eq!(receipt.kind, TransactionType::CompoundPurchase);
     assert_eq!(purse.balance().expect("balance"), Fen(4_500));
@@ -109,6 +118,9 @@ fn load_purchase_and_compound_purchase_through_pcscd() {
     assert_eq!(history.len(), 4, "load, purchase, tap in, tap out");
     assert_eq!(history[0].amount, Fen(300));
     assert_eq!(history[3].kind, TransactionType::PurseLoad);
+    let record = CompoundRecord::parse(&purse.compound_record(card_host::issue::COMPOUND_BUS).expect("read"))
+        .expect("the compound record written with the debit");
+    assert_eq!((record.state, record.exit_station, record.fare), (TripState::TappedOut, 7, Fen(300)));
 
     // The image on disk says the same.
     card_channel.disconnect();

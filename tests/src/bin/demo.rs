@@ -14,6 +14,7 @@ use card_host::vpcd::{SLOT0_PORT, SLOT1_PORT, Tear, TearPoint};
 use card_host::{CardDateTime, Fen, TerminalNumber, TransactionType};
 use system_tests::{LOAD_TERMINAL, ServedCard, TestLoadHost, card_reader, psam_reader, vpcd_available};
 use terminal::cardholder::{SocialSecurity, mask_identity};
+use terminal::compound::{CompoundRecord, TripState};
 use terminal::psam::PsamSession;
 use terminal::purse::{PurchaseRequest, Purse};
 use terminal::reader::InProcess;
@@ -156,9 +157,11 @@ fn day<'a>(card: &'a mut dyn Channel, psam: &mut PsamSession<'_>) -> anyhow::Res
     );
 
     // Transit: tap in (amount 0, entry record), tap out (distance fare, exit record).
-    let tap_in = PurchaseRequest { amount: Fen(0), at: now(), compound_records: vec![(1, compound_record(1, 0))] };
+    let tap_in =
+        PurchaseRequest { amount: Fen(0), at: now(), compound_records: vec![trip(TripState::TappedIn, Fen(0))] };
     purse.purchase(psam, &tap_in)?;
-    let tap_out = PurchaseRequest { amount: Fen(300), at: now(), compound_records: vec![(1, compound_record(2, 300))] };
+    let tap_out =
+        PurchaseRequest { amount: Fen(300), at: now(), compound_records: vec![trip(TripState::TappedOut, Fen(300))] };
     purse.purchase(psam, &tap_out)?;
     println!("metro     tap in, tap out -3.00 yuan -> balance {}", purse.balance()?);
     Ok(purse)
@@ -177,14 +180,21 @@ fn finish(purse: &mut Purse<'_>, psam: &mut PsamSession<'_>) -> anyhow::Result<(
     Ok(())
 }
 
-/// A bus compound record (layout in docs/card.md): identifier, length, state, fare.
-fn compound_record(state: u8, fare: u32) -> Vec<u8> {
-    let mut record = vec![0; usize::from(card_host::issue::COMPOUND_RECORD_LENGTH)];
-    record[0] = card_host::issue::COMPOUND_BUS;
-    record[1] = card_host::issue::COMPOUND_RECORD_LENGTH - 2;
-    record[2] = state;
-    record[3..7].copy_from_slice(&fare.to_be_bytes());
-    record
+/// A metro compound record (the 48-byte layout of docs/card.md) at tap-in or tap-out.
+fn trip(state: TripState, fare: Fen) -> (u8, Vec<u8>) {
+    let mut record = CompoundRecord::empty(card_host::issue::COMPOUND_METRO);
+    record.state = state;
+    record.route = 2;
+    record.entry_station = 5;
+    record.entry_terminal = BUS_TERMINAL;
+    record.entry_at = Some(now());
+    record.max_fare = Fen(900);
+    if state == TripState::TappedOut {
+        record.exit_station = 12;
+        record.exit_at = Some(now());
+        record.fare = fare;
+    }
+    (record.identifier, record.to_bytes())
 }
 
 fn hex(bytes: &[u8]) -> String {
