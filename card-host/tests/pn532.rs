@@ -136,6 +136,49 @@ fn emulator_answers_a_host_on_a_pty() {
     assert_eq!(frame::parse(&ACK), Ok(Frame::Ack));
 }
 
+/// A host that sends and never reads fills the pty's queue; the emulator drops
+/// the answers it cannot write and serves the next host.
+#[test]
+fn a_host_that_stops_reading_does_not_stop_the_emulator() {
+    let mut pty = Pty::open(None).expect("pty");
+    let device = pty.device().to_owned();
+    let mut chip = Pn532::new(support::new_card(0, Fen(0)), Uid::random_single([1, 2, 3]));
+    let control = chip.control();
+    let server = std::thread::spawn(move || {
+        let served = chip.serve(pty.master());
+        drop(pty);
+        served
+    });
+    let mut host = Host::open(&device);
+    let command = Information::command(code::GET_FIRMWARE_VERSION, &[]).expect("fits").to_bytes();
+    // Up to 8,000 answers of 19 bytes: more than the pty holds. The host's own
+    // writes back up too once the emulator waits on its full queue.
+    for _ in 0..1_000 {
+        if host.port.write_all(&command.repeat(8)).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    serialport::SerialPort::clear(&host.port, serialport::ClearBuffer::Input).expect("flush input");
+    drop(host);
+    let mut host = Host::open(&device);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        serialport::SerialPort::clear(&host.port, serialport::ClearBuffer::Input).expect("flush input");
+        host.decoder.clear();
+        host.send(&command);
+        if host.frame(Duration::from_millis(200)) == Some(Frame::Ack) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the emulator serves again");
+    }
+    assert!(
+        matches!(host.frame(WAIT), Some(Frame::Information(answer)) if answer.parameters() == [0x32, 0x01, 0x06, 0x07])
+    );
+    control.stop();
+    server.join().expect("server thread").expect("the emulator ends cleanly");
+}
+
 fn card_host(arguments: &[&str]) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_card-host"));
     command.args(arguments).env("RUST_LOG", "warn");

@@ -666,8 +666,17 @@ impl<C: SmartCard> Pn532<C> {
                 Err(error) => return Err(error.into()),
             };
             let answer = self.receive(&buffer[..count]);
-            if !answer.is_empty() {
-                port.write_all(&answer)?;
+            if answer.is_empty() {
+                continue;
+            }
+            match port.write_all(&answer) {
+                Ok(()) => {}
+                // A host that stopped reading (the pty's queue is full): its
+                // answer is lost, as on a real line; the next host starts afresh.
+                Err(error) if matches!(error.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+                    tracing::warn!("the host is not reading: answer dropped");
+                }
+                Err(error) => return Err(error.into()),
             }
         }
         Ok(())
