@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::Row;
 
-use crate::batch::{self, BATCH_BYTES_MAX, FieldError, hex_field, integer};
+use crate::batch::{self, BATCH_BYTES_MAX, FieldError, hex_field, integer, text};
 use crate::db::Db;
 use crate::error::Error;
 use crate::money::BusinessDay;
@@ -113,11 +113,24 @@ pub struct AppState {
     pub hsm: Arc<HsmClient>,
     pub tokens: Arc<Tokens>,
     pub metrics: Arc<Metrics>,
+    /// The key that hides citizen IDs; without it the server does not issue cards.
+    pub citizen_key: Option<Arc<crate::registry::CitizenIdKey>>,
 }
 
 impl AppState {
     pub fn new(db: Db, hsm: HsmClient, tokens: Tokens) -> AppState {
-        AppState { db, hsm: Arc::new(hsm), tokens: Arc::new(tokens), metrics: Arc::new(Metrics::default()) }
+        AppState {
+            db,
+            hsm: Arc::new(hsm),
+            tokens: Arc::new(tokens),
+            metrics: Arc::new(Metrics::default()),
+            citizen_key: None,
+        }
+    }
+
+    pub fn with_citizen_key(mut self, key: crate::registry::CitizenIdKey) -> AppState {
+        self.citizen_key = Some(Arc::new(key));
+        self
     }
 }
 
@@ -130,7 +143,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/topups/authorise", post(authorise_topup))
         .route("/v1/topups/confirm", post(confirm_topup))
         .route("/v1/blacklist", get(blacklist))
+        .route("/v1/issuer/cards", post(issue_card))
         .route("/v1/issuer/cards/{serial}/loss", post(report_loss))
+        .route("/v1/issuer/cards/{serial}/replace", post(replace_card))
         .route("/v1/operator/days/{date}", get(day_summary))
         .route("/v1/operator/days/{date}/quarantine", get(day_quarantine))
         .layer(DefaultBodyLimit::max(BATCH_BYTES_MAX))
@@ -597,12 +612,72 @@ async fn report_loss(
 ) -> ApiResult<Json<Value>> {
     let result = async {
         authorise_token(&state, &headers, Role::Issuer)?;
-        let serial = ApplicationSerial::parse_hex(&serial)
-            .ok()
-            .filter(|_| serial.len() == 16)
-            .ok_or_else(|| ApiError::field("serial", "must be 16 hex digits"))?;
+        let serial = serial_from_path(&serial)?;
         let version = crate::registry::report_loss(&state.db, &serial, &CardDateTime::now_utc()).await?;
         Ok(Json(serde_json::json!({ "blacklist_version": version })))
+    }
+    .await;
+    result.map_err(|e| refused(&state, e))
+}
+
+fn serial_from_path(serial: &str) -> ApiResult<ApplicationSerial> {
+    ApplicationSerial::parse_hex(serial)
+        .ok()
+        .filter(|_| serial.len() == 16)
+        .ok_or_else(|| ApiError::field("serial", "must be 16 hex digits"))
+}
+
+fn short_text(map: &Map<String, Value>, field: &'static str) -> ApiResult<String> {
+    let value = text(map, field).map_err(field_error)?;
+    if value.is_empty() || value.len() > crate::registry::NAME_LENGTH_MAX {
+        return Err(ApiError::field(field, "1 to 100 characters"));
+    }
+    Ok(value.to_owned())
+}
+
+async fn issue_card(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let result = async {
+        authorise_token(&state, &headers, Role::Issuer)?;
+        let key = state
+            .citizen_key
+            .clone()
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server does not issue cards"))?;
+        let map = object(&body, &["card_serial", "card_type", "key_set", "citizen_id", "name", "initial_balance_fen"])?;
+        let card = crate::registry::NewCard {
+            serial: ApplicationSerial(hex_field::<8>(&map, "card_serial").map_err(field_error)?),
+            card_type: integer(&map, "card_type", u64::from(u8::MAX)).map_err(field_error)? as u8,
+            key_set: short_text(&map, "key_set")?,
+            citizen_id: short_text(&map, "citizen_id")?,
+            name: short_text(&map, "name")?,
+            initial_balance: Fen(
+                integer(&map, "initial_balance_fen", u64::from(TOPUP_FEN_MAX)).map_err(field_error)? as u32
+            ),
+            issued_at: CardDateTime::now_utc(),
+        };
+        crate::registry::issue_card(&state.db, &key, &card).await?;
+        Ok((StatusCode::CREATED, Json(serde_json::json!({ "card_serial": card.serial.to_hex() }))).into_response())
+    }
+    .await;
+    result.map_err(|e| refused(&state, e))
+}
+
+async fn replace_card(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<crate::registry::Replacement>> {
+    let result = async {
+        authorise_token(&state, &headers, Role::Issuer)?;
+        let old = serial_from_path(&serial)?;
+        let map = object(&body, &["new_card_serial", "card_type", "key_set"])?;
+        let new = crate::registry::ReplacementCard {
+            serial: ApplicationSerial(hex_field::<8>(&map, "new_card_serial").map_err(field_error)?),
+            card_type: integer(&map, "card_type", u64::from(u8::MAX)).map_err(field_error)? as u8,
+            key_set: short_text(&map, "key_set")?,
+            issued_at: CardDateTime::now_utc(),
+        };
+        Ok(Json(crate::registry::replace_card(&state.db, &old, &new).await?))
     }
     .await;
     result.map_err(|e| refused(&state, e))

@@ -31,6 +31,9 @@ enum Command {
         /// Bearer tokens: lines `ROLE SHA256-HEX` (operator, issuer).
         #[arg(long)]
         tokens: Option<PathBuf>,
+        /// The secret that hides citizen IDs (HMAC key); without it cards are not issued.
+        #[arg(long)]
+        citizen_id_key_file: Option<PathBuf>,
     },
     /// Clears a simulated day end to end and reports the rates (docs/benchmarks.md).
     Bench {
@@ -112,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { listen, database, hsm, tokens } => {
+        Command::Serve { listen, database, hsm, tokens, citizen_id_key_file } => {
             let db = Db::connect(&database).await?;
             let hsm = HsmClient::connect(ClientConfig::new(hsm)).await.context("connecting to the HSM")?;
             let tokens = match tokens {
@@ -123,7 +126,13 @@ async fn main() -> anyhow::Result<()> {
             };
             let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
             eprintln!("clearing API on http://{}", listener.local_addr()?);
-            clearing::api::serve(listener, clearing::api::AppState::new(db, hsm, tokens)).await?;
+            let mut state = clearing::api::AppState::new(db, hsm, tokens);
+            if let Some(path) = citizen_id_key_file {
+                let secret = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                anyhow::ensure!(secret.len() >= 16, "the citizen ID key must be at least 16 bytes");
+                state = state.with_citizen_key(clearing::registry::CitizenIdKey::new(&secret));
+            }
+            clearing::api::serve(listener, state).await?;
         }
         Command::Bench { records, database } => {
             let config = clearing::bench::BenchConfig {

@@ -254,6 +254,86 @@ pub async fn report_loss(db: &Db, serial: &ApplicationSerial, from: &CardDateTim
     Ok(version)
 }
 
+/// The new card of a replacement.
+#[derive(Debug, Clone)]
+pub struct ReplacementCard {
+    pub serial: ApplicationSerial,
+    pub card_type: u8,
+    pub key_set: String,
+    pub issued_at: CardDateTime,
+}
+
+/// What a replacement did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replacement {
+    pub balance_moved_fen: i64,
+    /// The blacklist version that lists the old card (its loss report's, or a new one).
+    pub blacklist_version: i64,
+}
+
+/// Replaces a lost or damaged card: the new card gets the old card's cardholder
+/// and its shadow balance (the float does not change, so no ledger entry); the
+/// old card becomes `replaced` and stays blacklisted (listed now if it was not).
+/// Records of the old card that arrive later are quarantined (blacklisted from
+/// the listing time, or a balance discontinuity against its emptied account).
+pub async fn replace_card(db: &Db, old: &ApplicationSerial, new: &ReplacementCard) -> Result<Replacement, Error> {
+    check_name("key_set", &new.key_set)?;
+    let mut tx = db.pool.begin().await?;
+    let row = sqlx::query("SELECT status, cardholder_id, balance_fen FROM cards WHERE card_serial = $1")
+        .bind(old.to_hex())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("card {}", old.masked())))?;
+    let status: String = row.try_get("status")?;
+    if status == "replaced" {
+        return Err(Error::Conflict(format!("card {} was replaced already", old.masked())));
+    }
+    let cardholder: Option<i64> = row.try_get("cardholder_id")?;
+    let balance: i64 = row.try_get("balance_fen")?;
+    let inserted = sqlx::query(
+        "INSERT INTO cards (card_serial, cardholder_id, card_type, key_set, status, issued_at, balance_fen,
+         offline_counter, online_counter) VALUES ($1, $2, $3, $4, 'active', $5, $6, 0, 0)
+         ON CONFLICT (card_serial) DO NOTHING",
+    )
+    .bind(new.serial.to_hex())
+    .bind(cardholder)
+    .bind(i64::from(new.card_type))
+    .bind(&new.key_set)
+    .bind(new.issued_at.unix_seconds() as i64)
+    .bind(balance)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(Error::Conflict(format!("card {} is already issued", new.serial.masked())));
+    }
+    sqlx::query("UPDATE cards SET status = 'replaced', replaced_by = $1, balance_fen = 0 WHERE card_serial = $2")
+        .bind(new.serial.to_hex())
+        .bind(old.to_hex())
+        .execute(&mut *tx)
+        .await?;
+    let listed: Option<(i64, String)> =
+        sqlx::query_as("SELECT version, action FROM blacklist WHERE card_serial = $1 ORDER BY version DESC LIMIT 1")
+            .bind(old.to_hex())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let blacklist_version = match listed {
+        Some((version, action)) if action == "add" => version,
+        _ => {
+            sqlx::query_scalar(
+                "INSERT INTO blacklist (card_serial, action, reason, listed_at) VALUES ($1, 'add', 'replaced', $2)
+                 RETURNING version",
+            )
+            .bind(old.to_hex())
+            .bind(hex::encode(new.issued_at.to_bytes()))
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    tracing::info!(old = %old.masked(), new = %new.serial.masked(), balance_fen = balance, "card replaced");
+    Ok(Replacement { balance_moved_fen: balance, blacklist_version })
+}
+
 /// One blacklist change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlacklistEntry {

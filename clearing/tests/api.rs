@@ -30,7 +30,8 @@ async fn start(world: &World) -> Api {
     let mut tokens = Tokens::default();
     tokens.add(OPERATOR_TOKEN, Role::Operator);
     tokens.add(ISSUER_TOKEN, Role::Issuer);
-    let state = AppState::new(world.db().clone(), world.hsm.client().await, tokens);
+    let state =
+        AppState::new(world.db().clone(), world.hsm.client().await, tokens).with_citizen_key(support::citizen_key());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     Api { address, task: tokio::spawn(api::serve(listener, state)) }
@@ -222,4 +223,52 @@ both!(tokens_and_roles, |backend: Backend| async move {
         signed(&api, BUS, "GET", &format!("/v1/blacklist?since={}", answer["blacklist_version"]), b"").await;
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(0)));
     assert_eq!(http(&api, "GET", "/v1/blacklist?since=0", &[], b"").await.0, 401);
+});
+
+both!(issuer_issues_and_replaces_cards, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let api = start(&world).await;
+    let issue = serde_json::json!({"card_serial": "3100000000000077", "card_type": 1, "key_set": "card",
+        "citizen_id": "310101199001011234", "name": "Zhang San", "initial_balance_fen": 3_000});
+    let (status, answer) =
+        http(&api, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), issue.to_string().as_bytes()).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        http(&api, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), issue.to_string().as_bytes()).await.0,
+        409
+    );
+    assert_eq!(
+        http(&api, "POST", "/v1/issuer/cards", &bearer(OPERATOR_TOKEN), issue.to_string().as_bytes()).await.0,
+        403
+    );
+    let mut bad = issue.clone();
+    bad["citizen_id"] = "12".into();
+    let (status, error) =
+        http(&api, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), bad.to_string().as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("citizen_id")));
+    // The citizen ID is stored masked and hashed, never whole.
+    let stored: Vec<(String,)> =
+        sqlx::query_as("SELECT citizen_id_masked FROM cardholders").fetch_all(&world.db().pool).await.expect("rows");
+    assert_eq!(stored, vec![("310*************34".to_owned(),)]);
+    // A card with money, spent a little, is lost and replaced: the new card carries the balance.
+    let mut card = world.issue(1, 10_000).await;
+    world.upload(BUS, "b", &[card.purchase(1_000, BUS, at(24, 8, 0))], uploaded_after(24)).await;
+    world.run_day(24).await;
+    let loss = format!("/v1/issuer/cards/{}/loss", card.serial.to_hex());
+    assert_eq!(http(&api, "POST", &loss, &bearer(ISSUER_TOKEN), b"").await.0, 200);
+    let replace = format!("/v1/issuer/cards/{}/replace", card.serial.to_hex());
+    let body =
+        serde_json::json!({"new_card_serial": "3100000000000099", "card_type": 1, "key_set": "card"}).to_string();
+    let (status, replaced) = http(&api, "POST", &replace, &bearer(ISSUER_TOKEN), body.as_bytes()).await;
+    assert_eq!((status, &replaced["balance_moved_fen"]), (200, &Value::from(9_000)), "{replaced}");
+    assert_eq!(http(&api, "POST", &replace, &bearer(ISSUER_TOKEN), body.as_bytes()).await.0, 409);
+    let new_serial = card_host::model::ApplicationSerial::parse_hex("3100000000000099").expect("serial");
+    let new = clearing::registry::shadow(world.db(), &new_serial).await.expect("new card");
+    let old = clearing::registry::shadow(world.db(), &card.serial).await.expect("old card");
+    assert_eq!(
+        (new.balance_fen, new.status.as_str(), old.balance_fen, old.status.as_str()),
+        (9_000, "active", 0, "replaced")
+    );
+    let summary = world.run_day(24).await;
+    assert!(summary.card_float_matches_shadows);
 });
