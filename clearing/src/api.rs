@@ -148,6 +148,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/issuer/cards/{serial}/replace", post(replace_card))
         .route("/v1/operator/days/{date}", get(day_summary))
         .route("/v1/operator/days/{date}/quarantine", get(day_quarantine))
+        .route("/v1/operator/cards/{serial}/history", get(card_history))
+        .route("/v1/operator/terminals", get(terminal_status))
         .layer(DefaultBodyLimit::max(BATCH_BYTES_MAX))
         .with_state(state)
 }
@@ -692,6 +694,108 @@ async fn day_summary(
         authorise_token(&state, &headers, Role::Operator)?;
         let day = BusinessDay::parse(&date)?;
         Ok(Json(crate::run_day::summary(&state.db, &day.to_string()).await?))
+    }
+    .await;
+    result.map_err(|e| refused(&state, e))
+}
+
+/// The most records in a card history answer, and terminals in a status answer.
+pub const HISTORY_RECORDS_MAX: i64 = 1_000;
+pub const TERMINALS_MAX: i64 = 10_000;
+
+/// One record of a card's history, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub transaction_id: i64,
+    pub kind: String,
+    pub counter: i64,
+    pub balance_before_fen: i64,
+    pub amount_fen: i64,
+    pub terminal_number: String,
+    pub date_time: String,
+    pub state: String,
+    /// Why it was quarantined, if it was.
+    pub reason: Option<String>,
+}
+
+async fn card_history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+) -> ApiResult<Json<Vec<HistoryEntry>>> {
+    let result = async {
+        authorise_token(&state, &headers, Role::Operator)?;
+        let serial = serial_from_path(&serial)?;
+        let rows = sqlx::query(
+            "SELECT t.transaction_id AS transaction_id, t.kind AS kind, t.counter AS counter,
+             t.balance_before AS balance_before, t.amount_fen AS amount_fen, t.terminal_number AS terminal_number,
+             t.occurred_at AS occurred_at, t.state AS state, q.reason AS reason
+             FROM transactions t LEFT JOIN quarantine q ON q.transaction_id = t.transaction_id
+             WHERE t.card_serial = $1 ORDER BY t.transaction_id DESC LIMIT $2",
+        )
+        .bind(serial.to_hex())
+        .bind(HISTORY_RECORDS_MAX)
+        .fetch_all(&state.db.pool)
+        .await?;
+        let entries = rows
+            .iter()
+            .map(|row| {
+                Ok(HistoryEntry {
+                    transaction_id: row.try_get("transaction_id")?,
+                    kind: row.try_get("kind")?,
+                    counter: row.try_get("counter")?,
+                    balance_before_fen: row.try_get("balance_before")?,
+                    amount_fen: row.try_get("amount_fen")?,
+                    terminal_number: row.try_get("terminal_number")?,
+                    date_time: row.try_get("occurred_at")?,
+                    state: row.try_get("state")?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Json(entries))
+    }
+    .await;
+    result.map_err(|e| refused(&state, e))
+}
+
+/// A terminal's status, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalStatus {
+    pub terminal_number: String,
+    pub merchant_id: String,
+    pub status: String,
+    /// Unix seconds of its last batch, if any.
+    pub last_upload_at: Option<i64>,
+    pub pending_records: i64,
+}
+
+async fn terminal_status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<TerminalStatus>>> {
+    let result = async {
+        authorise_token(&state, &headers, Role::Operator)?;
+        let rows = sqlx::query(
+            "SELECT m.terminal_number AS terminal_number, m.merchant_id AS merchant_id, m.status AS status,
+             m.last_upload_at AS last_upload_at,
+             (SELECT COUNT(*) FROM transactions t WHERE t.terminal_number = m.terminal_number AND t.state = 'pending')
+               AS pending_records
+             FROM terminals m ORDER BY m.terminal_number LIMIT $1",
+        )
+        .bind(TERMINALS_MAX)
+        .fetch_all(&state.db.pool)
+        .await?;
+        let entries = rows
+            .iter()
+            .map(|row| {
+                Ok(TerminalStatus {
+                    terminal_number: row.try_get("terminal_number")?,
+                    merchant_id: row.try_get("merchant_id")?,
+                    status: row.try_get("status")?,
+                    last_upload_at: row.try_get("last_upload_at")?,
+                    pending_records: row.try_get("pending_records")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Json(entries))
     }
     .await;
     result.map_err(|e| refused(&state, e))

@@ -223,6 +223,24 @@ both!(tokens_and_roles, |backend: Backend| async move {
         signed(&api, BUS, "GET", &format!("/v1/blacklist?since={}", answer["blacklist_version"]), b"").await;
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(0)));
     assert_eq!(http(&api, "GET", "/v1/blacklist?since=0", &[], b"").await.0, 401);
+    // Card history (newest first, with the quarantine reason) and terminal status.
+    let history = format!("/v1/operator/cards/{}/history", card.serial.to_hex());
+    assert_eq!(http(&api, "GET", &history, &bearer(ISSUER_TOKEN), b"").await.0, 403);
+    let (status, history) = http(&api, "GET", &history, &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(status, 200, "{history}");
+    let states: Vec<(&str, Option<&str>)> = history
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|h| (h["state"].as_str().expect("state"), h["reason"].as_str()))
+        .collect();
+    assert_eq!(states, vec![("quarantined", Some("forged_tac")), ("cleared", None), ("cleared", None)]);
+    let (status, terminals) = http(&api, "GET", "/v1/operator/terminals", &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(status, 200, "{terminals}");
+    assert_eq!(terminals[0]["terminal_number"], BUS);
+    assert!(terminals[0]["last_upload_at"].as_i64().is_some());
+    assert_eq!(terminals[0]["pending_records"], 0);
+    assert_eq!(terminals[1]["last_upload_at"], Value::Null);
 });
 
 both!(issuer_issues_and_replaces_cards, |backend: Backend| async move {
