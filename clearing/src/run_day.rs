@@ -92,6 +92,8 @@ impl Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Step {
+    /// A chunk's records are verified and decided; nothing of it is written yet.
+    ChunkDecided(u64),
     /// A chunk's transaction is written but not committed.
     ChunkBeforeCommit(u64),
     ChunkCommitted(u64),
@@ -102,6 +104,7 @@ pub enum Step {
 impl Step {
     pub fn name(&self) -> String {
         match self {
+            Step::ChunkDecided(n) => format!("chunk-decided:{n}"),
             Step::ChunkBeforeCommit(n) => format!("chunk-before-commit:{n}"),
             Step::ChunkCommitted(n) => format!("chunk-committed:{n}"),
             Step::SettlementCommitted => "settlement-committed".into(),
@@ -287,6 +290,9 @@ struct CardState {
     offline_counter: i64,
     online_counter: i64,
     changed: bool,
+    /// (balance, offline counter, online counter) as read: the update is refused
+    /// if the account moved meanwhile (a replacement, another job).
+    read: (i64, i64, i64),
 }
 
 /// Reference data read once per run: terminals and the blacklist's latest state per card.
@@ -336,14 +342,17 @@ async fn load_cards(
             query = query.bind(serial.clone());
         }
         for row in query.fetch_all(&mut **tx).await? {
+            let (balance_fen, offline_counter, online_counter): (i64, i64, i64) =
+                (row.try_get("balance_fen")?, row.try_get("offline_counter")?, row.try_get("online_counter")?);
             cards.insert(
                 row.try_get("card_serial")?,
                 CardState {
                     key_set: row.try_get("key_set")?,
-                    balance_fen: row.try_get("balance_fen")?,
-                    offline_counter: row.try_get("offline_counter")?,
-                    online_counter: row.try_get("online_counter")?,
+                    balance_fen,
+                    offline_counter,
+                    online_counter,
                     changed: false,
+                    read: (balance_fen, offline_counter, online_counter),
                 },
             );
         }
@@ -486,6 +495,7 @@ async fn clear_chunk(
     }
 
     let decided_micros = phase.elapsed().as_micros();
+    options.step(Step::ChunkDecided(stats.chunks + 1));
     let mut tx = db.pool.begin().await?;
     // The day's next chunk number (also a row lock: one clearing job per day at a time on PostgreSQL).
     let chunk_number: i64 = sqlx::query_scalar(
@@ -594,10 +604,13 @@ async fn clear_chunk(
     for part in changed.chunks(crate::ingest::INSERT_ROWS_MAX) {
         // One statement per part: a CTE of the new states joined to the cards.
         let sql = format!(
-            "WITH shadow (card_serial, balance_fen, offline_counter, online_counter) AS (VALUES {})
+            "WITH shadow (card_serial, balance_fen, offline_counter, online_counter, read_balance, read_offline,
+             read_online) AS (VALUES {})
              UPDATE cards SET balance_fen = shadow.balance_fen, offline_counter = shadow.offline_counter,
-             online_counter = shadow.online_counter FROM shadow WHERE cards.card_serial = shadow.card_serial",
-            crate::db::row_placeholders(db.dialect, part.len(), 4, 1)
+             online_counter = shadow.online_counter FROM shadow WHERE cards.card_serial = shadow.card_serial
+             AND cards.balance_fen = shadow.read_balance AND cards.offline_counter = shadow.read_offline
+             AND cards.online_counter = shadow.read_online",
+            crate::db::row_placeholders(db.dialect, part.len(), 7, 1)
         );
         let mut update = sqlx::query(&sql);
         for (serial, card) in part {
@@ -606,11 +619,14 @@ async fn clear_chunk(
                 .bind((*serial).clone())
                 .bind(card.balance_fen)
                 .bind(card.offline_counter)
-                .bind(card.online_counter);
+                .bind(card.online_counter)
+                .bind(card.read.0)
+                .bind(card.read.1)
+                .bind(card.read.2);
         }
         let done = update.execute(&mut *tx).await?;
         if done.rows_affected() != part.len() as u64 {
-            return Err(Error::Inconsistent("a shadow account to update is missing".into()));
+            return Err(Error::Conflict("a shadow account moved while its records were cleared: run again".into()));
         }
     }
     let purchases_fen: i64 = purchases_by_merchant.values().sum();

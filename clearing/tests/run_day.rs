@@ -188,3 +188,42 @@ both!(rerun_is_identical_and_late_arrivals_settle_once, |backend: Backend| async
     assert_eq!(later.gross_fen, (0..30).map(|i| 100 + i).sum::<i64>());
     assert_eq!(clearing::ledger::total(world.db()).await.expect("ledger"), 0);
 });
+
+both!(a_shadow_account_moved_meanwhile_fails_the_chunk, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let mut card = world.issue(1, 10_000).await;
+    let records: Vec<_> = (0..3).map(|i| card.purchase(100, BUS, at(24, 8, i))).collect();
+    world.upload(BUS, "b", &records, uploaded_after(24)).await;
+    // Between the HSM round and the write, the issuer replaces the card.
+    let mut options = world.options(24);
+    let url = world.test_db.url.clone();
+    let serial = card.serial;
+    options.on_step = Some(std::sync::Arc::new(move |step| {
+        if step == clearing::run_day::Step::ChunkDecided(1) {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                runtime.block_on(async {
+                    let db = clearing::Db::connect(&url).await.expect("db");
+                    let new = registry::ReplacementCard {
+                        serial: card_host::model::ApplicationSerial::parse_hex("3100000000000099").expect("serial"),
+                        card_type: 1,
+                        key_set: "card".into(),
+                        issued_at: at(24, 7, 0),
+                    };
+                    registry::replace_card(&db, &serial, &new).await.expect("replace");
+                    db.close().await;
+                })
+            })
+            .join()
+            .expect("replacement");
+        }
+    }));
+    let error = clearing::run_day(world.db(), &world.client, &options).await.expect_err("the chunk is refused");
+    assert!(matches!(error, clearing::Error::Conflict(_)), "{error}");
+    assert_eq!(clearing::ledger::total(world.db()).await.expect("ledger"), 0);
+    // Run again: the old card's records are blacklisted (listed from the replacement), money is not doubled.
+    let summary = world.run_day(24).await;
+    assert_eq!((summary.cleared, summary.quarantined), (0, 3));
+    assert!(summary.card_float_matches_shadows);
+});
