@@ -150,6 +150,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/operator/days/{date}/quarantine", get(day_quarantine))
         .route("/v1/operator/cards/{serial}/history", get(card_history))
         .route("/v1/operator/terminals", get(terminal_status))
+        .route("/v1/operator/quarantine/{transaction_id}/release", post(release_quarantined))
         .layer(DefaultBodyLimit::max(BATCH_BYTES_MAX))
         .with_state(state)
 }
@@ -801,9 +802,30 @@ async fn terminal_status(State(state): State<AppState>, headers: HeaderMap) -> A
     result.map_err(|e| refused(&state, e))
 }
 
+async fn release_quarantined(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(transaction_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let result = async {
+        authorise_token(&state, &headers, Role::Operator)?;
+        let id: i64 = transaction_id
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| ApiError::field("transaction_id", "a positive whole number"))?;
+        crate::registry::release_quarantined(&state.db, id, "operator", unix_now()).await?;
+        Ok(Json(serde_json::json!({ "transaction_id": id, "state": "pending" })))
+    }
+    .await;
+    result.map_err(|e| refused(&state, e))
+}
+
 /// One quarantined record, for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineEntry {
+    /// None for a record refused at upload (it never became a transaction).
+    pub transaction_id: Option<i64>,
     pub terminal_id: String,
     pub batch_id: String,
     pub record_index: i64,
@@ -820,7 +842,8 @@ async fn day_quarantine(
         authorise_token(&state, &headers, Role::Operator)?;
         let day = BusinessDay::parse(&date)?;
         let rows = sqlx::query(
-            "SELECT terminal_id, batch_id, record_index, reason, detail FROM quarantine WHERE business_day = $1
+            "SELECT transaction_id, terminal_id, batch_id, record_index, reason, detail FROM quarantine
+             WHERE business_day = $1
              ORDER BY quarantine_id LIMIT $2",
         )
         .bind(day.to_string())
@@ -831,6 +854,7 @@ async fn day_quarantine(
             .iter()
             .map(|row| {
                 Ok(QuarantineEntry {
+                    transaction_id: row.try_get("transaction_id")?,
                     terminal_id: row.try_get("terminal_id")?,
                     batch_id: row.try_get("batch_id")?,
                     record_index: row.try_get("record_index")?,

@@ -334,6 +334,44 @@ pub async fn replace_card(db: &Db, old: &ApplicationSerial, new: &ReplacementCar
     Ok(Replacement { balance_moved_fen: balance, blacklist_version })
 }
 
+/// Releases a quarantined record back to `pending`, for the next run-day of its
+/// day to check again; the quarantine row moves to `quarantine_releases` with
+/// who released it. Records refused at upload (malformed) cannot be released.
+pub async fn release_quarantined(db: &Db, transaction_id: i64, released_by: &str, now_unix: i64) -> Result<(), Error> {
+    check_name("released_by", released_by)?;
+    let mut tx = db.pool.begin().await?;
+    let row = sqlx::query("SELECT business_day, reason, detail FROM quarantine WHERE transaction_id = $1")
+        .bind(transaction_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("quarantined transaction {transaction_id}")))?;
+    let business_day: Option<String> = row.try_get("business_day")?;
+    sqlx::query(
+        "INSERT INTO quarantine_releases (transaction_id, business_day, reason, detail, released_by, released_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(transaction_id)
+    .bind(business_day)
+    .bind(row.try_get::<String, _>("reason")?)
+    .bind(row.try_get::<String, _>("detail")?)
+    .bind(released_by)
+    .bind(now_unix)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM quarantine WHERE transaction_id = $1").bind(transaction_id).execute(&mut *tx).await?;
+    let updated =
+        sqlx::query("UPDATE transactions SET state = 'pending' WHERE transaction_id = $1 AND state = 'quarantined'")
+            .bind(transaction_id)
+            .execute(&mut *tx)
+            .await?;
+    if updated.rows_affected() != 1 {
+        return Err(Error::Inconsistent(format!("transaction {transaction_id} is quarantined but not marked so")));
+    }
+    tx.commit().await?;
+    tracing::info!(transaction_id, released_by, "quarantined record released");
+    Ok(())
+}
+
 /// One blacklist change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlacklistEntry {

@@ -290,3 +290,38 @@ both!(issuer_issues_and_replaces_cards, |backend: Backend| async move {
     let summary = world.run_day(24).await;
     assert!(summary.card_float_matches_shadows);
 });
+
+both!(a_counter_gap_resolves_when_the_missing_record_arrives_and_is_released, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let api = start(&world).await;
+    let mut card = world.issue(1, 10_000).await;
+    let first = card.purchase(100, BUS, at(24, 8, 0));
+    let missing = card.purchase(200, BUS, at(24, 9, 0));
+    let third = card.purchase(300, BUS, at(24, 10, 0));
+    world.upload(BUS, "b1", &[first, third], uploaded_after(24)).await;
+    let summary = world.run_day(24).await;
+    assert_eq!((summary.cleared, summary.quarantined), (1, 1));
+    let quarantine = "/v1/operator/days/2026-11-24/quarantine";
+    let (_, held) = http(&api, "GET", quarantine, &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(held[0]["reason"], "counter_gap");
+    let id = held[0]["transaction_id"].as_i64().expect("a transaction");
+    // The missing record arrives late and clears; the operator releases the held one; it clears too.
+    world.upload(BUS, "b2", &[missing], uploaded_after(24) + 3_600).await;
+    world.run_day(24).await;
+    let release = format!("/v1/operator/quarantine/{id}/release");
+    assert_eq!(http(&api, "POST", &release, &bearer(ISSUER_TOKEN), b"").await.0, 403);
+    let (status, answer) = http(&api, "POST", &release, &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(http(&api, "POST", &release, &bearer(OPERATOR_TOKEN), b"").await.0, 404);
+    assert_eq!(http(&api, "POST", "/v1/operator/quarantine/x/release", &bearer(OPERATOR_TOKEN), b"").await.0, 422);
+    let summary = world.run_day(24).await;
+    assert_eq!((summary.cleared, summary.quarantined, summary.purchases_fen), (3, 0, 600));
+    assert_eq!(summary.settlements.len(), 3, "one settlement run per run that cleared something");
+    let shadow = clearing::registry::shadow(world.db(), &card.serial).await.expect("shadow");
+    assert_eq!((shadow.balance_fen, shadow.offline_counter), (9_400, 3));
+    let released: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine_releases")
+        .fetch_one(&world.db().pool)
+        .await
+        .expect("count");
+    assert_eq!(released, 1);
+});
