@@ -110,6 +110,8 @@ fn journal_commit(directory: &Path) -> (Duration, Duration) {
                 at,
                 route: Some(42),
                 station: Some(1),
+                card_type: 1,
+                reference: None,
             };
             intents.push(journal.write_intent(entry).expect("intent"));
         }

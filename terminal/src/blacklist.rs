@@ -103,6 +103,30 @@ impl Blacklist {
         self.cards.contains(card)
     }
 
+    /// The listed cards, in no order.
+    pub fn cards(&self) -> impl Iterator<Item = &ApplicationSerial> {
+        self.cards.iter()
+    }
+
+    /// The list in the file format above, cards sorted.
+    pub fn to_toml(&self) -> String {
+        let mut cards: Vec<String> = self.cards.iter().map(|card| format!("\"{}\"", card.to_hex())).collect();
+        cards.sort();
+        format!("version = {}\ncards = [{}]\n", self.version, cards.join(", "))
+    }
+
+    /// Writes the list to `path` atomically (a temporary file beside it,
+    /// fsync'd, renamed over it), so a reader sees the old or the new list.
+    pub fn save(&self, path: &Path) -> Result<(), BlacklistError> {
+        use std::io::Write;
+        let failed = |source| BlacklistError::Read { path: path.display().to_string(), source };
+        let temporary = path.with_extension("toml.tmp");
+        let mut file = std::fs::File::create(&temporary).map_err(failed)?;
+        file.write_all(self.to_toml().as_bytes()).map_err(failed)?;
+        file.sync_all().map_err(failed)?;
+        std::fs::rename(&temporary, path).map_err(failed)
+    }
+
     /// Takes `newer` if its version is higher; returns whether it did. An older
     /// or equal version (a stale download) is ignored.
     pub fn update(&mut self, newer: Blacklist) -> bool {
@@ -131,6 +155,15 @@ mod tests {
         assert!(list.update(Blacklist::new(4, []).expect("list")));
         assert!(!list.contains(&listed));
         assert_eq!(list.version(), 4);
+    }
+
+    #[test]
+    fn saved_list_reads_back() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("blacklist.toml");
+        let list = Blacklist::new(9, [ApplicationSerial([0x31, 0, 0, 0, 0, 0, 0, 2])]).expect("list");
+        list.save(&path).expect("save");
+        assert_eq!(Blacklist::load(&path).expect("load"), list);
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //! [blacklist]
 //! path = "blacklist.toml"
 //!
+//! [clearing]
+//! url = "http://clearing.internal:8080"
+//! terminal_id = "310000000901"
+//! device_key = "device-0901.key"
+//! batch_records = 1000
+//!
 //! [reader]
 //! kind = "pcsc"
 //! card = "Virtual PCD 00 00"
@@ -55,6 +61,7 @@ pub struct Config {
     pub bus: Option<BusConfig>,
     pub journal: JournalConfig,
     pub blacklist: Option<BlacklistConfig>,
+    pub clearing: Option<ClearingConfig>,
     pub reader: ReaderConfig,
     /// Local time's offset from UTC, for the date and time sent to cards
     /// (China Standard Time: 480).
@@ -112,6 +119,42 @@ pub struct BlacklistConfig {
     pub path: PathBuf,
 }
 
+/// Where clearing is and who this terminal is to it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearingConfig {
+    /// Base URL, plain HTTP (`http://host:port`).
+    pub url: String,
+    /// The PSAM's terminal number (12 hex digits), as clearing registered it.
+    pub terminal_id: String,
+    /// The Ed25519 device key's seed, 64 hex digits in a file readable by the
+    /// terminal alone.
+    pub device_key: PathBuf,
+    /// Records per uploaded batch (at most `upload::BATCH_RECORDS_MAX`).
+    #[serde(default = "batch_records_default")]
+    pub batch_records: u32,
+}
+
+fn batch_records_default() -> u32 {
+    crate::upload::BATCH_RECORDS_MAX
+}
+
+impl ClearingConfig {
+    pub fn terminal_number(&self) -> Result<card_host::TerminalNumber, ConfigError> {
+        card_host::TerminalNumber::parse_hex(&self.terminal_id)
+            .ok()
+            .filter(|_| self.terminal_id.len() == 12)
+            .ok_or_else(|| ConfigError::Invalid("clearing.terminal_id: not 12 hex digits".into()))
+    }
+
+    /// The client, with the device key loaded.
+    pub fn client(&self) -> Result<crate::upload::ClearingClient, ConfigError> {
+        let key = crate::upload::DeviceKey::load(&self.device_key)
+            .map_err(|error| ConfigError::Invalid(format!("clearing.device_key: {error}")))?;
+        Ok(crate::upload::ClearingClient::new(&self.url, self.terminal_number()?, key, Default::default()))
+    }
+}
+
 /// Where the card and the PSAM are.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -149,6 +192,18 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!("bus.dedup_window_seconds above {DEDUP_WINDOW_SECONDS_MAX}")));
         }
+        if let Some(clearing) = &self.clearing {
+            clearing.terminal_number()?;
+            if !clearing.url.starts_with("http://") {
+                return Err(ConfigError::Invalid("clearing.url: plain http:// only (no TLS stack built in)".into()));
+            }
+            if clearing.batch_records == 0 || clearing.batch_records > crate::upload::BATCH_RECORDS_MAX {
+                return Err(ConfigError::Invalid(format!(
+                    "clearing.batch_records: 1 to {}",
+                    crate::upload::BATCH_RECORDS_MAX
+                )));
+            }
+        }
         if self.utc_offset_minutes.abs() > UTC_OFFSET_MINUTES_MAX {
             return Err(ConfigError::Invalid("utc_offset_minutes beyond ±14 hours".into()));
         }
@@ -173,6 +228,9 @@ impl Config {
         resolve(&mut self.journal.path);
         if let Some(blacklist) = &mut self.blacklist {
             resolve(&mut blacklist.path);
+        }
+        if let Some(clearing) = &mut self.clearing {
+            resolve(&mut clearing.device_key);
         }
         if let ReaderConfig::InProcess { cards, psam } = &mut self.reader {
             cards.iter_mut().for_each(resolve);
@@ -215,5 +273,12 @@ mod tests {
         assert!(matches!(Config::parse(&too_long), Err(ConfigError::Invalid(_))));
         assert!(Config::parse(&format!("{base}typo = 1\n")).is_err());
         assert!(Config::parse(&format!("utc_offset_minutes = 9999\n{base}")).is_err());
+        let clearing =
+            "[clearing]\nurl = \"http://127.0.0.1:8080\"\nterminal_id = \"310000000901\"\ndevice_key = \"k\"\n";
+        let config = Config::parse(&format!("{base}{clearing}")).expect("clearing section");
+        assert_eq!(config.clearing.as_ref().map(|c| c.batch_records), Some(crate::upload::BATCH_RECORDS_MAX));
+        assert!(Config::parse(&format!("{base}{}", clearing.replace("http:", "https:"))).is_err(), "no TLS");
+        assert!(Config::parse(&format!("{base}{}", clearing.replace("0901", "09"))).is_err());
+        assert!(Config::parse(&format!("{base}{clearing}batch_records = 0\n")).is_err());
     }
 }

@@ -34,6 +34,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Rows one query returns at most (unresolved intents, a batch for upload).
 pub const ROWS_MAX: u32 = 10_000;
+/// The longest purchase reference (a bill number) a row keeps.
+pub const REFERENCE_BYTES_MAX: usize = 64;
 /// How long a write waits for the database lock before it fails.
 pub const BUSY_TIMEOUT_MAX: Duration = Duration::from_secs(5);
 
@@ -55,6 +57,8 @@ pub enum JournalError {
     NotAnIntent(i64),
     #[error("more than {ROWS_MAX} rows asked for")]
     TooManyRows,
+    #[error("a purchase reference longer than {REFERENCE_BYTES_MAX} bytes")]
+    ReferenceTooLong,
 }
 
 /// What a debit is, as written before DEBIT is sent.
@@ -73,6 +77,12 @@ pub struct Entry {
     /// Route and station, for bus validators.
     pub route: Option<u16>,
     pub station: Option<u16>,
+    /// The card's type code (public information), for clearing; 0 for rows
+    /// written before the journal recorded it.
+    pub card_type: u8,
+    /// What the purchase paid for (a utility bill's reference, at most
+    /// [`REFERENCE_BYTES_MAX`] bytes); `None` on a bus.
+    pub reference: Option<String>,
 }
 
 impl Entry {
@@ -193,7 +203,8 @@ fn now_unix_ms() -> i64 {
 }
 
 const COLUMNS: &str = "id, card_serial, offline_counter, kind, amount_fen, balance_before_fen, terminal_number, \
-                       terminal_serial, card_date_time, route, station, state, tac, mac2, resolution, flagged_unix_ms";
+                       terminal_serial, card_date_time, route, station, state, tac, mac2, resolution, flagged_unix_ms, \
+                       card_type, reference, upload_batch";
 
 impl Journal {
     /// Opens (creating if needed) the journal at `path` and brings its schema up
@@ -255,11 +266,15 @@ impl Journal {
 
     /// Writes the intent durably: when this returns, the row is on disk.
     pub fn write_intent(&self, entry: Entry) -> Result<Intent, JournalError> {
+        if entry.reference.as_ref().is_some_and(|reference| reference.len() > REFERENCE_BYTES_MAX) {
+            return Err(JournalError::ReferenceTooLong);
+        }
         let id = self.runtime.block_on(
             sqlx::query(
                 "INSERT INTO card_transaction (card_serial, offline_counter, kind, amount_fen, balance_before_fen, \
                  terminal_number, terminal_serial, card_date_time, at_unix_seconds, route, station, state, \
-                 written_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?) RETURNING id",
+                 written_unix_ms, card_type, reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?) \
+                 RETURNING id",
             )
             .bind(entry.card.to_hex())
             .bind(i64::from(entry.offline_counter))
@@ -273,6 +288,8 @@ impl Journal {
             .bind(entry.route.map(i64::from))
             .bind(entry.station.map(i64::from))
             .bind(now_unix_ms())
+            .bind(i64::from(entry.card_type))
+            .bind(entry.reference.clone())
             .fetch_one(&mut *self.connection()),
         )?;
         let id: i64 = id.try_get(0)?;
@@ -432,6 +449,63 @@ impl Journal {
         })
     }
 
+    /// The batch sealed for upload and not yet acknowledged, if any: its id and
+    /// rows, in id order. It is sent again, unchanged, until clearing takes it.
+    pub fn sealed_batch(&self) -> Result<Option<(String, Vec<Completed>)>, JournalError> {
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM card_transaction WHERE uploaded_unix_ms IS NULL AND upload_batch = \
+                 (SELECT upload_batch FROM card_transaction WHERE upload_batch IS NOT NULL AND uploaded_unix_ms IS NULL \
+                 ORDER BY id LIMIT 1) ORDER BY id LIMIT ?"
+            ))
+            .bind(i64::from(ROWS_MAX))
+            .fetch_all(&mut *self.connection()),
+        )?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let batch: String = first.try_get("upload_batch")?;
+        Ok(Some((batch, rows.iter().map(completed_from_row).collect::<Result<_, _>>()?)))
+    }
+
+    /// Seals the oldest completed rows of `terminal` that clearing has not taken
+    /// and no batch holds (at most `limit` ≤ [`ROWS_MAX`]) into a batch whose id
+    /// `name` makes from the first and last row ids; one transaction. Returns the
+    /// batch, or `None` when nothing waits. Flagged unresolved intents are not
+    /// sealed: clearing's batch format has no record for them.
+    pub fn seal_batch(
+        &self,
+        terminal: &TerminalNumber,
+        limit: u32,
+        name: impl Fn(i64, i64) -> String,
+    ) -> Result<Option<(String, Vec<Completed>)>, JournalError> {
+        if limit > ROWS_MAX {
+            return Err(JournalError::TooManyRows);
+        }
+        let mut connection = self.connection();
+        self.runtime.block_on(async {
+            let mut transaction = connection.begin().await?;
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM card_transaction WHERE uploaded_unix_ms IS NULL AND upload_batch IS NULL \
+                 AND state = 'completed' AND terminal_number = ? ORDER BY id LIMIT ?"
+            ))
+            .bind(terminal.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *transaction)
+            .await?;
+            let rows = rows.iter().map(completed_from_row).collect::<Result<Vec<_>, _>>()?;
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return Ok(None) };
+            let batch = name(first.id, last.id);
+            for row in &rows {
+                sqlx::query("UPDATE card_transaction SET upload_batch = ? WHERE id = ?")
+                    .bind(&batch)
+                    .bind(row.id)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            transaction.commit().await?;
+            Ok(Some((batch, rows)))
+        })
+    }
+
     /// Every completed debit of `card`, oldest first (tests, the operator).
     pub fn completed_for(&self, card: &ApplicationSerial) -> Result<Vec<Completed>, JournalError> {
         let rows = self.runtime.block_on(
@@ -539,6 +613,11 @@ fn entry_from_row(row: &SqliteRow) -> Result<Entry, JournalError> {
             .ok_or_else(|| corrupt(row, "card_date_time"))?,
         route: small("route")?,
         station: small("station")?,
+        card_type: {
+            let value: Option<i64> = row.try_get("card_type")?;
+            u8::try_from(value.unwrap_or(0)).map_err(|_| corrupt(row, "card_type"))?
+        },
+        reference: row.try_get("reference")?,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod reader;
 pub mod session;
 pub mod tariff;
 pub mod transaction;
+pub mod upload;
 
 pub use reader::{Channel, ReaderError};
 pub use session::{CardError, CardSession};

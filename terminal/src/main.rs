@@ -31,7 +31,10 @@ const FLAG_INTERVAL: Duration = Duration::from_secs(60);
 const COMMAND_LINE_BYTES_MAX: usize = 256;
 
 #[derive(Parser)]
-#[command(name = "terminal", about = "Citizen card terminal: bus validator (kiosk and counter modes to come)")]
+#[command(
+    name = "terminal",
+    about = "Citizen card terminal: bus validator, upload to clearing (kiosk and counter modes to come)"
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -48,6 +51,12 @@ enum Mode {
         #[arg(long)]
         taps: Option<u64>,
     },
+    /// Upload the journal to clearing (batches signed with the device key,
+    /// retried with backoff) and download the blacklist; one round, then exit.
+    Upload {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,7 +66,40 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().mode {
         Mode::Bus { config, taps } => run_bus(&config, taps),
+        Mode::Upload { config } => run_upload(&config),
     }
+}
+
+/// One upload round and a blacklist refresh; prints one summary line.
+fn run_upload(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let Some(clearing) = &config.clearing else { bail!("{}: no [clearing] section", config_path.display()) };
+    let client = clearing.client()?;
+    let journal =
+        Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
+    let uploaded = terminal::upload::upload_pending(&journal, &client, clearing.batch_records);
+    journal.close();
+    let mut line = match &uploaded {
+        Ok(summary) => format!(
+            "uploaded {} records in {} batches ({} already stored, {} refused)",
+            summary.records, summary.batches, summary.duplicates, summary.rejected
+        ),
+        Err(error) => format!("upload stopped, records kept: {error}"),
+    };
+    if let Some(blacklist) = &config.blacklist {
+        let current = if blacklist.path.exists() { Blacklist::load(&blacklist.path)? } else { Blacklist::empty() };
+        match terminal::upload::refresh_blacklist(&client, &current) {
+            Ok(newer) if newer.version() > current.version() => {
+                newer.save(&blacklist.path)?;
+                line.push_str(&format!("; blacklist version {} ({} cards)", newer.version(), newer.len()));
+            }
+            Ok(_) => line.push_str(&format!("; blacklist version {} is the latest", current.version())),
+            Err(error) => line.push_str(&format!("; blacklist not refreshed: {error}")),
+        }
+    }
+    println!("{line}");
+    uploaded?;
+    Ok(())
 }
 
 /// The blacklist file and when it was last read.

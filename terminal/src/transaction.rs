@@ -99,7 +99,21 @@ pub fn purchase(
     request: &PurchaseRequest,
     place: Place,
 ) -> Result<Completed, TransactionError> {
+    purchase_for(purse, psam, journal, request, place, None)
+}
+
+/// [`purchase`] of something named by `reference` (a utility bill's number),
+/// which the journal row keeps.
+pub fn purchase_for(
+    purse: &mut Purse<'_>,
+    psam: &mut PsamSession<'_>,
+    journal: &Journal,
+    request: &PurchaseRequest,
+    place: Place,
+    reference: Option<String>,
+) -> Result<Completed, TransactionError> {
     let card = purse.public_information().application_serial;
+    let card_type = purse.public_information().card_type;
     let terminal = psam.terminal_number();
     let authorised = purse.initialize(psam, request)?.authorise(psam)?;
     let intent = journal.write_intent(Entry {
@@ -113,6 +127,8 @@ pub fn purchase(
         at: authorised.at(),
         route: place.route,
         station: place.station,
+        card_type,
+        reference,
     })?;
     crash_at(FailPoint::AfterIntent);
     let debited = match authorised.debit() {

@@ -27,6 +27,8 @@ fn entry(serial: u64, counter: u16, amount: u32) -> Entry {
         at: at(8, 0, 0),
         route: Some(42),
         station: None,
+        card_type: 1,
+        reference: None,
     }
 }
 

@@ -1,0 +1,557 @@
+//! Talking to clearing over HTTP (`docs/clearing.md`, "The HTTP API"): batch
+//! upload of the journal, blacklist download, and the online top-up calls the
+//! kiosk makes. Every request is signed with the terminal's Ed25519 device key
+//! (`ring`) over `METHOD SP PATH-AND-QUERY LF BODY`, sent as `X-Terminal-Id`
+//! and `X-Signature` (128 hex digits).
+//!
+//! The batch JSON is written by serde structs here that mirror clearing's batch
+//! format field by field; the terminal does not link the clearing crate (the
+//! system test `tests/tests/terminal_clearing.rs` proves the two agree).
+//!
+//! Upload ([`upload_pending`]): the oldest completed journal rows are **sealed**
+//! into a batch (the batch id is the terminal number with the first and last
+//! row ids, written to the rows in one transaction) before the first attempt.
+//! A sealed batch is sent, with exactly the same records, until clearing
+//! answers 201 (stored) or 200 (stored before: `duplicate`); only then are its
+//! rows marked uploaded. So a batch whose acknowledgement was lost is sent
+//! again under the same id and clearing stores it once. Connection failures and
+//! 5xx answers are retried with capped exponential backoff; after
+//! [`RetryPolicy::attempts`] the rows stay in the journal for the next round,
+//! however long clearing is away.
+//!
+//! The client is blocking (`ureq`, plain HTTP/1.1, no TLS stack: clearing is
+//! reached on a private network or through a local TLS proxy).
+
+use std::path::Path;
+use std::time::Duration;
+
+use card_host::{ApplicationSerial, TerminalNumber};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+
+use crate::blacklist::Blacklist;
+use crate::journal::{Completed, Journal, JournalError};
+
+/// Clearing's batch format name.
+pub const BATCH_FORMAT: &str = "clearing-batch/1";
+/// Records one batch holds at most (clearing takes up to 10,000).
+pub const BATCH_RECORDS_MAX: u32 = 1_000;
+/// Batches one [`upload_pending`] round sends at most.
+pub const BATCHES_PER_ROUND_MAX: u32 = 100;
+/// Attempts of one request before the round gives up (the rows stay).
+pub const ATTEMPTS_MAX: u32 = 5;
+/// The first wait before a retry; it doubles each time up to [`BACKOFF_MAX`].
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long one request may take in all (connect, send, answer).
+pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(30);
+/// The largest answer read from clearing.
+pub const ANSWER_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Blacklist pages one download reads at most.
+pub const BLACKLIST_PAGES_MAX: u32 = 1_000;
+/// The largest device key file read.
+const DEVICE_KEY_FILE_BYTES_MAX: u64 = 1024;
+
+/// What went wrong talking to clearing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// No answer after every attempt (connection refused, timeout, 5xx).
+    #[error("clearing unavailable after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    /// Clearing answered with a refusal that retrying will not change.
+    #[error("clearing refused {what}: HTTP {status}: {body}")]
+    Refused { what: &'static str, status: u16, body: String },
+    /// Clearing's answer does not parse or does not match the request.
+    #[error("clearing's answer to {what}: {detail}")]
+    BadAnswer { what: &'static str, detail: String },
+    #[error("device key {path}: {detail}")]
+    DeviceKey { path: String, detail: String },
+}
+
+impl UploadError {
+    /// A refusal with this HTTP status.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            UploadError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The terminal's Ed25519 device key. The file holds the 32-byte seed as 64 hex
+/// digits (the fixture terminals' keys are published TEST seeds).
+pub struct DeviceKey(Ed25519KeyPair);
+
+impl std::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceKey(public {})", hex::encode(self.0.public_key().as_ref()))
+    }
+}
+
+impl DeviceKey {
+    pub fn from_seed(seed: &[u8; 32]) -> Result<DeviceKey, UploadError> {
+        Ed25519KeyPair::from_seed_unchecked(seed)
+            .map(DeviceKey)
+            .map_err(|_| UploadError::DeviceKey { path: String::new(), detail: "not an Ed25519 seed".into() })
+    }
+
+    pub fn load(path: &Path) -> Result<DeviceKey, UploadError> {
+        let name = path.display().to_string();
+        let failed = |detail: String| UploadError::DeviceKey { path: name.clone(), detail };
+        let size = std::fs::metadata(path).map_err(|error| failed(error.to_string()))?.len();
+        if size > DEVICE_KEY_FILE_BYTES_MAX {
+            return Err(failed("file too large".into()));
+        }
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|error| failed(error.to_string()))?);
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), &mut *seed).map_err(|_| failed("not 64 hex digits".into()))?;
+        DeviceKey::from_seed(&seed).map_err(|_| failed("not an Ed25519 seed".into()))
+    }
+
+    /// The public key, as clearing's terminal registry holds it (hex).
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.0.public_key().as_ref())
+    }
+
+    /// The signature clearing checks: over `METHOD SP PATH-AND-QUERY LF BODY`.
+    pub fn sign(&self, method: &str, path_and_query: &str, body: &[u8]) -> String {
+        let mut message = format!("{method} {path_and_query}\n").into_bytes();
+        message.extend_from_slice(body);
+        hex::encode(self.0.sign(&message).as_ref())
+    }
+}
+
+/// How often and how patiently a request is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (at least 1, at most [`ATTEMPTS_MAX`]).
+    pub attempts: u32,
+    pub backoff_initial: Duration,
+    /// Capped at [`BACKOFF_MAX`].
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: ATTEMPTS_MAX, backoff_initial: BACKOFF_INITIAL, backoff_max: BACKOFF_MAX }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `n` (1-based): initial × 2ⁿ⁻¹, capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self.backoff_max.min(BACKOFF_MAX);
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.backoff_initial.checked_mul(factor).unwrap_or(cap).min(cap)
+    }
+}
+
+/// One record of a batch, exactly as clearing's batch format names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRecord {
+    /// `purchase` or `load`.
+    pub kind: String,
+    pub card_serial: String,
+    pub card_type: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline_counter: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online_counter: Option<u16>,
+    pub balance_before_fen: u32,
+    pub amount_fen: u32,
+    /// Two hex digits.
+    pub transaction_type: String,
+    pub terminal_number: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminal_serial: Option<u32>,
+    /// `YYYYMMDDhhmmss`.
+    pub date_time: String,
+    /// Eight hex digits.
+    pub tac: String,
+}
+
+impl BatchRecord {
+    /// A completed debit as a `purchase` record.
+    pub fn purchase(row: &Completed) -> BatchRecord {
+        let entry = &row.entry;
+        BatchRecord {
+            kind: "purchase".into(),
+            card_serial: entry.card.to_hex(),
+            card_type: entry.card_type,
+            offline_counter: Some(entry.offline_counter),
+            online_counter: None,
+            balance_before_fen: entry.balance_before.0,
+            amount_fen: entry.amount.0,
+            transaction_type: format!("{:02X}", entry.kind.code()),
+            terminal_number: entry.terminal.to_string(),
+            terminal_serial: Some(entry.terminal_serial),
+            date_time: hex::encode(entry.at.to_bytes()),
+            tac: hex::encode_upper(row.tac),
+        }
+    }
+}
+
+/// A batch document (`clearing-batch/1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchDocument {
+    pub format: String,
+    pub terminal_id: String,
+    pub batch_id: String,
+    pub records: Vec<BatchRecord>,
+}
+
+impl BatchDocument {
+    pub fn new(terminal: &TerminalNumber, batch_id: String, rows: &[Completed]) -> BatchDocument {
+        BatchDocument {
+            format: BATCH_FORMAT.into(),
+            terminal_id: terminal.to_string(),
+            batch_id,
+            records: rows.iter().map(BatchRecord::purchase).collect(),
+        }
+    }
+}
+
+/// The batch id of the rows `first..=last` of `terminal`'s journal: unique per
+/// terminal (a row is sealed into one batch only) and the same on every retry.
+pub fn batch_id(terminal: &TerminalNumber, first: i64, last: i64) -> String {
+    format!("{terminal}-{first}-{last}")
+}
+
+/// Clearing's answer to an upload (its `IngestReport`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IngestReport {
+    pub terminal_id: String,
+    pub batch_id: String,
+    pub duplicate: bool,
+    pub record_count: u64,
+    pub accepted_count: u64,
+    pub rejected_count: u64,
+    /// The records clearing refused and quarantined (index, field, message).
+    pub rejected: Vec<serde_json::Value>,
+}
+
+/// One blacklist change from clearing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BlacklistChange {
+    pub version: i64,
+    pub card_serial: String,
+    /// `add` or `remove`.
+    pub action: String,
+    /// The card date-time the change takes effect from.
+    pub listed_at: String,
+}
+
+/// The top-up authorisation request (`POST /v1/topups/authorise`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopupRequest {
+    pub card_serial: String,
+    pub key_index: u8,
+    pub card_random: String,
+    pub online_counter: u16,
+    pub balance_before_fen: u32,
+    pub amount_fen: u32,
+    pub transaction_type: String,
+    pub mac1: String,
+}
+
+/// Clearing's authorisation: MAC2 for CREDIT FOR LOAD with this host date-time.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TopupAuthorised {
+    pub mac2: String,
+    pub date_time: String,
+}
+
+/// The top-up confirmation (`POST /v1/topups/confirm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopupConfirm {
+    pub card_serial: String,
+    pub online_counter: u16,
+    pub tac: String,
+}
+
+/// Clearing at a base URL (`http://host:port`), as this terminal.
+pub struct ClearingClient {
+    base: String,
+    terminal: TerminalNumber,
+    key: DeviceKey,
+    agent: ureq::Agent,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for ClearingClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClearingClient").field("base", &self.base).field("terminal", &self.terminal).finish()
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Answer(u16, Vec<u8>),
+    /// Worth trying again: no answer, or a 5xx.
+    Again(String),
+}
+
+impl ClearingClient {
+    pub fn new(base: &str, terminal: TerminalNumber, key: DeviceKey, retry: RetryPolicy) -> ClearingClient {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_TIMEOUT_MAX))
+            .build()
+            .into();
+        let retry = RetryPolicy { attempts: retry.attempts.clamp(1, ATTEMPTS_MAX), ..retry };
+        ClearingClient { base: base.trim_end_matches('/').to_owned(), terminal, key, agent, retry }
+    }
+
+    pub fn terminal(&self) -> TerminalNumber {
+        self.terminal
+    }
+
+    fn attempt(&self, method: &str, path: &str, body: &[u8]) -> Attempt {
+        let url = format!("{}{path}", self.base);
+        let signature = self.key.sign(method, path, body);
+        let terminal = self.terminal.to_string();
+        let result = match method {
+            "GET" => self.agent.get(&url).header("X-Terminal-Id", &terminal).header("X-Signature", &signature).call(),
+            _ => self
+                .agent
+                .post(&url)
+                .header("X-Terminal-Id", &terminal)
+                .header("X-Signature", &signature)
+                .header("Content-Type", "application/json")
+                .send(body),
+        };
+        match result {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                match response.body_mut().with_config().limit(ANSWER_BYTES_MAX).read_to_vec() {
+                    Ok(_) if status >= 500 => Attempt::Again(format!("HTTP {status}")),
+                    Ok(bytes) => Attempt::Answer(status, bytes),
+                    Err(error) => Attempt::Again(format!("reading the answer: {error}")),
+                }
+            }
+            Err(error) => Attempt::Again(error.to_string()),
+        }
+    }
+
+    /// Sends a request, retrying with backoff; (status, body) of the first
+    /// answer below 500.
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), UploadError> {
+        let mut last = String::new();
+        for attempt in 1..=self.retry.attempts {
+            match self.attempt(method, path, body) {
+                Attempt::Answer(status, bytes) => return Ok((status, bytes)),
+                Attempt::Again(why) => {
+                    tracing::warn!(path, attempt, error = %why, "clearing did not answer");
+                    last = why;
+                }
+            }
+            if attempt < self.retry.attempts {
+                std::thread::sleep(self.retry.backoff(attempt));
+            }
+        }
+        Err(UploadError::Unavailable { attempts: self.retry.attempts, last })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        ok: &[u16],
+    ) -> Result<T, UploadError> {
+        let (status, bytes) = self.request(method, path, body)?;
+        if !ok.contains(&status) {
+            let body = String::from_utf8_lossy(&bytes).chars().take(512).collect();
+            return Err(UploadError::Refused { what, status, body });
+        }
+        serde_json::from_slice(&bytes).map_err(|error| UploadError::BadAnswer { what, detail: error.to_string() })
+    }
+
+    /// Uploads one batch; clearing's report once it has stored it (201) or had
+    /// stored it before (200, `duplicate`).
+    pub fn upload_batch(&self, document: &BatchDocument) -> Result<IngestReport, UploadError> {
+        let body = serde_json::to_vec(document).map_err(|error| UploadError::BadAnswer {
+            what: "batch upload",
+            detail: format!("serialising the batch: {error}"),
+        })?;
+        let report: IngestReport = self.json("batch upload", "POST", "/v1/batches", &body, &[200, 201])?;
+        if report.batch_id != document.batch_id || report.terminal_id != document.terminal_id {
+            return Err(UploadError::BadAnswer {
+                what: "batch upload",
+                detail: format!("acknowledged batch {} of {}", report.batch_id, report.terminal_id),
+            });
+        }
+        Ok(report)
+    }
+
+    /// The blacklist changes after `since`, all pages.
+    pub fn blacklist_since(&self, since: u64) -> Result<Vec<BlacklistChange>, UploadError> {
+        let mut changes: Vec<BlacklistChange> = Vec::new();
+        let mut since = since;
+        for _ in 0..BLACKLIST_PAGES_MAX {
+            let page: Vec<BlacklistChange> =
+                self.json("blacklist download", "GET", &format!("/v1/blacklist?since={since}"), b"", &[200])?;
+            let Some(last) = page.last() else { break };
+            let next = u64::try_from(last.version).ok().filter(|next| *next > since).ok_or_else(|| {
+                UploadError::BadAnswer { what: "blacklist download", detail: "versions do not increase".into() }
+            })?;
+            since = next;
+            changes.extend(page);
+        }
+        Ok(changes)
+    }
+
+    /// Asks clearing to authorise a top-up: MAC2 and the host date-time.
+    pub fn authorise_topup(&self, request: &TopupRequest) -> Result<TopupAuthorised, UploadError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|error| UploadError::BadAnswer { what: "top-up authorisation", detail: error.to_string() })?;
+        self.json("top-up authorisation", "POST", "/v1/topups/authorise", &body, &[200])
+    }
+
+    /// Confirms a top-up with the card's load TAC.
+    pub fn confirm_topup(&self, confirm: &TopupConfirm) -> Result<serde_json::Value, UploadError> {
+        let body = serde_json::to_vec(confirm)
+            .map_err(|error| UploadError::BadAnswer { what: "top-up confirmation", detail: error.to_string() })?;
+        self.json("top-up confirmation", "POST", "/v1/topups/confirm", &body, &[200])
+    }
+}
+
+/// What one upload round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadSummary {
+    /// Batches clearing acknowledged this round.
+    pub batches: u64,
+    /// Of them, batches clearing had stored before (an answer lost earlier).
+    pub duplicates: u64,
+    /// Rows marked uploaded.
+    pub records: u64,
+    /// Records clearing refused as malformed (it keeps them in its quarantine).
+    pub rejected: u64,
+}
+
+/// Uploads what the journal holds for clearing: first a batch sealed earlier
+/// and not acknowledged, then new batches of at most `batch_records` rows
+/// (≤ [`BATCH_RECORDS_MAX`]), until none is left (or [`BATCHES_PER_ROUND_MAX`]).
+/// Rows are marked uploaded only after clearing's acknowledgement; on an error
+/// the unacknowledged batch stays sealed for the next round.
+pub fn upload_pending(
+    journal: &Journal,
+    client: &ClearingClient,
+    batch_records: u32,
+) -> Result<UploadSummary, UploadError> {
+    let limit = batch_records.clamp(1, BATCH_RECORDS_MAX);
+    let terminal = client.terminal();
+    let mut summary = UploadSummary::default();
+    for _ in 0..BATCHES_PER_ROUND_MAX {
+        let sealed = match journal.sealed_batch()? {
+            Some(sealed) => Some(sealed),
+            None => journal.seal_batch(&terminal, limit, |first, last| batch_id(&terminal, first, last))?,
+        };
+        let Some((id, rows)) = sealed else { break };
+        if let Some(other) = rows.iter().find(|row| row.entry.terminal != terminal) {
+            return Err(UploadError::BadAnswer {
+                what: "batch upload",
+                detail: format!("sealed batch {id} holds a row of terminal {}", other.entry.terminal),
+            });
+        }
+        let document = BatchDocument::new(&terminal, id, &rows);
+        let report = client.upload_batch(&document)?;
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        journal.mark_uploaded(&ids)?;
+        if report.rejected_count > 0 {
+            tracing::error!(batch = %report.batch_id, rejected = report.rejected_count, "clearing refused records (quarantined there)");
+        }
+        tracing::info!(batch = %report.batch_id, records = ids.len(), duplicate = report.duplicate, "batch acknowledged");
+        summary.batches += 1;
+        summary.duplicates += u64::from(report.duplicate);
+        summary.records += ids.len() as u64;
+        summary.rejected += report.rejected_count;
+    }
+    Ok(summary)
+}
+
+/// Applies clearing's changes to `current`: a new blacklist with the adds in
+/// and the removes out, at the newest version (or `current` again when there
+/// are none).
+pub fn apply_blacklist(current: &Blacklist, changes: &[BlacklistChange]) -> Result<Blacklist, UploadError> {
+    let bad = |detail: String| UploadError::BadAnswer { what: "blacklist download", detail };
+    let mut cards: std::collections::HashSet<ApplicationSerial> = current.cards().copied().collect();
+    let mut version = current.version();
+    for change in changes {
+        let serial = ApplicationSerial::parse_hex(&change.card_serial)
+            .ok()
+            .filter(|_| change.card_serial.len() == 16)
+            .ok_or_else(|| bad(format!("card_serial {:?}", change.card_serial)))?;
+        match change.action.as_str() {
+            "add" => cards.insert(serial),
+            "remove" => cards.remove(&serial),
+            other => return Err(bad(format!("action {other:?}"))),
+        };
+        version = version.max(u64::try_from(change.version).map_err(|_| bad("negative version".into()))?);
+    }
+    Blacklist::new(version, cards).map_err(|error| bad(error.to_string()))
+}
+
+/// Downloads the changes after `current`'s version and returns the updated
+/// list (unchanged when clearing has nothing newer).
+pub fn refresh_blacklist(client: &ClearingClient, current: &Blacklist) -> Result<Blacklist, UploadError> {
+    let changes = client.blacklist_since(current.version())?;
+    apply_blacklist(current, &changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.backoff(1), BACKOFF_INITIAL);
+        assert_eq!(policy.backoff(2), BACKOFF_INITIAL * 2);
+        assert_eq!(policy.backoff(3), BACKOFF_INITIAL * 4);
+        assert_eq!(policy.backoff(40), BACKOFF_MAX);
+        let huge = RetryPolicy { backoff_max: Duration::from_secs(3600), ..policy };
+        assert_eq!(huge.backoff(30), BACKOFF_MAX, "never beyond BACKOFF_MAX");
+    }
+
+    #[test]
+    fn signature_is_over_method_path_and_body() {
+        let key = DeviceKey::from_seed(&[1; 32]).expect("seed");
+        assert_eq!(
+            key.public_key_hex(),
+            "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c",
+            "the fixture terminal 310000000901's TEST key"
+        );
+        let signature = hex::decode(key.sign("POST", "/v1/batches", b"{}")).expect("hex");
+        let public = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.0.public_key().as_ref());
+        public.verify(b"POST /v1/batches\n{}", &signature).expect("verifies");
+    }
+
+    #[test]
+    fn blacklist_changes_add_and_remove() {
+        let change = |version, serial: &str, action: &str| BlacklistChange {
+            version,
+            card_serial: serial.into(),
+            action: action.into(),
+            listed_at: "20261125090000".into(),
+        };
+        let list = apply_blacklist(
+            &Blacklist::empty(),
+            &[change(1, "3100000000000001", "add"), change(2, "3100000000000002", "add")],
+        )
+        .expect("apply");
+        let list = apply_blacklist(&list, &[change(3, "3100000000000001", "remove")]).expect("apply");
+        assert_eq!(list.version(), 3);
+        assert!(!list.contains(&ApplicationSerial::parse_hex("3100000000000001").expect("hex")));
+        assert!(list.contains(&ApplicationSerial::parse_hex("3100000000000002").expect("hex")));
+        assert!(apply_blacklist(&list, &[change(4, "31", "add")]).is_err());
+        assert!(apply_blacklist(&list, &[change(4, "3100000000000001", "maybe")]).is_err());
+    }
+}

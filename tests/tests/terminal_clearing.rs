@@ -1,0 +1,259 @@
+//! The terminal against a real clearing server: bus taps on in-process cards
+//! are journaled, uploaded as signed batches over HTTP to `clearing serve`'s
+//! router on 127.0.0.1 (SQLite in a temporary directory, an in-process HSM on a
+//! fresh test key store), a batch whose acknowledgement was lost is sent again
+//! and stored once, an outage keeps the records for later, and clearing's
+//! run-day clears every record with nothing in quarantine. This proves the
+//! terminal's batch JSON and signatures are what clearing parses and checks.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use card_host::card::CitizenCard;
+use card_host::{ApplicationSerial, CardDateTime, Fen, TerminalNumber};
+use clearing::api::{AppState, Tokens};
+use clearing::registry::{self, CitizenIdKey, MerchantFile, NewCard};
+use hsm_sim::audit::Audit;
+use hsm_sim::keystore::{KeyStore, LmkSource};
+use hsm_sim::{ClientConfig, Hsm, HsmClient, Server, ServerConfig};
+use system_tests::{issue_card, issue_psam};
+use terminal::CardSession;
+use terminal::blacklist::Blacklist;
+use terminal::bus::{BusSettings, Tap, Validator};
+use terminal::journal::Journal;
+use terminal::psam::PsamSession;
+use terminal::purse::Purse;
+use terminal::reader::InProcess;
+use terminal::tariff::Tariff;
+use terminal::upload::{self, BatchDocument, ClearingClient, DeviceKey, RetryPolicy, UploadError};
+
+/// The fixture bus terminal registered in `fixtures/merchants/test-merchants.json`.
+const BUS: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x01]);
+
+/// A clearing back-end in a runtime of its own (the terminal's calls block).
+struct Clearing {
+    runtime: tokio::runtime::Runtime,
+    db: clearing::Db,
+    hsm: HsmClient,
+    hsm_address: SocketAddr,
+    _hsm_task: tokio::task::JoinHandle<()>,
+    _directory: tempfile::TempDir,
+    out: tempfile::TempDir,
+}
+
+impl Clearing {
+    fn start() -> Clearing {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let (db, hsm, hsm_address, hsm_task) = runtime.block_on(async {
+            let url = format!("sqlite://{}", directory.path().join("clearing.db").display());
+            let db = clearing::Db::connect(&url).await.expect("sqlite");
+            let (store, _) = KeyStore::open(&directory.path().join("hsm"), LmkSource::TestDefault).expect("key store");
+            let server = Server::bind(
+                "127.0.0.1:0",
+                Arc::new(Hsm::new(store, true)),
+                ServerConfig::default(),
+                Audit::tracing_only(),
+            )
+            .await
+            .expect("bind HSM");
+            let (address, task) = server.spawn().expect("spawn HSM");
+            let hsm = HsmClient::connect(ClientConfig::new(address.to_string())).await.expect("HSM client");
+            let path = card_host::issue::fixtures::directory().join("merchants/test-merchants.json");
+            let merchants: MerchantFile =
+                serde_json::from_str(&std::fs::read_to_string(path).expect("merchants")).expect("merchants parse");
+            registry::load_merchant_file(&db, &merchants).await.expect("load merchants");
+            (db, hsm, address, task)
+        });
+        Clearing {
+            runtime,
+            db,
+            hsm,
+            hsm_address,
+            _hsm_task: hsm_task,
+            _directory: directory,
+            out: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// Serves the HTTP API on a fresh port; the task ends when aborted.
+    fn serve(&self) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+        self.runtime.block_on(async {
+            let hsm = HsmClient::connect(ClientConfig::new(self.hsm_address.to_string())).await.expect("HSM client");
+            let state = AppState::new(self.db.clone(), hsm, Tokens::default());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            (address, tokio::spawn(clearing::api::serve(listener, state)))
+        })
+    }
+
+    fn issue(&self, serial: ApplicationSerial, card_type: u8, balance: Fen, n: u32) {
+        let card = NewCard {
+            serial,
+            card_type,
+            key_set: "card".into(),
+            citizen_id: format!("3101011990{n:08}"),
+            name: format!("Citizen {n}"),
+            initial_balance: balance,
+            issued_at: CardDateTime::new(2026, 1, 1, 0, 0, 0).expect("valid"),
+        };
+        let key = CitizenIdKey::new(b"TEST ONLY citizen id key");
+        self.runtime.block_on(registry::issue_card(&self.db, &key, &card)).expect("issue in clearing");
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.runtime.block_on(sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.db.pool)).expect("count")
+    }
+
+    fn run_day(&self, at: &CardDateTime) -> clearing::DaySummary {
+        let options = clearing::RunOptions::new(clearing::BusinessDay::of(at), self.out.path());
+        let (summary, _) = self.runtime.block_on(clearing::run_day(&self.db, &self.hsm, &options)).expect("run-day");
+        assert_eq!(self.runtime.block_on(clearing::ledger::total(&self.db)).expect("ledger"), 0);
+        summary
+    }
+}
+
+fn quick_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy { attempts, backoff_initial: Duration::from_millis(5), backoff_max: Duration::from_millis(20) }
+}
+
+fn client(address: SocketAddr, retry: RetryPolicy) -> ClearingClient {
+    let key = DeviceKey::load(&card_host::issue::fixtures::directory().join("terminals/device-0901.key")).expect("key");
+    ClearingClient::new(&format!("http://{address}"), BUS, key, retry)
+}
+
+/// A port nobody listens on: clearing is down.
+fn dead_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+fn serial_and_type(reader: &mut InProcess<CitizenCard>) -> (ApplicationSerial, u8) {
+    let purse = Purse::select(CardSession::new(reader)).expect("select");
+    let public = purse.public_information();
+    (public.application_serial, public.card_type)
+}
+
+fn validator(directory: &Path) -> Validator {
+    let tariff = Tariff::load(&card_host::issue::fixtures::directory().join("tariffs/bus-flat.toml")).expect("tariff");
+    let journal = Journal::open(&directory.join("journal.sqlite")).expect("journal");
+    let settings = BusSettings { route: 42, station: 1, dedup_window_seconds: 10 };
+    Validator::new(settings, tariff, Blacklist::empty(), journal, Duration::from_secs(86_400)).expect("validator")
+}
+
+#[test]
+fn bus_taps_upload_once_survive_an_outage_and_clear_with_no_quarantine() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let balance = Fen(10_000);
+    let mut cards: Vec<InProcess<CitizenCard>> =
+        (0..2).map(|profile| InProcess::new(issue_card(directory.path(), profile, balance).1)).collect();
+    for (n, card) in cards.iter_mut().enumerate() {
+        let (serial, card_type) = serial_and_type(card);
+        clearing.issue(serial, card_type, balance, u32::try_from(n).expect("small"));
+    }
+    let mut psam_reader = InProcess::new(issue_psam(directory.path(), BUS).1);
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let mut validator = validator(directory.path());
+    // Today at midnight UTC, a tap a minute (never inside the dedup window).
+    let midnight = CardDateTime::now_utc().unix_seconds() / 86_400 * 86_400;
+    let mut minute = 0u64;
+    let mut tap = |validator: &Validator, card: &mut InProcess<CitizenCard>, psam: &mut PsamSession<'_>| {
+        minute += 1;
+        let at = CardDateTime::from_unix_seconds(midnight + minute * 60).expect("time");
+        let tap = validator.tap(card, psam, at);
+        assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
+    };
+
+    // Three taps, uploaded; the acknowledgement of a fourth batch is lost.
+    let (address, server) = clearing.serve();
+    let online = client(address, quick_retry(3));
+    for i in 0..3 {
+        tap(&validator, &mut cards[i % 2], &mut psam);
+    }
+    let summary = upload::upload_pending(validator.journal(), &online, 2).expect("upload");
+    assert_eq!((summary.batches, summary.records, summary.duplicates), (2, 3, 0));
+    tap(&validator, &mut cards[0], &mut psam);
+    let (id, rows) = validator
+        .journal()
+        .seal_batch(&BUS, 10, |first, last| upload::batch_id(&BUS, first, last))
+        .expect("seal")
+        .expect("a row waits");
+    let report = online.upload_batch(&BatchDocument::new(&BUS, id.clone(), &rows)).expect("sent");
+    assert!(!report.duplicate);
+    // ... so the terminal sends it again: clearing answers `duplicate`, stores it once.
+    let summary = upload::upload_pending(validator.journal(), &online, 10).expect("upload");
+    assert_eq!((summary.batches, summary.records, summary.duplicates), (1, 1, 1));
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM transactions"), 4);
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM batches"), 3);
+
+    // Clearing goes away for a while: taps go on, uploads fail, records stay.
+    server.abort();
+    let offline = client(dead_address(), quick_retry(3));
+    for i in 0..4 {
+        tap(&validator, &mut cards[i % 2], &mut psam);
+    }
+    for _ in 0..2 {
+        let error = upload::upload_pending(validator.journal(), &offline, 3).expect_err("clearing is down");
+        assert!(matches!(error, UploadError::Unavailable { attempts: 3, .. }), "{error}");
+    }
+    let waiting = validator.journal().pending_upload(100).expect("pending");
+    assert_eq!(waiting.len(), 4, "kept until clearing acknowledges them");
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM transactions"), 4);
+
+    // Back: everything arrives, once.
+    let (address, _server) = clearing.serve();
+    let back = client(address, quick_retry(3));
+    let summary = upload::upload_pending(validator.journal(), &back, 3).expect("upload");
+    assert_eq!((summary.batches, summary.records), (2, 4));
+    assert!(validator.journal().pending_upload(100).expect("pending").is_empty());
+    assert_eq!(upload::upload_pending(validator.journal(), &back, 3).expect("nothing left").batches, 0);
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM transactions"), 8);
+
+    // run-day clears every record: the TACs, counters and balances agree.
+    let day = CardDateTime::from_unix_seconds(midnight + 60).expect("time");
+    let summary = clearing.run_day(&day);
+    assert_eq!((summary.records, summary.cleared, summary.quarantined), (8, 8, 0), "{summary:?}");
+    let charged = validator.journal().counts().expect("counts").completed_fen;
+    assert_eq!(summary.purchases_fen, i64::try_from(charged).expect("small"));
+    assert!(summary.card_float_matches_shadows && summary.settled_equals_cleared);
+
+    // The issuer reports card 0 lost: the terminal downloads the blacklist and refuses it.
+    let (serial, _) = serial_and_type(&mut cards[0]);
+    clearing.runtime.block_on(registry::report_loss(&clearing.db, &serial, &day)).expect("loss");
+    let list = upload::refresh_blacklist(&back, &Blacklist::empty()).expect("blacklist");
+    assert!(list.contains(&serial) && list.version() >= 1);
+    assert_eq!(upload::refresh_blacklist(&back, &list).expect("again"), list, "nothing newer");
+    assert!(validator.update_blacklist(list));
+    minute += 60;
+    let at = CardDateTime::from_unix_seconds(midnight + minute * 60).expect("time");
+    let refused = validator.tap(&mut cards[0], &mut psam, at);
+    assert!(!refused.lets_through(), "{refused}");
+}
+
+#[test]
+fn a_forged_signature_is_refused_and_the_records_stay() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let mut card = InProcess::new(issue_card(directory.path(), 0, Fen(1_000)).1);
+    let (serial, card_type) = serial_and_type(&mut card);
+    clearing.issue(serial, card_type, Fen(1_000), 0);
+    let mut psam_reader = InProcess::new(issue_psam(directory.path(), BUS).1);
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let validator = validator(directory.path());
+    let tap = validator.tap(&mut card, &mut psam, CardDateTime::now_utc());
+    assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
+    // The shop terminal's key, claiming to be the bus.
+    let wrong =
+        DeviceKey::load(&card_host::issue::fixtures::directory().join("terminals/device-0902.key")).expect("key");
+    let impostor = ClearingClient::new(&format!("http://{address}"), BUS, wrong, quick_retry(2));
+    let error = upload::upload_pending(validator.journal(), &impostor, 10).expect_err("refused");
+    assert_eq!(error.status(), Some(401), "{error}");
+    assert_eq!(validator.journal().pending_upload(10).expect("pending").len(), 1);
+    let summary = upload::upload_pending(validator.journal(), &client(address, quick_retry(2)), 10).expect("upload");
+    assert_eq!(summary.records, 1);
+}
