@@ -148,6 +148,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/issuer/cards/{serial}/replace", post(replace_card))
         .route("/v1/operator/days/{date}", get(day_summary))
         .route("/v1/operator/days/{date}/quarantine", get(day_quarantine))
+        .route("/v1/operator/days/{date}/settlement", get(day_settlement))
         .route("/v1/operator/cards/{serial}/history", get(card_history))
         .route("/v1/operator/terminals", get(terminal_status))
         .route("/v1/operator/quarantine/{transaction_id}/release", post(release_quarantined))
@@ -816,6 +817,41 @@ async fn release_quarantined(
             .ok_or_else(|| ApiError::field("transaction_id", "a positive whole number"))?;
         crate::registry::release_quarantined(&state.db, id, "operator", unix_now()).await?;
         Ok(Json(serde_json::json!({ "transaction_id": id, "state": "pending" })))
+    }
+    .await;
+    result.map_err(|e| refused(&state, e))
+}
+
+/// The day's settlement file as `run-day` wrote it (CSV, derived from the
+/// database alone, so the same bytes), signed by the HSM: `X-Settlement-Sha256`
+/// and `X-Settlement-Signature` (Ed25519 over the SHA-256, as in the manifest).
+async fn day_settlement(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(date): Path<String>,
+) -> ApiResult<Response> {
+    let result = async {
+        authorise_token(&state, &headers, Role::Operator)?;
+        let day = BusinessDay::parse(&date)?.to_string();
+        let lines = crate::run_day::settlements(&state.db, &day).await?;
+        if lines.is_empty() {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no settlement for {day}")));
+        }
+        let csv = crate::run_day::settlement_csv(&day, &lines);
+        let signature =
+            state.hsm.sign_settlement(crate::run_day::SIGNING_KEY_DEFAULT, csv.as_bytes()).await.map_err(Error::Hsm)?;
+        Ok((
+            [
+                (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (
+                    axum::http::HeaderName::from_static("x-settlement-sha256"),
+                    hex::encode(hsm_sim::settlement_digest(csv.as_bytes())),
+                ),
+                (axum::http::HeaderName::from_static("x-settlement-signature"), hex::encode(signature)),
+            ],
+            csv,
+        )
+            .into_response())
     }
     .await;
     result.map_err(|e| refused(&state, e))

@@ -207,6 +207,11 @@ both!(tokens_and_roles, |backend: Backend| async move {
     assert_eq!(http(&api, "GET", path, &bearer(ISSUER_TOKEN), b"").await.0, 403);
     let (status, summary) = http(&api, "GET", path, &bearer(OPERATOR_TOKEN), b"").await;
     assert_eq!((status, &summary["cleared"]), (200, &Value::from(2)), "{summary}");
+    // The settlement file, the same bytes run-day wrote.
+    let (status, csv) = http(&api, "GET", &format!("{path}/settlement"), &bearer(OPERATOR_TOKEN), b"").await;
+    let written = std::fs::read_to_string(world.out.path().join("settlement-2026-11-24.csv")).expect("file");
+    assert_eq!((status, csv.as_str()), (200, Some(written.as_str())));
+    assert_eq!(http(&api, "GET", "/v1/operator/days/2026-11-23/settlement", &bearer(OPERATOR_TOKEN), b"").await.0, 404);
     let (status, quarantine) = http(&api, "GET", &format!("{path}/quarantine"), &bearer(OPERATOR_TOKEN), b"").await;
     assert_eq!((status, &quarantine[0]["reason"]), (200, &Value::from("forged_tac")), "{quarantine}");
     let (status, error) = http(&api, "GET", "/v1/operator/days/2026-13-01", &bearer(OPERATOR_TOKEN), b"").await;
