@@ -227,3 +227,32 @@ both!(a_shadow_account_moved_meanwhile_fails_the_chunk, |backend: Backend| async
     assert_eq!((summary.cleared, summary.quarantined), (0, 3));
     assert!(summary.card_float_matches_shadows);
 });
+
+both!(two_jobs_on_one_day_never_count_twice, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let mut records = Vec::new();
+    for n in 0..20 {
+        let mut card = world.issue(n, 10_000).await;
+        records.extend((0..5).map(|i| card.purchase(100 + n, BUS, at(24, 8 + i, n as u8))));
+    }
+    world.upload(BUS, "b", &records, uploaded_after(24)).await;
+    let mut options = world.options(24);
+    options.chunk_records = 7;
+    let second_client = world.hsm.client().await;
+    let (first, second) = tokio::join!(
+        clearing::run_day(world.db(), &world.client, &options),
+        clearing::run_day(world.db(), &second_client, &options)
+    );
+    // Either may lose a race and fail with a conflict; neither counts a record twice.
+    for result in [&first, &second] {
+        if let Err(error) = result {
+            assert!(matches!(error, clearing::Error::Conflict(_) | clearing::Error::Database(_)), "{error}");
+        }
+    }
+    assert_eq!(clearing::ledger::total(world.db()).await.expect("ledger"), 0);
+    let summary = world.run_day(24).await;
+    assert_eq!((summary.cleared, summary.quarantined), (100, 0));
+    assert_eq!(summary.purchases_fen, (0..20).map(|n| 5 * (100 + n)).sum::<i64>());
+    assert_eq!(summary.gross_fen, summary.purchases_fen);
+    assert!(summary.card_float_matches_shadows);
+});
