@@ -263,6 +263,10 @@ mod tests {
         let demo = Config::load(&directory.join("bus-demo.toml")).expect("bus-demo.toml");
         assert!(matches!(demo.reader, ReaderConfig::InProcess { .. }));
         assert!(demo.blacklist.as_ref().expect("blacklist").path.exists());
+        let kiosk = Config::load(&directory.join("kiosk-902.toml")).expect("kiosk-902.toml");
+        let clearing = kiosk.clearing.as_ref().expect("clearing section");
+        assert!(clearing.device_key.exists(), "{}", clearing.device_key.display());
+        assert_eq!(clearing.client().expect("client").terminal().to_string(), "310000000902");
     }
 
     #[test]

@@ -649,3 +649,190 @@ impl FromStr for Resolution {
         Resolution::parse(text).ok_or(())
     }
 }
+
+/// An online load (kiosk top-up) as written before CREDIT FOR LOAD is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadEntry {
+    pub card: ApplicationSerial,
+    pub card_type: u8,
+    /// The online counter INITIALIZE FOR LOAD answered: the load is number counter + 1.
+    pub online_counter: u16,
+    pub amount: Fen,
+    pub balance_before: Fen,
+    pub terminal: TerminalNumber,
+    /// The host date-time clearing authorised the load with.
+    pub at: CardDateTime,
+}
+
+impl LoadEntry {
+    /// The number GET TRANSACTION PROVE asks for.
+    pub fn transaction_number(&self) -> u16 {
+        self.online_counter.wrapping_add(1)
+    }
+}
+
+/// A durable load intent: CREDIT FOR LOAD may have reached the card.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a load intent must be completed or voided, or left for recovery on purpose"]
+pub struct LoadIntent {
+    id: i64,
+    entry: LoadEntry,
+}
+
+/// A load row after the intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadRow {
+    pub id: i64,
+    pub entry: LoadEntry,
+    /// The card's load TAC; `None` for a voided load.
+    pub tac: Option<[u8; 4]>,
+    /// Clearing took the TAC.
+    pub confirmed: bool,
+}
+
+const LOAD_COLUMNS: &str = "id, card_serial, card_type, online_counter, amount_fen, balance_before_fen, \
+                            terminal_number, card_date_time, state, tac, confirmed_unix_ms";
+
+fn load_entry_from_row(row: &SqliteRow) -> Result<LoadEntry, JournalError> {
+    let number = |name: &'static str| -> Result<i64, JournalError> { Ok(row.try_get::<i64, _>(name)?) };
+    let serial: String = row.try_get("card_serial")?;
+    let terminal: String = row.try_get("terminal_number")?;
+    let at: String = row.try_get("card_date_time")?;
+    Ok(LoadEntry {
+        card: ApplicationSerial::parse_hex(&serial).map_err(|_| corrupt(row, "card_serial"))?,
+        card_type: u8::try_from(number("card_type")?).map_err(|_| corrupt(row, "card_type"))?,
+        online_counter: u16::try_from(number("online_counter")?).map_err(|_| corrupt(row, "online_counter"))?,
+        amount: Fen(u32::try_from(number("amount_fen")?).map_err(|_| corrupt(row, "amount_fen"))?),
+        balance_before: Fen(
+            u32::try_from(number("balance_before_fen")?).map_err(|_| corrupt(row, "balance_before_fen"))?
+        ),
+        terminal: TerminalNumber::parse_hex(&terminal).map_err(|_| corrupt(row, "terminal_number"))?,
+        at: hex::decode(&at)
+            .ok()
+            .and_then(|bytes| CardDateTime::from_slice(&bytes).ok())
+            .ok_or_else(|| corrupt(row, "card_date_time"))?,
+    })
+}
+
+fn load_row_from_row(row: &SqliteRow) -> Result<LoadRow, JournalError> {
+    let tac: Option<Vec<u8>> = row.try_get("tac")?;
+    let tac = tac.map(|tac| <[u8; 4]>::try_from(tac.as_slice()).map_err(|_| corrupt(row, "tac"))).transpose()?;
+    let confirmed: Option<i64> = row.try_get("confirmed_unix_ms")?;
+    Ok(LoadRow { id: row.try_get("id")?, entry: load_entry_from_row(row)?, tac, confirmed: confirmed.is_some() })
+}
+
+impl Journal {
+    /// Writes a load intent durably, before CREDIT FOR LOAD.
+    pub fn write_load_intent(&self, entry: LoadEntry) -> Result<LoadIntent, JournalError> {
+        let row = self.runtime.block_on(
+            sqlx::query(
+                "INSERT INTO card_load (card_serial, card_type, online_counter, amount_fen, balance_before_fen, \
+                 terminal_number, card_date_time, state, written_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?) \
+                 RETURNING id",
+            )
+            .bind(entry.card.to_hex())
+            .bind(i64::from(entry.card_type))
+            .bind(i64::from(entry.online_counter))
+            .bind(i64::from(entry.amount.0))
+            .bind(i64::from(entry.balance_before.0))
+            .bind(entry.terminal.to_string())
+            .bind(hex::encode(entry.at.to_bytes()))
+            .bind(now_unix_ms())
+            .fetch_one(&mut *self.connection()),
+        )?;
+        let id: i64 = row.try_get(0)?;
+        tracing::debug!(id, card = %entry.card.masked(), counter = entry.online_counter, amount = %entry.amount, "load intent written");
+        Ok(LoadIntent { id, entry })
+    }
+
+    fn resolve_load(&self, id: i64, state: &str, tac: Option<[u8; 4]>) -> Result<(), JournalError> {
+        let done = self.runtime.block_on(
+            sqlx::query(
+                "UPDATE card_load SET state = ?, tac = ?, resolved_unix_ms = ? WHERE id = ? AND state = 'intent'",
+            )
+            .bind(state)
+            .bind(tac.map(|tac| tac.to_vec()))
+            .bind(now_unix_ms())
+            .bind(id)
+            .execute(&mut *self.connection()),
+        )?;
+        if done.rows_affected() != 1 {
+            return Err(JournalError::NotAnIntent(id));
+        }
+        Ok(())
+    }
+
+    /// The unresolved load intents of one card, oldest first.
+    pub fn unresolved_loads_for(&self, card: &ApplicationSerial) -> Result<Vec<LoadIntent>, JournalError> {
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {LOAD_COLUMNS} FROM card_load WHERE state = 'intent' AND card_serial = ? ORDER BY id LIMIT ?"
+            ))
+            .bind(card.to_hex())
+            .bind(i64::from(ROWS_MAX))
+            .fetch_all(&mut *self.connection()),
+        )?;
+        rows.iter().map(|row| Ok(LoadIntent { id: row.try_get("id")?, entry: load_entry_from_row(row)? })).collect()
+    }
+
+    /// Completed loads clearing has not confirmed yet, oldest first.
+    pub fn unconfirmed_loads(&self) -> Result<Vec<LoadRow>, JournalError> {
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {LOAD_COLUMNS} FROM card_load WHERE state = 'completed' AND confirmed_unix_ms IS NULL \
+                 ORDER BY id LIMIT ?"
+            ))
+            .bind(i64::from(ROWS_MAX))
+            .fetch_all(&mut *self.connection()),
+        )?;
+        rows.iter().map(load_row_from_row).collect()
+    }
+
+    /// Records that clearing took the load's TAC.
+    pub fn mark_load_confirmed(&self, id: i64) -> Result<(), JournalError> {
+        self.runtime.block_on(
+            sqlx::query("UPDATE card_load SET confirmed_unix_ms = ? WHERE id = ? AND state = 'completed'")
+                .bind(now_unix_ms())
+                .bind(id)
+                .execute(&mut *self.connection()),
+        )?;
+        Ok(())
+    }
+
+    /// Every load row of `card` (completed and voided), oldest first.
+    pub fn loads_for(&self, card: &ApplicationSerial) -> Result<Vec<LoadRow>, JournalError> {
+        let rows = self.runtime.block_on(
+            sqlx::query(&format!(
+                "SELECT {LOAD_COLUMNS} FROM card_load WHERE card_serial = ? AND state <> 'intent' ORDER BY id LIMIT ?"
+            ))
+            .bind(card.to_hex())
+            .bind(i64::from(ROWS_MAX))
+            .fetch_all(&mut *self.connection()),
+        )?;
+        rows.iter().map(load_row_from_row).collect()
+    }
+}
+
+impl LoadIntent {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub fn entry(&self) -> &LoadEntry {
+        &self.entry
+    }
+
+    /// The card credited: its TAC is written durably.
+    pub fn complete(self, journal: &Journal, tac: [u8; 4]) -> Result<LoadRow, JournalError> {
+        journal.resolve_load(self.id, "completed", Some(tac))?;
+        tracing::debug!(id = self.id, card = %self.entry.card.masked(), "load completed");
+        Ok(LoadRow { id: self.id, entry: self.entry, tac: Some(tac), confirmed: false })
+    }
+
+    /// The card did not credit.
+    pub fn void(self, journal: &Journal) -> Result<LoadRow, JournalError> {
+        journal.resolve_load(self.id, "voided", None)?;
+        tracing::debug!(id = self.id, card = %self.entry.card.masked(), "load voided");
+        Ok(LoadRow { id: self.id, entry: self.entry, tac: None, confirmed: false })
+    }
+}

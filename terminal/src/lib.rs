@@ -6,6 +6,7 @@ pub mod cardholder;
 pub mod compound;
 pub mod config;
 pub mod journal;
+pub mod kiosk;
 pub mod medical;
 pub mod psam;
 pub mod purse;

@@ -33,7 +33,7 @@ const COMMAND_LINE_BYTES_MAX: usize = 256;
 #[derive(Parser)]
 #[command(
     name = "terminal",
-    about = "Citizen card terminal: bus validator, upload to clearing (kiosk and counter modes to come)"
+    about = "Citizen card terminal: bus validator, kiosk, upload to clearing (counter mode to come)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -51,6 +51,12 @@ enum Mode {
         #[arg(long)]
         taps: Option<u64>,
     },
+    /// A self-service kiosk: commands on standard input (balance, topup FEN,
+    /// bill water|electricity|gas ACCOUNT FEN, confirm, upload, card N, quit).
+    Kiosk {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Upload the journal to clearing (batches signed with the device key,
     /// retried with backoff) and download the blacklist; one round, then exit.
     Upload {
@@ -67,7 +73,138 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
         Mode::Bus { config, taps } => run_bus(&config, taps),
         Mode::Upload { config } => run_upload(&config),
+        Mode::Kiosk { config } => run_kiosk(&config),
     }
+}
+
+/// Where the kiosk's card is.
+enum KioskCards {
+    Pcsc { readers: PcscReaders, card: String },
+    InProcess { readers: Vec<InProcess<CitizenCard>>, current: usize },
+}
+
+impl KioskCards {
+    /// Runs `operation` on the card now presented.
+    fn with_card<T>(&mut self, operation: impl FnOnce(&mut dyn terminal::reader::Channel) -> T) -> anyhow::Result<T> {
+        match self {
+            KioskCards::Pcsc { readers, card } => {
+                let mut channel = readers.connect(card, CARD_POLL).context("no card presented")?;
+                let result = operation(&mut channel);
+                channel.disconnect();
+                Ok(result)
+            }
+            KioskCards::InProcess { readers, current } => {
+                let reader = readers.get_mut(*current).context("no such card")?;
+                Ok(operation(reader))
+            }
+        }
+    }
+}
+
+fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
+    use terminal::kiosk::{Bill, Kiosk, Utility};
+    let config = Config::load(config_path)?;
+    let Some(clearing) = &config.clearing else { bail!("{}: no [clearing] section", config_path.display()) };
+    let journal =
+        Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
+    let kiosk = Kiosk::new(journal, clearing.client()?);
+    let (mut cards, mut psam_channel): (KioskCards, Box<dyn terminal::reader::Channel>) = match &config.reader {
+        ReaderConfig::Pcsc { card, psam } => {
+            let readers = PcscReaders::establish().context("PC/SC")?;
+            let psam_channel = readers.connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
+            (KioskCards::Pcsc { readers, card: card.clone() }, Box::new(psam_channel))
+        }
+        ReaderConfig::InProcess { cards, psam } => {
+            let readers = cards
+                .iter()
+                .map(|path| {
+                    CitizenCard::open(path).map(InProcess::new).with_context(|| format!("card {}", path.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let psam = InProcess::new(Psam::open(psam).with_context(|| format!("PSAM {}", psam.display()))?);
+            (KioskCards::InProcess { readers, current: 0 }, Box::new(psam))
+        }
+        _ => bail!("this reader kind is not supported by the kiosk"),
+    };
+    let mut psam = PsamSession::open(CardSession::new(&mut *psam_channel)).context("PSAM")?;
+    if psam.terminal_number() != clearing.terminal_number()? {
+        bail!("the PSAM's terminal number is not clearing.terminal_id");
+    }
+    let out = std::io::stdout();
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        if line.len() > COMMAND_LINE_BYTES_MAX {
+            tracing::warn!("command line too long; ignored");
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["balance"] => match cards.with_card(|card| kiosk.read(card))? {
+                Ok(view) => {
+                    let mut text = format!("card {} balance {}", view.card, view.balance);
+                    for record in view.recent.iter().take(10) {
+                        text.push_str(&format!(
+                            "\n  #{} {:?} {} at {}",
+                            record.number,
+                            record.kind,
+                            record.amount,
+                            hex::encode(record.at.to_bytes())
+                        ));
+                    }
+                    text
+                }
+                Err(error) => format!("refused: {error}"),
+            },
+            ["topup", fen] => match fen.parse::<u32>() {
+                Ok(amount) => match cards.with_card(|card| kiosk.top_up(card, card_host::Fen(amount)))? {
+                    Ok(loaded) => format!(
+                        "loaded {} balance {}{}",
+                        loaded.row.entry.amount,
+                        loaded.balance,
+                        if loaded.confirmed { "" } else { " (clearing confirms later)" }
+                    ),
+                    Err(error) => format!("not loaded: {error}"),
+                },
+                Err(_) => "topup FEN: a whole number of fen".into(),
+            },
+            ["bill", utility, account, fen] => match (Utility::parse(utility), fen.parse::<u32>()) {
+                (Some(utility), Ok(amount)) => {
+                    let bill = Bill { utility, account: (*account).to_owned(), amount: card_host::Fen(amount) };
+                    let now = config.now();
+                    match cards.with_card(|card| kiosk.pay_bill(card, &mut psam, &bill, now))? {
+                        Ok(paid) => format!("paid {} {} {}", utility.name(), paid.entry.amount, account),
+                        Err(error) => format!("not paid: {error}"),
+                    }
+                }
+                _ => "bill water|electricity|gas ACCOUNT FEN".into(),
+            },
+            ["confirm"] => format!("{} loads confirmed", kiosk.confirm_pending()?),
+            ["upload"] => {
+                match terminal::upload::upload_pending(kiosk.journal(), kiosk.client(), clearing.batch_records) {
+                    Ok(summary) => format!("uploaded {} records", summary.records),
+                    Err(error) => format!("upload stopped, records kept: {error}"),
+                }
+            }
+            ["card", number] => match (&mut cards, number.parse::<usize>()) {
+                (KioskCards::InProcess { readers, current }, Ok(n)) if n < readers.len() => {
+                    *current = n;
+                    format!("card {n} presented")
+                }
+                _ => "no such card".into(),
+            },
+            ["quit"] => break,
+            [] => continue,
+            _ => "commands: balance, topup FEN, bill water|electricity|gas ACCOUNT FEN, confirm, upload, card N, quit"
+                .into(),
+        };
+        writeln!(out.lock(), "{answer}")?;
+    }
+    Ok(())
 }
 
 /// One upload round and a blacklist refresh; prints one summary line.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use card_host::card::CitizenCard;
+use card_host::vpcd::TearPoint;
 use card_host::{ApplicationSerial, CardDateTime, Fen, TerminalNumber};
 use clearing::api::{AppState, Tokens};
 use clearing::registry::{self, CitizenIdKey, MerchantFile, NewCard};
@@ -19,15 +20,17 @@ use hsm_sim::audit::Audit;
 use hsm_sim::keystore::{KeyStore, LmkSource};
 use hsm_sim::{ClientConfig, Hsm, HsmClient, Server, ServerConfig};
 use system_tests::{issue_card, issue_psam};
-use terminal::CardSession;
 use terminal::blacklist::Blacklist;
 use terminal::bus::{BusSettings, Tap, Validator};
 use terminal::journal::Journal;
+use terminal::kiosk::{Bill, Kiosk, Utility};
 use terminal::psam::PsamSession;
 use terminal::purse::Purse;
+use terminal::reader::Channel;
 use terminal::reader::InProcess;
 use terminal::tariff::Tariff;
 use terminal::upload::{self, BatchDocument, ClearingClient, DeviceKey, RetryPolicy, UploadError};
+use terminal::{CardSession, ReaderError};
 
 /// The fixture bus terminal registered in `fixtures/merchants/test-merchants.json`.
 const BUS: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x01]);
@@ -256,4 +259,124 @@ fn a_forged_signature_is_refused_and_the_records_stay() {
     assert_eq!(validator.journal().pending_upload(10).expect("pending").len(), 1);
     let summary = upload::upload_pending(validator.journal(), &client(address, quick_retry(2)), 10).expect("upload");
     assert_eq!(summary.records, 1);
+}
+
+/// The fixture shop terminal: the kiosk.
+const SHOP: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x02]);
+
+/// An in-process reader whose card leaves at the `n`th APDU after
+/// [`Tearing::tear_at`] (before the card sees it, or after it carried it out),
+/// and stays out until [`Tearing::insert`].
+struct Tearing {
+    reader: InProcess<CitizenCard>,
+    sent: usize,
+    tear: Option<(usize, TearPoint)>,
+    torn: bool,
+}
+
+impl Tearing {
+    fn tear_at(&mut self, apdu: usize, point: TearPoint) {
+        (self.sent, self.tear, self.torn) = (0, Some((apdu, point)), false);
+    }
+
+    fn insert(&mut self) {
+        self.tear = None;
+        self.reader.insert();
+    }
+
+    fn balance(&self) -> Fen {
+        self.reader.card().image().purse.balance
+    }
+}
+
+impl Channel for Tearing {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        self.sent += 1;
+        match self.tear {
+            Some((apdu, point)) if apdu == self.sent => {
+                self.torn = true;
+                if point == TearPoint::AfterCommand {
+                    let _lost = self.reader.transmit(command)?;
+                }
+                self.reader.remove();
+                Err(ReaderError::CardRemoved)
+            }
+            _ => self.reader.transmit(command),
+        }
+    }
+}
+
+fn shop_client(address: SocketAddr) -> ClearingClient {
+    let key = DeviceKey::load(&card_host::issue::fixtures::directory().join("terminals/device-0902.key")).expect("key");
+    ClearingClient::new(&format!("http://{address}"), SHOP, key, quick_retry(2))
+}
+
+#[test]
+fn kiosk_top_up_torn_at_every_apdu_then_a_bill_agree_with_card_journal_and_clearing() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let opening = Fen(1_000);
+    let mut reader = InProcess::new(issue_card(directory.path(), 0, opening).1);
+    let (serial, card_type) = serial_and_type(&mut reader);
+    clearing.issue(serial, card_type, opening, 0);
+    let mut card = Tearing { reader, sent: 0, tear: None, torn: false };
+    let journal = Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal");
+    let kiosk = Kiosk::new(journal, shop_client(address));
+
+    let loaded = kiosk.top_up(&mut card, Fen(500)).expect("top-up");
+    assert!(loaded.confirmed);
+    assert_eq!((loaded.balance, card.balance()), (Fen(1_500), Fen(1_500)));
+
+    // Card, journal and clearing agree after every tear, once the card is back.
+    let agree = |kiosk: &Kiosk, card: &Tearing, what: &str| {
+        let loads = kiosk.journal().loads_for(&serial).expect("loads");
+        let completed: Vec<_> = loads.iter().filter(|row| row.tac.is_some()).collect();
+        let loaded: u32 = completed.iter().map(|row| row.entry.amount.0).sum();
+        assert_eq!(card.balance(), Fen(opening.0 + loaded), "{what}: card = opening + journaled loads");
+        assert!(completed.iter().all(|row| row.confirmed), "{what}: every load confirmed");
+        let confirmed = clearing.count("SELECT COUNT(*) FROM topups WHERE state = 'confirmed'");
+        assert_eq!(confirmed, i64::try_from(completed.len()).expect("small"), "{what}: clearing has each load once");
+    };
+    for point in [TearPoint::BeforeCommand, TearPoint::AfterCommand] {
+        for apdu in 1.. {
+            card.tear_at(apdu, point);
+            let result = kiosk.top_up(&mut card, Fen(100));
+            if !card.torn {
+                result.expect("a top-up with no tear");
+                card.tear = None;
+                break;
+            }
+            assert!(result.is_err(), "torn at {apdu} {point:?}");
+            card.insert();
+            let view = kiosk.read(&mut card).expect("the card is back");
+            assert_eq!(view.balance, card.balance());
+            agree(&kiosk, &card, &format!("torn at APDU {apdu} {point:?}"));
+            assert!(apdu < 20, "a top-up is a handful of APDUs");
+        }
+    }
+    agree(&kiosk, &card, "after the tears");
+    let loads = kiosk.journal().loads_for(&serial).expect("loads");
+    let voided = loads.iter().filter(|row| row.tac.is_none()).count();
+    // CREDIT torn before the card saw it: voided; after: proved by the card.
+    assert!(voided >= 1, "{loads:?}");
+    assert!(loads.len() - voided >= 4, "the first, one per tear loop, and a proved one: {loads:?}");
+    assert!(kiosk.journal().unconfirmed_loads().expect("unconfirmed").is_empty());
+
+    // A gas bill from the purse with the kiosk's PSAM, then upload and run-day.
+    let mut psam_reader = InProcess::new(issue_psam(directory.path(), SHOP).1);
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let last_load = kiosk.journal().loads_for(&serial).expect("loads").last().expect("a load").entry.at;
+    let at = CardDateTime::from_unix_seconds(last_load.unix_seconds() + 60).expect("time");
+    let bill = Bill { utility: Utility::Gas, account: "GAS-0042".into(), amount: Fen(321) };
+    let before = card.balance();
+    let paid = kiosk.pay_bill(&mut card, &mut psam, &bill, at).expect("bill paid");
+    assert_eq!(paid.entry.reference.as_deref(), Some("gas:GAS-0042"));
+    assert_eq!(card.balance(), Fen(before.0 - 321));
+    let summary = upload::upload_pending(kiosk.journal(), kiosk.client(), 10).expect("upload");
+    assert_eq!(summary.records, 1);
+    let day = clearing.run_day(&at);
+    assert_eq!(day.quarantined, 0, "{day:?}");
+    let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
+    assert_eq!(shadow.balance_fen, i64::from(card.balance().0), "clearing's shadow account equals the card");
 }
