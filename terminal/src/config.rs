@@ -62,6 +62,7 @@ pub struct Config {
     pub journal: JournalConfig,
     pub blacklist: Option<BlacklistConfig>,
     pub clearing: Option<ClearingConfig>,
+    pub counter: Option<CounterConfig>,
     pub reader: ReaderConfig,
     /// Local time's offset from UTC, for the date and time sent to cards
     /// (China Standard Time: 480).
@@ -117,6 +118,24 @@ impl JournalConfig {
 #[serde(deny_unknown_fields)]
 pub struct BlacklistConfig {
     pub path: PathBuf,
+}
+
+/// A hospital counter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterConfig {
+    /// The hospital's code in the visit log, 12 hex digits.
+    pub hospital: String,
+    pub department: u16,
+}
+
+impl CounterConfig {
+    pub fn settings(&self) -> Result<crate::counter::CounterSettings, ConfigError> {
+        let mut hospital = [0u8; 6];
+        hex::decode_to_slice(&self.hospital, &mut hospital)
+            .map_err(|_| ConfigError::Invalid("counter.hospital: not 12 hex digits".into()))?;
+        Ok(crate::counter::CounterSettings { hospital, department: self.department })
+    }
 }
 
 /// Where clearing is and who this terminal is to it.
@@ -204,6 +223,9 @@ impl Config {
                 )));
             }
         }
+        if let Some(counter) = &self.counter {
+            counter.settings()?;
+        }
         if self.utc_offset_minutes.abs() > UTC_OFFSET_MINUTES_MAX {
             return Err(ConfigError::Invalid("utc_offset_minutes beyond ±14 hours".into()));
         }
@@ -267,6 +289,9 @@ mod tests {
         let clearing = kiosk.clearing.as_ref().expect("clearing section");
         assert!(clearing.device_key.exists(), "{}", clearing.device_key.display());
         assert_eq!(clearing.client().expect("client").terminal().to_string(), "310000000902");
+        let counter = Config::load(&directory.join("counter-903.toml")).expect("counter-903.toml");
+        let settings = counter.counter.as_ref().expect("counter section").settings().expect("settings");
+        assert_eq!((settings.hospital, settings.department), ([0x31, 0, 0, 0, 0x09, 0x03], 12));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod bus;
 pub mod cardholder;
 pub mod compound;
 pub mod config;
+pub mod counter;
 pub mod journal;
 pub mod kiosk;
 pub mod medical;

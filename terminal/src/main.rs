@@ -33,7 +33,7 @@ const COMMAND_LINE_BYTES_MAX: usize = 256;
 #[derive(Parser)]
 #[command(
     name = "terminal",
-    about = "Citizen card terminal: bus validator, kiosk, upload to clearing (counter mode to come)"
+    about = "Citizen card terminal: bus validator, kiosk, hospital counter, upload to clearing"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -57,6 +57,12 @@ enum Mode {
         #[arg(long)]
         config: PathBuf,
     },
+    /// A hospital counter: commands on standard input (patient PIN,
+    /// visit PIN TYPE CO-PAYMENT-FEN, upload, card N, quit).
+    Counter {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Upload the journal to clearing (batches signed with the device key,
     /// retried with backoff) and download the blacklist; one round, then exit.
     Upload {
@@ -74,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Mode::Bus { config, taps } => run_bus(&config, taps),
         Mode::Upload { config } => run_upload(&config),
         Mode::Kiosk { config } => run_kiosk(&config),
+        Mode::Counter { config } => run_counter(&config),
     }
 }
 
@@ -108,24 +115,7 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
     let kiosk = Kiosk::new(journal, clearing.client()?);
-    let (mut cards, mut psam_channel): (KioskCards, Box<dyn terminal::reader::Channel>) = match &config.reader {
-        ReaderConfig::Pcsc { card, psam } => {
-            let readers = PcscReaders::establish().context("PC/SC")?;
-            let psam_channel = readers.connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
-            (KioskCards::Pcsc { readers, card: card.clone() }, Box::new(psam_channel))
-        }
-        ReaderConfig::InProcess { cards, psam } => {
-            let readers = cards
-                .iter()
-                .map(|path| {
-                    CitizenCard::open(path).map(InProcess::new).with_context(|| format!("card {}", path.display()))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let psam = InProcess::new(Psam::open(psam).with_context(|| format!("PSAM {}", psam.display()))?);
-            (KioskCards::InProcess { readers, current: 0 }, Box::new(psam))
-        }
-        _ => bail!("this reader kind is not supported by the kiosk"),
-    };
+    let (mut cards, mut psam_channel) = open_readers(&config)?;
     let mut psam = PsamSession::open(CardSession::new(&mut *psam_channel)).context("PSAM")?;
     if psam.terminal_number() != clearing.terminal_number()? {
         bail!("the PSAM's terminal number is not clearing.terminal_id");
@@ -201,6 +191,105 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
             [] => continue,
             _ => "commands: balance, topup FEN, bill water|electricity|gas ACCOUNT FEN, confirm, upload, card N, quit"
                 .into(),
+        };
+        writeln!(out.lock(), "{answer}")?;
+    }
+    Ok(())
+}
+
+/// The card readers and the PSAM of a kiosk or counter.
+fn open_readers(config: &Config) -> anyhow::Result<(KioskCards, Box<dyn terminal::reader::Channel>)> {
+    Ok(match &config.reader {
+        ReaderConfig::Pcsc { card, psam } => {
+            let readers = PcscReaders::establish().context("PC/SC")?;
+            let psam_channel = readers.connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
+            (KioskCards::Pcsc { readers, card: card.clone() }, Box::new(psam_channel))
+        }
+        ReaderConfig::InProcess { cards, psam } => {
+            let readers = cards
+                .iter()
+                .map(|path| {
+                    CitizenCard::open(path).map(InProcess::new).with_context(|| format!("card {}", path.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let psam = InProcess::new(Psam::open(psam).with_context(|| format!("PSAM {}", psam.display()))?);
+            (KioskCards::InProcess { readers, current: 0 }, Box::new(psam))
+        }
+        _ => bail!("this reader kind is not supported here"),
+    })
+}
+
+fn run_counter(config_path: &Path) -> anyhow::Result<()> {
+    use terminal::counter::Counter;
+    let config = Config::load(config_path)?;
+    let Some(settings) = &config.counter else { bail!("{}: no [counter] section", config_path.display()) };
+    let journal =
+        Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
+    let counter = Counter::new(journal, settings.settings()?);
+    let client = config.clearing.as_ref().map(|clearing| clearing.client()).transpose()?;
+    let (mut cards, mut psam_channel) = open_readers(&config)?;
+    let mut psam = PsamSession::open(CardSession::new(&mut *psam_channel)).context("PSAM")?;
+    let out = std::io::stdout();
+    let stdin = std::io::stdin();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    loop {
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        if line.len() > COMMAND_LINE_BYTES_MAX {
+            tracing::warn!("command line too long; ignored");
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["patient", pin] => match cards.with_card(|card| counter.read_patient(card, pin))? {
+                Ok(patient) => format!(
+                    "{} ({}) patient {} blood {} allergies {:?}, {} earlier visits",
+                    patient.cardholder.name,
+                    terminal::cardholder::mask_identity(&patient.cardholder.citizen_id),
+                    patient.medical.patient_number,
+                    patient.medical.blood_group(),
+                    patient.medical.allergies(),
+                    patient.visits.len()
+                ),
+                Err(error) => format!("refused: {error}"),
+            },
+            ["visit", pin, kind, fen] => match (kind.parse::<u8>(), fen.parse::<u32>()) {
+                (Ok(kind), Ok(fen)) => {
+                    let now = config.now();
+                    match cards.with_card(|card| counter.serve(card, &mut psam, pin, kind, card_host::Fen(fen), now))? {
+                        Ok(done) => format!(
+                            "visit registered for {}; co-payment {}",
+                            done.patient.cardholder.name,
+                            done.payment.map_or("none".to_owned(), |paid| paid.entry.amount.to_string())
+                        ),
+                        Err(error) => format!("not done: {error}"),
+                    }
+                }
+                _ => "visit PIN TYPE FEN".into(),
+            },
+            ["upload"] => match &client {
+                Some(client) => {
+                    let batch =
+                        config.clearing.as_ref().map_or(terminal::upload::BATCH_RECORDS_MAX, |c| c.batch_records);
+                    match terminal::upload::upload_pending(counter.journal(), client, batch) {
+                        Ok(summary) => format!("uploaded {} records", summary.records),
+                        Err(error) => format!("upload stopped, records kept: {error}"),
+                    }
+                }
+                None => "no [clearing] section".into(),
+            },
+            ["card", number] => match (&mut cards, number.parse::<usize>()) {
+                (KioskCards::InProcess { readers, current }, Ok(n)) if n < readers.len() => {
+                    *current = n;
+                    format!("card {n} presented")
+                }
+                _ => "no such card".into(),
+            },
+            ["quit"] => break,
+            [] => continue,
+            _ => "commands: patient PIN, visit PIN TYPE FEN, upload, card N, quit".into(),
         };
         writeln!(out.lock(), "{answer}")?;
     }
