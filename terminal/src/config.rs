@@ -152,6 +152,14 @@ pub struct ClearingConfig {
     /// Records per uploaded batch (at most `upload::BATCH_RECORDS_MAX`).
     #[serde(default = "batch_records_default")]
     pub batch_records: u32,
+    /// A running bus validator uploads (and refreshes its blacklist) this often,
+    /// from a thread of its own; 0: never (run `terminal upload` instead).
+    #[serde(default = "upload_interval_default")]
+    pub upload_interval_seconds: u64,
+}
+
+fn upload_interval_default() -> u64 {
+    300
 }
 
 fn batch_records_default() -> u32 {

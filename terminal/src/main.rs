@@ -299,7 +299,16 @@ fn run_counter(config_path: &Path) -> anyhow::Result<()> {
 /// One upload round and a blacklist refresh; prints one summary line.
 fn run_upload(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let Some(clearing) = &config.clearing else { bail!("{}: no [clearing] section", config_path.display()) };
+    let (line, uploaded) = upload_round(&config)?;
+    println!("{line}");
+    uploaded?;
+    Ok(())
+}
+
+/// Uploads the journal and refreshes the blacklist file: a summary line, and
+/// how the upload ended (records are kept when it failed).
+fn upload_round(config: &Config) -> anyhow::Result<(String, Result<(), terminal::upload::UploadError>)> {
+    let Some(clearing) = &config.clearing else { bail!("no [clearing] section") };
     let client = clearing.client()?;
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
@@ -323,9 +332,28 @@ fn run_upload(config_path: &Path) -> anyhow::Result<()> {
             Err(error) => line.push_str(&format!("; blacklist not refreshed: {error}")),
         }
     }
-    println!("{line}");
-    uploaded?;
-    Ok(())
+    Ok((line, uploaded.map(|_| ())))
+}
+
+/// A running validator's uploader: a round every `upload_interval_seconds`, on
+/// its own journal connection (it writes only the upload columns; the
+/// validator notices the blacklist file change).
+fn spawn_uploader(config: &Config) {
+    let Some(clearing) = &config.clearing else { return };
+    if clearing.upload_interval_seconds == 0 {
+        return;
+    }
+    let interval = Duration::from_secs(clearing.upload_interval_seconds);
+    let config = config.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(interval);
+            match upload_round(&config) {
+                Ok((line, _)) => tracing::info!("{line}"),
+                Err(error) => tracing::error!(%error, "upload round"),
+            }
+        }
+    });
 }
 
 /// The blacklist file and when it was last read.
@@ -363,6 +391,7 @@ fn run_bus(config_path: &Path, taps: Option<u64>) -> anyhow::Result<()> {
         Validator::new(bus.settings(), tariff, Blacklist::empty(), journal, config.journal.flag_unresolved_after())?;
     let mut blacklist = BlacklistSource { path: config.blacklist.as_ref().map(|b| b.path.clone()), modified: None };
     blacklist.refresh(&mut validator);
+    spawn_uploader(&config);
     let out = std::io::stdout();
     let mut done = 0u64;
     let more = |done: u64| taps.is_none_or(|limit| done < limit);
