@@ -380,3 +380,57 @@ fn kiosk_top_up_torn_at_every_apdu_then_a_bill_agree_with_card_journal_and_clear
     let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
     assert_eq!(shadow.balance_fen, i64::from(card.balance().0), "clearing's shadow account equals the card");
 }
+
+#[test]
+fn bill_payment_torn_at_every_apdu_agrees_with_the_card_and_clears_once() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let opening = Fen(50_000);
+    let mut reader = InProcess::new(issue_card(directory.path(), 0, opening).1);
+    let (serial, card_type) = serial_and_type(&mut reader);
+    clearing.issue(serial, card_type, opening, 0);
+    let mut card = Tearing { reader, sent: 0, tear: None, torn: false };
+    let kiosk =
+        Kiosk::new(Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal"), shop_client(address));
+    let mut psam_reader = InProcess::new(issue_psam(directory.path(), SHOP).1);
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let midnight = CardDateTime::now_utc().unix_seconds() / 86_400 * 86_400;
+    let bill = Bill { utility: Utility::Water, account: "W-7".into(), amount: Fen(100) };
+
+    let agree = |kiosk: &Kiosk, card: &Tearing, what: &str| {
+        let counts = kiosk.journal().counts().expect("counts");
+        assert_eq!(counts.intents, 0, "{what}: nothing left open once the card is back");
+        assert_eq!(u64::from(card.balance().0), u64::from(opening.0) - counts.completed_fen, "{what}");
+    };
+    let mut minute = 0;
+    let mut torn = 0;
+    for point in [TearPoint::BeforeCommand, TearPoint::AfterCommand] {
+        for apdu in 1.. {
+            minute += 1;
+            let at = CardDateTime::from_unix_seconds(midnight + minute * 60).expect("time");
+            card.tear_at(apdu, point);
+            let result = kiosk.pay_bill(&mut card, &mut psam, &bill, at);
+            if !card.torn {
+                result.expect("a payment with no tear");
+                card.tear = None;
+                break;
+            }
+            torn += 1;
+            assert!(result.is_err(), "torn at {apdu} {point:?}");
+            card.insert();
+            kiosk.read(&mut card).expect("the card is back");
+            agree(&kiosk, &card, &format!("torn at APDU {apdu} {point:?}"));
+            assert!(apdu < 20, "a purchase is a handful of APDUs");
+        }
+    }
+    assert!(torn >= 6, "{torn} tears");
+    let rows = kiosk.journal().completed_for(&serial).expect("completed");
+    assert!(rows.iter().all(|row| row.entry.reference.as_deref() == Some("water:W-7")));
+    let summary = upload::upload_pending(kiosk.journal(), kiosk.client(), 10).expect("upload");
+    assert_eq!(summary.records, rows.len() as u64);
+    let day = clearing.run_day(&CardDateTime::from_unix_seconds(midnight).expect("time"));
+    assert_eq!((day.cleared, day.quarantined), (i64::try_from(rows.len()).expect("small"), 0), "{day:?}");
+    let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
+    assert_eq!(shadow.balance_fen, i64::from(card.balance().0), "nothing charged twice or lost");
+}
