@@ -434,3 +434,104 @@ fn bill_payment_torn_at_every_apdu_agrees_with_the_card_and_clears_once() {
     let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
     assert_eq!(shadow.balance_fen, i64::from(card.balance().0), "nothing charged twice or lost");
 }
+
+/// A TCP forwarder to clearing that can be cut: open connections are shut and
+/// new ones closed at once, as when the network to clearing goes down.
+struct Link {
+    address: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Link {
+    fn to(target: SocketAddr) -> Link {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&cut);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else { continue };
+                for (mut from, mut to) in
+                    [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
+                {
+                    let flag = Arc::clone(&flag);
+                    from.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buffer = [0u8; 16 * 1024];
+                        while !flag.load(Ordering::SeqCst) {
+                            match from.read(&mut buffer) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buffer[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(error)
+                                    if matches!(
+                                        error.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Link { address, cut }
+    }
+}
+
+/// Cuts the link to clearing when CREDIT FOR LOAD (INS 52) goes to the card.
+struct CutAtCredit<'a> {
+    reader: &'a mut InProcess<CitizenCard>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Channel for CutAtCredit<'_> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        if command.get(1) == Some(&0x52) {
+            self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        self.reader.transmit(command)
+    }
+}
+
+#[test]
+fn a_load_whose_confirmation_could_not_reach_clearing_is_confirmed_later() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let mut reader = InProcess::new(issue_card(directory.path(), 0, Fen(1_000)).1);
+    let (serial, card_type) = serial_and_type(&mut reader);
+    clearing.issue(serial, card_type, Fen(1_000), 0);
+    let journal = Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal");
+    let link = Link::to(address);
+    let kiosk = Kiosk::new(journal, shop_client(link.address));
+    let mut card = CutAtCredit { reader: &mut reader, cut: Arc::clone(&link.cut) };
+    let loaded = kiosk.top_up(&mut card, Fen(2_000)).expect("loaded on the card");
+    assert!(!loaded.confirmed, "clearing was cut off after authorising");
+    assert_eq!(reader.card().image().purse.balance, Fen(3_000));
+    assert_eq!(kiosk.journal().unconfirmed_loads().expect("unconfirmed").len(), 1);
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM topups WHERE state = 'confirmed'"), 0);
+
+    // Clearing is reachable again: the kiosk confirms what it kept.
+    let kiosk =
+        Kiosk::new(Journal::open(&directory.path().join("kiosk.sqlite")).expect("reopen"), shop_client(address));
+    assert_eq!(kiosk.confirm_pending().expect("confirm"), 1);
+    assert!(kiosk.journal().unconfirmed_loads().expect("unconfirmed").is_empty());
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM topups WHERE state = 'confirmed'"), 1);
+    let day = clearing.run_day(&loaded.row.entry.at);
+    assert_eq!((day.cleared, day.quarantined, day.loads_fen), (1, 0, 2_000), "{day:?}");
+    let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
+    assert_eq!(shadow.balance_fen, 3_000);
+}
