@@ -535,3 +535,93 @@ fn a_load_whose_confirmation_could_not_reach_clearing_is_confirmed_later() {
     let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
     assert_eq!(shadow.balance_fen, 3_000);
 }
+
+/// The `terminal` binary, brought up to date first (as `bus_pcsc` does).
+fn terminal_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let profile = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .map(|directory| if directory.ends_with("deps") { directory.join("..") } else { directory })
+        .expect("the target directory");
+    let release = profile.canonicalize().is_ok_and(|profile| profile.ends_with("release"));
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        command.args(["build", "--quiet", "-p", "terminal", "--bin", "terminal"]);
+        if release {
+            command.arg("--release");
+        }
+        assert!(command.status().expect("cargo build").success(), "cargo build -p terminal");
+    });
+    let binary = profile.join("terminal");
+    assert!(binary.exists(), "{} is missing", binary.display());
+    binary
+}
+
+/// Runs `terminal MODE --config FILE` with `input` on standard input; its standard output.
+fn run_terminal(mode: &str, config: &Path, input: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(terminal_binary())
+        .args([mode, "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("terminal");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "terminal {mode}: {:?}", output.status);
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[test]
+fn terminal_kiosk_and_upload_processes_talk_to_clearing() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let (card_path, card) = issue_card(directory.path(), 0, Fen(1_000));
+    let mut reader = InProcess::new(card);
+    let (serial, card_type) = serial_and_type(&mut reader);
+    drop(reader);
+    clearing.issue(serial, card_type, Fen(1_000), 0);
+    let (psam_path, _) = issue_psam(directory.path(), SHOP);
+    let key = card_host::issue::fixtures::directory().join("terminals/device-0902.key");
+    let blacklist = directory.path().join("blacklist.toml");
+    let config = directory.path().join("kiosk.toml");
+    std::fs::write(
+        &config,
+        format!(
+            // UTC, as clearing's host date-time for loads (the fixture default is China's +8 h).
+            "utc_offset_minutes = 0\n[journal]\npath = {:?}\n[blacklist]\npath = {:?}\n[clearing]\nurl = \"http://{address}\"\n\
+             terminal_id = \"310000000902\"\ndevice_key = {:?}\n[reader]\nkind = \"in_process\"\ncards = [{:?}]\n\
+             psam = {:?}\n",
+            directory.path().join("journal.sqlite"),
+            blacklist,
+            key,
+            card_path,
+            psam_path
+        ),
+    )
+    .expect("config");
+
+    let out = run_terminal("kiosk", &config, "topup 500\nbill water W-1 120\nbalance\nupload\nquit\n");
+    assert!(out.contains("loaded 5.00 balance 15.00"), "{out}");
+    assert!(out.contains("paid water 1.20 W-1"), "{out}");
+    assert!(out.contains("balance 13.80"), "{out}");
+    assert!(out.contains("uploaded 1 records"), "{out}");
+    assert_eq!(CitizenCard::open(&card_path).expect("card").image().purse.balance, Fen(1_380));
+
+    let day = clearing.run_day(&CardDateTime::now_utc());
+    assert_eq!((day.cleared, day.quarantined), (2, 0), "the load and the bill: {day:?}");
+
+    // The card is reported lost: `terminal upload` brings the blacklist file up to date.
+    clearing.runtime.block_on(registry::report_loss(&clearing.db, &serial, &CardDateTime::now_utc())).expect("loss");
+    let out = run_terminal("upload", &config, "");
+    assert!(out.contains("uploaded 0 records") && out.contains("blacklist version 1 (1 cards)"), "{out}");
+    assert!(Blacklist::load(&blacklist).expect("blacklist file").contains(&serial));
+    let out = run_terminal("upload", &config, "");
+    assert!(out.contains("blacklist version 1 is the latest"), "{out}");
+}
