@@ -625,3 +625,41 @@ fn terminal_kiosk_and_upload_processes_talk_to_clearing() {
     let out = run_terminal("upload", &config, "");
     assert!(out.contains("blacklist version 1 is the latest"), "{out}");
 }
+
+#[test]
+fn terminal_counter_process_takes_a_co_payment_that_clears() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let (card_path, card) = issue_card(directory.path(), 0, Fen(5_000));
+    let mut reader = InProcess::new(card);
+    let (serial, card_type) = serial_and_type(&mut reader);
+    drop(reader);
+    clearing.issue(serial, card_type, Fen(5_000), 0);
+    let hospital = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x03]);
+    let (psam_path, _) = issue_psam(directory.path(), hospital);
+    let key = card_host::issue::fixtures::directory().join("terminals/device-0903.key");
+    let config = directory.path().join("counter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "utc_offset_minutes = 0\n[counter]\nhospital = \"310000000903\"\ndepartment = 12\n[journal]\npath = {:?}\n\
+             [clearing]\nurl = \"http://{address}\"\nterminal_id = \"310000000903\"\ndevice_key = {:?}\n\
+             [reader]\nkind = \"in_process\"\ncards = [{:?}]\npsam = {:?}\n",
+            directory.path().join("journal.sqlite"),
+            key,
+            card_path,
+            psam_path
+        ),
+    )
+    .expect("config");
+    let out = run_terminal("counter", &config, "patient 000000\npatient 123456\nvisit 123456 1 1550\nupload\nquit\n");
+    assert!(out.contains("refused: VERIFY"), "wrong PIN: {out}");
+    assert!(out.contains("patient P31000000001") && out.contains("0 earlier visits"), "{out}");
+    assert!(!out.contains("123456"), "the PIN is never echoed: {out}");
+    assert!(out.contains("co-payment 15.50"), "{out}");
+    assert!(out.contains("uploaded 1 records"), "{out}");
+    assert_eq!(CitizenCard::open(&card_path).expect("card").image().purse.balance, Fen(3_450));
+    let day = clearing.run_day(&CardDateTime::now_utc());
+    assert_eq!((day.cleared, day.quarantined, day.purchases_fen), (1, 0, 1_550), "{day:?}");
+}
