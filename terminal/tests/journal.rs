@@ -263,3 +263,29 @@ fn a_number_used_by_another_terminal_voids_the_intent() {
     assert_eq!(journal.counts().expect("counts"), Counts { intents: 0, completed: 0, voided: 1, completed_fen: 0 });
     assert_eq!(purse.balance().expect("balance"), Fen(850), "only the other terminal's debit");
 }
+
+#[test]
+fn a_sealed_batch_is_sent_again_unchanged_until_acknowledged() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let name = |first: i64, last: i64| terminal::upload::batch_id(&TERMINAL, first, last);
+    let a = journal.write_intent(entry(6, 0, 100)).expect("intent");
+    let open = journal.write_intent(entry(7, 0, 100)).expect("intent");
+    let b = journal.write_intent(entry(8, 0, 100)).expect("intent");
+    a.complete(&journal, [1; 4], [1; 4], Resolution::Answer).expect("complete");
+    b.complete(&journal, [2; 4], [2; 4], Resolution::Answer).expect("complete");
+    assert_eq!(journal.sealed_batch().expect("sealed"), None);
+    let (id, rows) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("rows wait");
+    assert_eq!(id, format!("{TERMINAL}-1-3"));
+    assert_eq!(rows.iter().map(|row| row.id).collect::<Vec<_>>(), [1, 3]);
+    // The row between them completes later: the sealed batch does not change ...
+    open.complete(&journal, [3; 4], [3; 4], Resolution::Proof).expect("complete");
+    assert_eq!(journal.sealed_batch().expect("sealed"), Some((id.clone(), rows.clone())));
+    // ... and once it is acknowledged, the late row goes in a batch of its own.
+    journal.mark_uploaded(&[1, 3]).expect("uploaded");
+    assert_eq!(journal.sealed_batch().expect("sealed"), None);
+    let (late, rows) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("the late row");
+    assert_eq!((late.as_str(), rows.len()), (format!("{TERMINAL}-2-2").as_str(), 1));
+    let other = card_host::TerminalNumber([0x31, 0, 0, 0, 0, 0x99]);
+    assert_eq!(journal.seal_batch(&other, 10, name).expect("seal"), None, "only this terminal's rows");
+}
