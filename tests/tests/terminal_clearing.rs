@@ -663,3 +663,63 @@ fn terminal_counter_process_takes_a_co_payment_that_clears() {
     let day = clearing.run_day(&CardDateTime::now_utc());
     assert_eq!((day.cleared, day.quarantined, day.purchases_fen), (1, 0, 1_550), "{day:?}");
 }
+
+#[test]
+fn a_running_bus_validator_uploads_on_its_own() {
+    use std::io::Write;
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let (card_path, card) = issue_card(directory.path(), 0, Fen(5_000));
+    let mut reader = InProcess::new(card);
+    let (serial, card_type) = serial_and_type(&mut reader);
+    drop(reader);
+    clearing.issue(serial, card_type, Fen(5_000), 0);
+    let (psam_path, _) = issue_psam(directory.path(), BUS);
+    let fixtures = card_host::issue::fixtures::directory();
+    let config = directory.path().join("bus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "utc_offset_minutes = 0\n[bus]\nroute = 42\ntariff = {:?}\n[journal]\npath = {:?}\n[clearing]\n\
+             url = \"http://{address}\"\nterminal_id = \"310000000901\"\ndevice_key = {:?}\n\
+             upload_interval_seconds = 1\n[reader]\nkind = \"in_process\"\ncards = [{:?}]\npsam = {:?}\n",
+            fixtures.join("tariffs/bus-flat.toml"),
+            directory.path().join("journal.sqlite"),
+            fixtures.join("terminals/device-0901.key"),
+            card_path,
+            psam_path
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(terminal_binary())
+        .args(["bus", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("terminal bus");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let midnight = CardDateTime::now_utc().unix_seconds() / 86_400 * 86_400;
+    for minute in [1, 30] {
+        let at = CardDateTime::from_unix_seconds(midnight + minute * 60).expect("time");
+        let digits: String = at.to_bytes().iter().map(|byte| format!("{byte:02x}")).collect();
+        writeln!(stdin, "time {digits}\ntap 0").expect("write");
+    }
+    stdin.flush().expect("flush");
+    // No upload command: the validator's uploader sends the taps within its interval.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while clearing.count("SELECT COUNT(*) FROM transactions") < 2 {
+        assert!(std::time::Instant::now() < deadline, "the validator did not upload");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    writeln!(stdin, "quit").expect("write");
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let out = String::from_utf8(output.stdout).expect("utf-8");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let day = clearing.run_day(&CardDateTime::from_unix_seconds(midnight).expect("time"));
+    assert_eq!((day.cleared, day.quarantined), (2, 0), "{day:?}");
+}
