@@ -34,6 +34,9 @@ pub enum CounterError {
     Amount,
     #[error("the purse is blocked")]
     Blocked,
+    /// The card is on the blacklist: no co-payment is taken from it.
+    #[error("the card is blacklisted")]
+    Blacklisted,
 }
 
 /// Where the counter is.
@@ -68,11 +71,17 @@ pub struct CounterVisit {
 pub struct Counter {
     journal: Journal,
     settings: CounterSettings,
+    blacklist: crate::blacklist::Blacklist,
 }
 
 impl Counter {
     pub fn new(journal: Journal, settings: CounterSettings) -> Counter {
-        Counter { journal, settings }
+        Counter { journal, settings, blacklist: crate::blacklist::Blacklist::empty() }
+    }
+
+    /// Keeps `newer` if its version is higher; a blacklisted card pays nothing here.
+    pub fn update_blacklist(&mut self, newer: crate::blacklist::Blacklist) -> bool {
+        self.blacklist.update(newer)
     }
 
     pub fn journal(&self) -> &Journal {
@@ -132,6 +141,9 @@ impl Counter {
         let mut purse = Purse::select(CardSession::new(card))?;
         if !purse.public_information().enabled {
             return Err(CounterError::Blocked);
+        }
+        if self.blacklist.contains(&purse.public_information().application_serial) {
+            return Err(CounterError::Blacklisted);
         }
         transaction::recover_card(&mut purse, &self.journal)?;
         let request = PurchaseRequest { amount, at, compound_records: vec![] };

@@ -56,6 +56,9 @@ pub enum KioskError {
     Purchase(#[from] TransactionError),
     #[error("the card is blocked")]
     Blocked,
+    /// The card is on the blacklist (lost, stolen, replaced): nothing is done.
+    #[error("the card is blacklisted")]
+    Blacklisted,
     #[error("amount must be 1 to {max} fen")]
     Amount { max: u32 },
     #[error("bill account: 1 to {BILL_ACCOUNT_BYTES_MAX} of A-Z a-z 0-9 -")]
@@ -153,6 +156,7 @@ pub struct CardView {
 pub struct Kiosk {
     journal: Journal,
     client: ClearingClient,
+    blacklist: crate::blacklist::Blacklist,
 }
 
 fn decode<const N: usize>(what: &'static str, text: &str) -> Result<[u8; N], UploadError> {
@@ -164,7 +168,17 @@ fn decode<const N: usize>(what: &'static str, text: &str) -> Result<[u8; N], Upl
 
 impl Kiosk {
     pub fn new(journal: Journal, client: ClearingClient) -> Kiosk {
-        Kiosk { journal, client }
+        Kiosk { journal, client, blacklist: crate::blacklist::Blacklist::empty() }
+    }
+
+    pub fn blacklist(&self) -> &crate::blacklist::Blacklist {
+        &self.blacklist
+    }
+
+    /// Keeps `newer` if its version is higher (see [`crate::blacklist::Blacklist::update`]);
+    /// a blacklisted card is neither loaded nor charged.
+    pub fn update_blacklist(&mut self, newer: crate::blacklist::Blacklist) -> bool {
+        self.blacklist.update(newer)
     }
 
     pub fn journal(&self) -> &Journal {
@@ -244,6 +258,16 @@ impl Kiosk {
         Ok(purse)
     }
 
+    /// [`Kiosk::open`] for an operation that moves money: not for a blacklisted card.
+    fn open_for_money<'a>(&self, card: &'a mut dyn Channel) -> Result<Purse<'a>, KioskError> {
+        let purse = self.open(card)?;
+        if self.blacklist.contains(&purse.public_information().application_serial) {
+            tracing::warn!(card = %purse.public_information().application_serial.masked(), "blacklisted card refused");
+            return Err(KioskError::Blacklisted);
+        }
+        Ok(purse)
+    }
+
     /// Balance and recent transactions.
     pub fn read(&self, card: &mut dyn Channel) -> Result<CardView, KioskError> {
         let mut purse = self.open(card)?;
@@ -256,7 +280,7 @@ impl Kiosk {
         if amount.0 == 0 || amount.0 > TOPUP_FEN_MAX {
             return Err(KioskError::Amount { max: TOPUP_FEN_MAX });
         }
-        let mut purse = self.open(card)?;
+        let mut purse = self.open_for_money(card)?;
         let public = purse.public_information().clone();
         let terminal = self.terminal();
         let init = purse.initialize_load(LOAD_KEY_INDEX, amount, &terminal)?;
@@ -315,7 +339,7 @@ impl Kiosk {
             return Err(KioskError::Amount { max: BILL_FEN_MAX });
         }
         let reference = bill.reference()?;
-        let mut purse = self.open(card)?;
+        let mut purse = self.open_for_money(card)?;
         let request = PurchaseRequest { amount: bill.amount, at, compound_records: vec![] };
         Ok(transaction::purchase_for(&mut purse, psam, &self.journal, &request, Place::default(), Some(reference))?)
     }

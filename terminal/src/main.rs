@@ -114,7 +114,10 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
     let Some(clearing) = &config.clearing else { bail!("{}: no [clearing] section", config_path.display()) };
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
-    let kiosk = Kiosk::new(journal, clearing.client()?);
+    let mut kiosk = Kiosk::new(journal, clearing.client()?);
+    if let Some(blacklist) = config.blacklist.as_ref().filter(|blacklist| blacklist.path.exists()) {
+        kiosk.update_blacklist(Blacklist::load(&blacklist.path)?);
+    }
     let (mut cards, mut psam_channel) = open_readers(&config)?;
     let mut psam = PsamSession::open(CardSession::new(&mut *psam_channel)).context("PSAM")?;
     if psam.terminal_number() != clearing.terminal_number()? {
@@ -175,10 +178,23 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
             },
             ["confirm"] => format!("{} loads confirmed", kiosk.confirm_pending()?),
             ["upload"] => {
-                match terminal::upload::upload_pending(kiosk.journal(), kiosk.client(), clearing.batch_records) {
-                    Ok(summary) => format!("uploaded {} records", summary.records),
-                    Err(error) => format!("upload stopped, records kept: {error}"),
+                let mut text =
+                    match terminal::upload::upload_pending(kiosk.journal(), kiosk.client(), clearing.batch_records) {
+                        Ok(summary) => format!("uploaded {} records", summary.records),
+                        Err(error) => format!("upload stopped, records kept: {error}"),
+                    };
+                match terminal::upload::refresh_blacklist(kiosk.client(), kiosk.blacklist()) {
+                    Ok(newer) if newer.version() > kiosk.blacklist().version() => {
+                        if let Some(blacklist) = &config.blacklist {
+                            newer.save(&blacklist.path)?;
+                        }
+                        text.push_str(&format!("; blacklist version {}", newer.version()));
+                        kiosk.update_blacklist(newer);
+                    }
+                    Ok(_) => {}
+                    Err(error) => text.push_str(&format!("; blacklist not refreshed: {error}")),
                 }
+                text
             }
             ["card", number] => match (&mut cards, number.parse::<usize>()) {
                 (KioskCards::InProcess { readers, current }, Ok(n)) if n < readers.len() => {
@@ -225,7 +241,10 @@ fn run_counter(config_path: &Path) -> anyhow::Result<()> {
     let Some(settings) = &config.counter else { bail!("{}: no [counter] section", config_path.display()) };
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
-    let counter = Counter::new(journal, settings.settings()?);
+    let mut counter = Counter::new(journal, settings.settings()?);
+    if let Some(blacklist) = config.blacklist.as_ref().filter(|blacklist| blacklist.path.exists()) {
+        counter.update_blacklist(Blacklist::load(&blacklist.path)?);
+    }
     let client = config.clearing.as_ref().map(|clearing| clearing.client()).transpose()?;
     let (mut cards, mut psam_channel) = open_readers(&config)?;
     let mut psam = PsamSession::open(CardSession::new(&mut *psam_channel)).context("PSAM")?;
@@ -335,7 +354,7 @@ fn upload_round(config: &Config) -> anyhow::Result<(String, Result<(), terminal:
     Ok((line, uploaded.map(|_| ())))
 }
 
-/// A running validator's uploader: a round every `upload_interval_seconds`, on
+/// A running validator's uploader: a round at start and every `upload_interval_seconds`, on
 /// its own journal connection (it writes only the upload columns; the
 /// validator notices the blacklist file change).
 fn spawn_uploader(config: &Config) {
@@ -346,12 +365,13 @@ fn spawn_uploader(config: &Config) {
     let interval = Duration::from_secs(clearing.upload_interval_seconds);
     let config = config.clone();
     std::thread::spawn(move || {
+        // A round at start too: a validator back after hours offline sends at once.
         loop {
-            std::thread::sleep(interval);
             match upload_round(&config) {
                 Ok((line, _)) => tracing::info!("{line}"),
                 Err(error) => tracing::error!(%error, "upload round"),
             }
+            std::thread::sleep(interval);
         }
     });
 }

@@ -20,7 +20,7 @@ const SETTINGS: CounterSettings = CounterSettings { hospital: [0x31, 0, 0, 0, 0x
 #[test]
 fn counter_reads_registers_and_takes_the_co_payment() {
     let directory = tempfile::tempdir().expect("temp dir");
-    let counter = Counter::new(Journal::open(&directory.path().join("journal.sqlite")).expect("journal"), SETTINGS);
+    let mut counter = Counter::new(Journal::open(&directory.path().join("journal.sqlite")).expect("journal"), SETTINGS);
     let mut card = InProcess::new(card(CardType::Ordinary, 21, Fen(5_000), 3));
     let mut psam_reader = InProcess::new(psam());
     let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
@@ -58,5 +58,12 @@ fn counter_reads_registers_and_takes_the_co_payment() {
     assert!(free.payment.is_none());
     assert_eq!(free.patient.visits.len(), 1);
     assert!(matches!(counter.co_payment(&mut card, &mut psam, Fen(0), at(10, 1, 0)), Err(CounterError::Amount)));
+    assert_eq!(counter.journal().counts().expect("counts").completed, 1);
+
+    // A blacklisted card pays nothing here.
+    let serial = card_host::ApplicationSerial(21u64.to_be_bytes());
+    assert!(counter.update_blacklist(terminal::blacklist::Blacklist::new(1, [serial]).expect("list")));
+    let refused = counter.co_payment(&mut card, &mut psam, Fen(100), at(10, 2, 0));
+    assert!(matches!(refused, Err(CounterError::Blacklisted)), "{refused:?}");
     assert_eq!(counter.journal().counts().expect("counts").completed, 1);
 }

@@ -624,6 +624,11 @@ fn terminal_kiosk_and_upload_processes_talk_to_clearing() {
     assert!(Blacklist::load(&blacklist).expect("blacklist file").contains(&serial));
     let out = run_terminal("upload", &config, "");
     assert!(out.contains("blacklist version 1 is the latest"), "{out}");
+    // The kiosk keeps that list: the lost card is neither charged nor loaded.
+    let out = run_terminal("kiosk", &config, "bill water W-1 120\ntopup 100\nbalance\nquit\n");
+    assert!(out.contains("not paid: the card is blacklisted"), "{out}");
+    assert!(out.contains("not loaded: the card is blacklisted"), "{out}");
+    assert_eq!(CitizenCard::open(&card_path).expect("card").image().purse.balance, Fen(1_380));
 }
 
 #[test]
