@@ -222,68 +222,86 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the bridge until SIGINT or SIGTERM, mapping SIGUSR1/SIGUSR2 to pulling the
-/// card out and putting it back.
-fn serve<C: SmartCard>(card: C, address: std::net::SocketAddr, tear: Option<Tear>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut bridge = Bridge::new(card, address);
-    let control = bridge.control();
-    if let Some(tear) = tear {
-        control.tear_at(tear);
+/// What the signals act on: the vpcd bridge's control or the PN532's.
+trait CardControl: Send + Sync + 'static {
+    fn remove(&self);
+    fn insert(&self);
+    fn stop(&self);
+}
+
+impl CardControl for vpcd::Control {
+    fn remove(&self) {
+        vpcd::Control::remove(self)
     }
+    fn insert(&self) {
+        vpcd::Control::insert(self)
+    }
+    fn stop(&self) {
+        vpcd::Control::stop(self)
+    }
+}
+
+impl CardControl for card_host::pn532::emulator::Control {
+    fn remove(&self) {
+        card_host::pn532::emulator::Control::remove(self)
+    }
+    fn insert(&self) {
+        card_host::pn532::emulator::Control::insert(self)
+    }
+    fn stop(&self) {
+        card_host::pn532::emulator::Control::stop(self)
+    }
+}
+
+/// Runs `serve` until SIGINT or SIGTERM stop it through `control`; SIGUSR1 pulls
+/// the card out, SIGUSR2 puts it back.
+fn under_signals<T>(control: std::sync::Arc<impl CardControl>, serve: impl FnOnce() -> T) -> anyhow::Result<T> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2]).context("signal handlers")?;
     let signal_handle = signals.handle();
-    let signal_control = control.clone();
     let watcher = std::thread::spawn(move || {
         for signal in signals.forever() {
             match signal {
-                SIGUSR1 => signal_control.remove(),
-                SIGUSR2 => signal_control.insert(),
+                SIGUSR1 => control.remove(),
+                SIGUSR2 => control.insert(),
                 _ => {
-                    signal_control.stop();
+                    control.stop();
                     break;
                 }
             }
         }
     });
-    let result = bridge.run();
+    let result = serve();
     signal_handle.close();
     let _ = watcher.join();
-    result.context("vpcd bridge")
+    Ok(result)
+}
+
+/// Runs the bridge into vpcd until SIGINT or SIGTERM.
+fn serve<C: SmartCard>(card: C, address: std::net::SocketAddr, tear: Option<Tear>) -> anyhow::Result<()> {
+    let mut bridge = Bridge::new(card, address);
+    let control = bridge.control();
+    if let Some(tear) = tear {
+        control.tear_at(tear);
+    }
+    under_signals(control, || bridge.run())?.context("vpcd bridge")
 }
 
 /// Runs an emulated PN532 with the card in its field on a pseudo-terminal
-/// linked at `link`, until SIGINT or SIGTERM; SIGUSR1/SIGUSR2 take the card out
-/// of the field and put it back.
+/// linked at `link`, until SIGINT or SIGTERM.
 fn serve_pn532<C: SmartCard>(card: C, uid: Uid, link: &std::path::Path, tear: Option<Tear>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let mut pty = Pty::open(Some(link)).with_context(|| format!("--pn532 {}", link.display()))?;
     let mut chip = Pn532::new(card, uid);
     let control = chip.control();
     if let Some(tear) = tear {
         control.tear_at(tear);
     }
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2]).context("signal handlers")?;
-    let signal_handle = signals.handle();
-    let signal_control = control.clone();
-    let watcher = std::thread::spawn(move || {
-        for signal in signals.forever() {
-            match signal {
-                SIGUSR1 => signal_control.remove(),
-                SIGUSR2 => signal_control.insert(),
-                _ => {
-                    signal_control.stop();
-                    break;
-                }
-            }
-        }
-    });
-    println!("PN532 on {} (linked at {})", pty.device().display(), link.display());
-    let result = chip.serve(pty.master());
-    signal_handle.close();
-    let _ = watcher.join();
+    // Announced once the signal handlers are in place: a test may signal at once.
+    let result = under_signals(control, || {
+        println!("PN532 on {} (linked at {})", pty.device().display(), link.display());
+        chip.serve(pty.master())
+    })?;
     drop(pty);
     result.context("PN532 emulator")
 }
