@@ -123,20 +123,8 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
     if psam.terminal_number() != clearing.terminal_number()? {
         bail!("the PSAM's terminal number is not clearing.terminal_id");
     }
-    let out = std::io::stdout();
-    let stdin = std::io::stdin();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            break;
-        }
-        if line.len() > COMMAND_LINE_BYTES_MAX {
-            tracing::warn!("command line too long; ignored");
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let answer = match words.as_slice() {
+    command_loop(|words| {
+        Ok(Reply::Line(match words {
             ["balance"] => match cards.with_card(|card| kiosk.read(card))? {
                 Ok(view) => {
                     let mut text = format!("card {} balance {}", view.card, view.balance);
@@ -203,14 +191,46 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
                 }
                 _ => "no such card".into(),
             },
-            ["quit"] => break,
-            [] => continue,
+            ["quit"] => return Ok(Reply::Quit),
+            [] => return Ok(Reply::Nothing),
             _ => "commands: balance, topup FEN, bill water|electricity|gas ACCOUNT FEN, confirm, upload, card N, quit"
                 .into(),
-        };
-        writeln!(out.lock(), "{answer}")?;
+        }))
+    })
+}
+
+/// What a command of the kiosk's or counter's stdin loop answers.
+enum Reply {
+    /// One line for the operator.
+    Line(String),
+    /// An empty line: nothing to say.
+    Nothing,
+    Quit,
+}
+
+/// Reads commands from stdin, one a line (at most [`COMMAND_LINE_BYTES_MAX`]
+/// bytes; a line may hold a PIN, so it is wiped after use), splits each into
+/// words, and prints what `handle` answers, until end of input or `quit`.
+fn command_loop(mut handle: impl FnMut(&[&str]) -> anyhow::Result<Reply>) -> anyhow::Result<()> {
+    let out = std::io::stdout();
+    let stdin = std::io::stdin();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    loop {
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line.len() > COMMAND_LINE_BYTES_MAX {
+            tracing::warn!("command line too long; ignored");
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match handle(&words)? {
+            Reply::Line(answer) => writeln!(out.lock(), "{answer}")?,
+            Reply::Nothing => {}
+            Reply::Quit => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// The card readers and the PSAM of a kiosk or counter.
@@ -248,20 +268,8 @@ fn run_counter(config_path: &Path) -> anyhow::Result<()> {
     let client = config.clearing.as_ref().map(|clearing| clearing.client()).transpose()?;
     let (mut cards, mut psam_channel) = open_readers(&config)?;
     let mut psam = PsamSession::open(CardSession::new(&mut *psam_channel)).context("PSAM")?;
-    let out = std::io::stdout();
-    let stdin = std::io::stdin();
-    let mut line = zeroize::Zeroizing::new(String::new());
-    loop {
-        line.clear();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            break;
-        }
-        if line.len() > COMMAND_LINE_BYTES_MAX {
-            tracing::warn!("command line too long; ignored");
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let answer = match words.as_slice() {
+    command_loop(|words| {
+        Ok(Reply::Line(match words {
             ["patient", pin] => match cards.with_card(|card| counter.read_patient(card, pin))? {
                 Ok(patient) => format!(
                     "{} ({}) patient {} blood {} allergies {:?}, {} earlier visits",
@@ -306,13 +314,11 @@ fn run_counter(config_path: &Path) -> anyhow::Result<()> {
                 }
                 _ => "no such card".into(),
             },
-            ["quit"] => break,
-            [] => continue,
+            ["quit"] => return Ok(Reply::Quit),
+            [] => return Ok(Reply::Nothing),
             _ => "commands: patient PIN, visit PIN TYPE FEN, upload, card N, quit".into(),
-        };
-        writeln!(out.lock(), "{answer}")?;
-    }
-    Ok(())
+        }))
+    })
 }
 
 /// One upload round and a blacklist refresh; prints one summary line.
