@@ -93,6 +93,14 @@ impl Clearing {
         })
     }
 
+    /// Registers the card in `reader` with clearing (serial and card type read
+    /// from the card), with its opening balance; returns its serial.
+    fn register(&self, reader: &mut InProcess<CitizenCard>, balance: Fen) -> ApplicationSerial {
+        let (serial, card_type) = serial_and_type(reader);
+        self.issue(serial, card_type, balance, 0);
+        serial
+    }
+
     fn issue(&self, serial: ApplicationSerial, card_type: u8, balance: Fen, n: u32) {
         let card = NewCard {
             serial,
@@ -318,8 +326,7 @@ fn kiosk_top_up_torn_at_every_apdu_then_a_bill_agree_with_card_journal_and_clear
     let (address, _server) = clearing.serve();
     let opening = Fen(1_000);
     let mut reader = InProcess::new(issue_card(directory.path(), 0, opening).1);
-    let (serial, card_type) = serial_and_type(&mut reader);
-    clearing.issue(serial, card_type, opening, 0);
+    let serial = clearing.register(&mut reader, opening);
     let mut card = Tearing { reader, sent: 0, tear: None, torn: false };
     let journal = Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal");
     let kiosk = Kiosk::new(journal, shop_client(address));
@@ -388,8 +395,7 @@ fn bill_payment_torn_at_every_apdu_agrees_with_the_card_and_clears_once() {
     let (address, _server) = clearing.serve();
     let opening = Fen(50_000);
     let mut reader = InProcess::new(issue_card(directory.path(), 0, opening).1);
-    let (serial, card_type) = serial_and_type(&mut reader);
-    clearing.issue(serial, card_type, opening, 0);
+    let serial = clearing.register(&mut reader, opening);
     let mut card = Tearing { reader, sent: 0, tear: None, torn: false };
     let kiosk =
         Kiosk::new(Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal"), shop_client(address));
@@ -512,8 +518,7 @@ fn a_load_whose_confirmation_could_not_reach_clearing_is_confirmed_later() {
     let directory = tempfile::tempdir().expect("temp dir");
     let (address, _server) = clearing.serve();
     let mut reader = InProcess::new(issue_card(directory.path(), 0, Fen(1_000)).1);
-    let (serial, card_type) = serial_and_type(&mut reader);
-    clearing.issue(serial, card_type, Fen(1_000), 0);
+    let serial = clearing.register(&mut reader, Fen(1_000));
     let journal = Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal");
     let link = Link::to(address);
     let kiosk = Kiosk::new(journal, shop_client(link.address));
@@ -583,10 +588,7 @@ fn terminal_kiosk_and_upload_processes_talk_to_clearing() {
     let directory = tempfile::tempdir().expect("temp dir");
     let (address, _server) = clearing.serve();
     let (card_path, card) = issue_card(directory.path(), 0, Fen(1_000));
-    let mut reader = InProcess::new(card);
-    let (serial, card_type) = serial_and_type(&mut reader);
-    drop(reader);
-    clearing.issue(serial, card_type, Fen(1_000), 0);
+    let serial = clearing.register(&mut InProcess::new(card), Fen(1_000));
     let (psam_path, _) = issue_psam(directory.path(), SHOP);
     let key = card_host::issue::fixtures::directory().join("terminals/device-0902.key");
     let blacklist = directory.path().join("blacklist.toml");
@@ -637,10 +639,7 @@ fn terminal_counter_process_takes_a_co_payment_that_clears() {
     let directory = tempfile::tempdir().expect("temp dir");
     let (address, _server) = clearing.serve();
     let (card_path, card) = issue_card(directory.path(), 0, Fen(5_000));
-    let mut reader = InProcess::new(card);
-    let (serial, card_type) = serial_and_type(&mut reader);
-    drop(reader);
-    clearing.issue(serial, card_type, Fen(5_000), 0);
+    clearing.register(&mut InProcess::new(card), Fen(5_000));
     let hospital = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x03]);
     let (psam_path, _) = issue_psam(directory.path(), hospital);
     let key = card_host::issue::fixtures::directory().join("terminals/device-0903.key");
@@ -676,10 +675,7 @@ fn a_running_bus_validator_uploads_on_its_own() {
     let directory = tempfile::tempdir().expect("temp dir");
     let (address, _server) = clearing.serve();
     let (card_path, card) = issue_card(directory.path(), 0, Fen(5_000));
-    let mut reader = InProcess::new(card);
-    let (serial, card_type) = serial_and_type(&mut reader);
-    drop(reader);
-    clearing.issue(serial, card_type, Fen(5_000), 0);
+    clearing.register(&mut InProcess::new(card), Fen(5_000));
     let (psam_path, _) = issue_psam(directory.path(), BUS);
     let fixtures = card_host::issue::fixtures::directory();
     let config = directory.path().join("bus.toml");
