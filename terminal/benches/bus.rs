@@ -11,41 +11,28 @@
 //! completion after). Figures are medians of batches; ratios within the run.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use card_host::card::CitizenCard;
 use card_host::psam::Psam;
 use card_host::storage::Storage;
 use card_host::vpcd::{SLOT0_PORT, SLOT1_PORT};
 use card_host::{ApplicationSerial, CardDateTime, Fen, SmartCard, TerminalNumber, TransactionType};
+use system_tests::bench::{bare_round_trip, median_per_operation};
 use system_tests::{ReaderLock, ServedCard, card_reader, issue_card, issue_psam, psam_reader};
 use terminal::CardSession;
 use terminal::blacklist::Blacklist;
 use terminal::bus::{BusSettings, Tap, Validator};
 use terminal::journal::{Entry, Journal, Resolution};
 use terminal::psam::PsamSession;
-use terminal::purse::Purse;
 use terminal::reader::pcsc::PcscReaders;
 use terminal::reader::{Channel, InProcess};
 use terminal::tariff::Tariff;
 
-const BATCHES: usize = 11;
 const TERMINAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x00, 0x44]);
 /// Round trips of one paid tap (6 card, 2 PSAM).
 const TAP_ROUND_TRIPS: u32 = 8;
 const BALANCE: Fen = Fen(100_000);
-
-fn median_per_operation(operations: u32, mut batch: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..BATCHES)
-        .map(|_| {
-            let start = Instant::now();
-            batch();
-            start.elapsed() / operations
-        })
-        .collect();
-    times.sort();
-    times[BATCHES / 2]
-}
 
 fn validator(directory: &Path, name: &str) -> Validator {
     // One fen a ride, so a card's balance lasts the whole run; the work of a tap
@@ -66,14 +53,7 @@ fn measure(
     bare_count: u32,
     tap_count: u32,
 ) -> (Duration, Duration) {
-    let balance = card_host::commands::get_balance().to_bytes();
-    Purse::select(CardSession::new(&mut *card)).expect("select");
-    let bare = median_per_operation(bare_count, || {
-        for _ in 0..bare_count {
-            let response = card.transmit(&balance).expect("round trip");
-            assert_eq!(response[response.len() - 2..], [0x90, 0x00]);
-        }
-    });
+    let bare = bare_round_trip(card, bare_count);
     let validator = validator(directory, name);
     let mut psam = PsamSession::open(CardSession::new(psam)).expect("PSAM");
     let start = CardDateTime::new(2026, 11, 25, 6, 0, 0).expect("valid").unix_seconds();

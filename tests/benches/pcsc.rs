@@ -6,12 +6,13 @@
 //!
 //! Figures are medians of batches; ratios are taken within the run.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use card_host::card::CitizenCard;
 use card_host::psam::Psam;
 use card_host::vpcd::{SLOT0_PORT, SLOT1_PORT};
 use card_host::{CardDateTime, Fen, SmartCard, TerminalNumber};
+use system_tests::bench::{bare_round_trip, median_per_operation};
 use system_tests::{ReaderLock, ServedCard, card_reader, issue_card, issue_psam, psam_reader};
 use terminal::CardSession;
 use terminal::psam::PsamSession;
@@ -19,20 +20,7 @@ use terminal::purse::{PurchaseRequest, Purse};
 use terminal::reader::pcsc::PcscReaders;
 use terminal::reader::{Channel, InProcess};
 
-const BATCHES: usize = 11;
 const TERMINAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x00, 0x01]);
-
-fn median_per_operation(operations: u32, mut batch: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..BATCHES)
-        .map(|_| {
-            let start = Instant::now();
-            batch();
-            start.elapsed() / operations
-        })
-        .collect();
-    times.sort();
-    times[BATCHES / 2]
-}
 
 /// (bare GET BALANCE round trip, purchase) over the given channels.
 fn measure(
@@ -41,15 +29,7 @@ fn measure(
     bare_count: u32,
     purchase_count: u32,
 ) -> (Duration, Duration) {
-    let balance = card_host::commands::get_balance().to_bytes();
-    Purse::select(CardSession::new(&mut *card)).expect("select");
-    let bare = median_per_operation(bare_count, || {
-        for _ in 0..bare_count {
-            // Straight through the channel: no APDU-level processing.
-            let response = card.transmit(&balance).expect("round trip");
-            assert_eq!(response[response.len() - 2..], [0x90, 0x00]);
-        }
-    });
+    let bare = bare_round_trip(card, bare_count);
     let mut psam = PsamSession::open(CardSession::new(psam)).expect("PSAM");
     let mut purse = Purse::select(CardSession::new(card)).expect("select");
     let at = CardDateTime::new(2026, 11, 25, 8, 0, 0).expect("valid");

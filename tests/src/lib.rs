@@ -267,3 +267,41 @@ impl Rig {
         self.readers.connect(&psam_reader(), READER_TIMEOUT).expect("PSAM in the reader")
     }
 }
+
+/// Shared by the benchmarks that compare a flow with the bare round trips it needs.
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    use terminal::reader::Channel;
+    use terminal::{CardSession, purse::Purse};
+
+    /// Batches a figure is the median of.
+    pub const BATCHES: usize = 11;
+
+    /// The median over [`BATCHES`] runs of `batch` of the time per operation,
+    /// `batch` doing `operations` of them.
+    pub fn median_per_operation(operations: u32, mut batch: impl FnMut()) -> Duration {
+        let mut times: Vec<Duration> = (0..BATCHES)
+            .map(|_| {
+                let start = Instant::now();
+                batch();
+                start.elapsed() / operations
+            })
+            .collect();
+        times.sort();
+        times[BATCHES / 2]
+    }
+
+    /// The bare round trip: GET BALANCE straight through the channel (no
+    /// APDU-level processing), the e-purse selected first; median per APDU.
+    pub fn bare_round_trip(card: &mut dyn Channel, count: u32) -> Duration {
+        let balance = card_host::commands::get_balance().to_bytes();
+        Purse::select(CardSession::new(&mut *card)).expect("select the e-purse");
+        median_per_operation(count, || {
+            for _ in 0..count {
+                let response = card.transmit(&balance).expect("round trip");
+                assert_eq!(response[response.len() - 2..], [0x90, 0x00]);
+            }
+        })
+    }
+}
