@@ -7,8 +7,13 @@ set -euo pipefail
 # Debian packages the build and the tests need:
 #   libpcsclite-dev, pkg-config: the `pcsc` crate links libpcsclite;
 #   pcscd, vsmartcard-vpcd: the real PC/SC daemon and its virtual reader driver;
-#   opensc: opensc-tool, an ordinary PC/SC client the tests also drive the card with.
+#   opensc: opensc-tool, an ordinary PC/SC client the tests also drive the card with;
+#   libnfc-bin: libnfc's tools, a real PN532 driver the emulator is tested against.
 REQUIRED_PACKAGES=(pkg-config libpcsclite-dev pcscd vsmartcard-vpcd opensc libnfc-bin)
+# Only the test suite needs these: the kiosk's and the operator's screens are
+# tested in a real headless browser (Debian's chromium driven through
+# chromedriver), and the CJK fonts let its screenshots show the Chinese text.
+BROWSER_PACKAGES=(chromium chromium-driver fonts-noto-cjk)
 VPCD_PORT=35963
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -17,9 +22,10 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# ensure_packages [EXTRA_PACKAGE ...]: REQUIRED_PACKAGES and the extra ones.
 ensure_packages() {
   local missing=()
-  for package in "${REQUIRED_PACKAGES[@]}"; do
+  for package in "${REQUIRED_PACKAGES[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
   done
   if [ ${#missing[@]} -gt 0 ]; then

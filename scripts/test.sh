@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-ensure_packages
+ensure_packages "${BROWSER_PACKAGES[@]}"
 ensure_pcscd
 ensure_postgres
 
