@@ -13,19 +13,15 @@ use std::time::Duration;
 
 use card_host::card::CitizenCard;
 use card_host::vpcd::TearPoint;
-use card_host::{ApplicationSerial, CardDateTime, Fen, TerminalNumber};
-use clearing::api::{AppState, Tokens};
-use clearing::registry::{self, CitizenIdKey, MerchantFile, NewCard};
-use hsm_sim::audit::Audit;
-use hsm_sim::keystore::{KeyStore, LmkSource};
-use hsm_sim::{ClientConfig, Hsm, HsmClient, Server, ServerConfig};
+use card_host::{CardDateTime, Fen, TerminalNumber};
+use clearing::registry;
+use system_tests::clearing::{Clearing, serial_and_type};
 use system_tests::{issue_card, issue_psam};
 use terminal::blacklist::Blacklist;
 use terminal::bus::{BusSettings, Tap, Validator};
 use terminal::journal::Journal;
 use terminal::kiosk::{Bill, Kiosk, Utility};
 use terminal::psam::PsamSession;
-use terminal::purse::Purse;
 use terminal::reader::Channel;
 use terminal::reader::InProcess;
 use terminal::tariff::Tariff;
@@ -34,98 +30,6 @@ use terminal::{CardSession, ReaderError};
 
 /// The fixture bus terminal registered in `fixtures/merchants/test-merchants.json`.
 const BUS: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x01]);
-
-/// A clearing back-end in a runtime of its own (the terminal's calls block).
-struct Clearing {
-    runtime: tokio::runtime::Runtime,
-    db: clearing::Db,
-    hsm: HsmClient,
-    hsm_address: SocketAddr,
-    _hsm_task: tokio::task::JoinHandle<()>,
-    _directory: tempfile::TempDir,
-    out: tempfile::TempDir,
-}
-
-impl Clearing {
-    fn start() -> Clearing {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let (db, hsm, hsm_address, hsm_task) = runtime.block_on(async {
-            let url = format!("sqlite://{}", directory.path().join("clearing.db").display());
-            let db = clearing::Db::connect(&url).await.expect("sqlite");
-            let (store, _) = KeyStore::open(&directory.path().join("hsm"), LmkSource::TestDefault).expect("key store");
-            let server = Server::bind(
-                "127.0.0.1:0",
-                Arc::new(Hsm::new(store, true)),
-                ServerConfig::default(),
-                Audit::tracing_only(),
-            )
-            .await
-            .expect("bind HSM");
-            let (address, task) = server.spawn().expect("spawn HSM");
-            let hsm = HsmClient::connect(ClientConfig::new(address.to_string())).await.expect("HSM client");
-            let path = card_host::issue::fixtures::directory().join("merchants/test-merchants.json");
-            let merchants: MerchantFile =
-                serde_json::from_str(&std::fs::read_to_string(path).expect("merchants")).expect("merchants parse");
-            registry::load_merchant_file(&db, &merchants).await.expect("load merchants");
-            (db, hsm, address, task)
-        });
-        Clearing {
-            runtime,
-            db,
-            hsm,
-            hsm_address,
-            _hsm_task: hsm_task,
-            _directory: directory,
-            out: tempfile::tempdir().expect("temporary directory"),
-        }
-    }
-
-    /// Serves the HTTP API on a fresh port; the task ends when aborted.
-    fn serve(&self) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
-        self.runtime.block_on(async {
-            let hsm = HsmClient::connect(ClientConfig::new(self.hsm_address.to_string())).await.expect("HSM client");
-            let state = AppState::new(self.db.clone(), hsm, Tokens::default());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let address = listener.local_addr().expect("address");
-            (address, tokio::spawn(clearing::api::serve(listener, state)))
-        })
-    }
-
-    /// Registers the card in `reader` with clearing (serial and card type read
-    /// from the card), with its opening balance; returns its serial.
-    fn register(&self, reader: &mut InProcess<CitizenCard>, balance: Fen) -> ApplicationSerial {
-        let (serial, card_type) = serial_and_type(reader);
-        self.issue(serial, card_type, balance, 0);
-        serial
-    }
-
-    fn issue(&self, serial: ApplicationSerial, card_type: u8, balance: Fen, n: u32) {
-        let card = NewCard {
-            serial,
-            card_type,
-            key_set: "card".into(),
-            citizen_id: format!("3101011990{n:08}"),
-            name: format!("Citizen {n}"),
-            initial_balance: balance,
-            issued_at: CardDateTime::new(2026, 1, 1, 0, 0, 0).expect("valid"),
-        };
-        let key = CitizenIdKey::new(b"TEST ONLY citizen id key");
-        self.runtime.block_on(registry::issue_card(&self.db, &key, &card)).expect("issue in clearing");
-    }
-
-    fn count(&self, sql: &str) -> i64 {
-        self.runtime.block_on(sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.db.pool)).expect("count")
-    }
-
-    fn run_day(&self, at: &CardDateTime) -> clearing::DaySummary {
-        let options = clearing::RunOptions::new(clearing::BusinessDay::of(at), self.out.path());
-        let (summary, _) = self.runtime.block_on(clearing::run_day(&self.db, &self.hsm, &options)).expect("run-day");
-        assert_eq!(self.runtime.block_on(clearing::ledger::total(&self.db)).expect("ledger"), 0);
-        summary
-    }
-}
 
 fn quick_retry(attempts: u32) -> RetryPolicy {
     RetryPolicy { attempts, backoff_initial: Duration::from_millis(5), backoff_max: Duration::from_millis(20) }
@@ -140,12 +44,6 @@ fn client(address: SocketAddr, retry: RetryPolicy) -> ClearingClient {
 fn dead_address() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address")
-}
-
-fn serial_and_type(reader: &mut InProcess<CitizenCard>) -> (ApplicationSerial, u8) {
-    let purse = Purse::select(CardSession::new(reader)).expect("select");
-    let public = purse.public_information();
-    (public.application_serial, public.card_type)
 }
 
 fn validator(directory: &Path) -> Validator {

@@ -1,0 +1,119 @@
+//! A clearing back-end for system tests and the demo: SQLite in a temporary
+//! directory, an in-process HSM server on loopback with a fresh TEST key store,
+//! the fixture merchants loaded, and the HTTP API served on demand. It runs in
+//! a runtime of its own, as the terminal's calls block.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use card_host::{ApplicationSerial, CardDateTime, Fen};
+use clearing::api::{AppState, Tokens};
+use clearing::registry::{self, CitizenIdKey, MerchantFile, NewCard};
+use hsm_sim::audit::Audit;
+use hsm_sim::keystore::{KeyStore, LmkSource};
+use hsm_sim::{ClientConfig, Hsm, HsmClient, Server, ServerConfig};
+use terminal::purse::Purse;
+use terminal::{CardSession, Channel};
+
+/// The TEST-ONLY key that hides citizen IDs in the test deployments.
+pub const TEST_CITIZEN_ID_KEY: &[u8] = b"TEST ONLY citizen id key";
+
+/// A clearing back-end in a runtime of its own (the terminal's calls block).
+pub struct Clearing {
+    pub runtime: tokio::runtime::Runtime,
+    pub db: clearing::Db,
+    pub hsm: HsmClient,
+    pub hsm_address: SocketAddr,
+    _hsm_task: tokio::task::JoinHandle<()>,
+    _directory: tempfile::TempDir,
+    /// Where run-day writes its settlement files.
+    pub out: tempfile::TempDir,
+}
+
+impl Clearing {
+    pub fn start() -> Clearing {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let (db, hsm, hsm_address, hsm_task) = runtime.block_on(async {
+            let url = format!("sqlite://{}", directory.path().join("clearing.db").display());
+            let db = clearing::Db::connect(&url).await.expect("sqlite");
+            let (store, _) = KeyStore::open(&directory.path().join("hsm"), LmkSource::TestDefault).expect("key store");
+            let server = Server::bind(
+                "127.0.0.1:0",
+                Arc::new(Hsm::new(store, true)),
+                ServerConfig::default(),
+                Audit::tracing_only(),
+            )
+            .await
+            .expect("bind HSM");
+            let (address, task) = server.spawn().expect("spawn HSM");
+            let hsm = HsmClient::connect(ClientConfig::new(address.to_string())).await.expect("HSM client");
+            let path = card_host::issue::fixtures::directory().join("merchants/test-merchants.json");
+            let merchants: MerchantFile =
+                serde_json::from_str(&std::fs::read_to_string(path).expect("merchants")).expect("merchants parse");
+            registry::load_merchant_file(&db, &merchants).await.expect("load merchants");
+            (db, hsm, address, task)
+        });
+        Clearing {
+            runtime,
+            db,
+            hsm,
+            hsm_address,
+            _hsm_task: hsm_task,
+            _directory: directory,
+            out: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// Serves the HTTP API on a fresh port; the task ends when aborted.
+    pub fn serve(&self) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+        self.runtime.block_on(async {
+            let hsm = HsmClient::connect(ClientConfig::new(self.hsm_address.to_string())).await.expect("HSM client");
+            let state = AppState::new(self.db.clone(), hsm, Tokens::default());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            (address, tokio::spawn(clearing::api::serve(listener, state)))
+        })
+    }
+
+    /// Registers the card in `reader` with clearing (serial and card type read
+    /// from the card), with its opening balance; returns its serial.
+    pub fn register(&self, reader: &mut dyn Channel, balance: Fen) -> ApplicationSerial {
+        let (serial, card_type) = serial_and_type(reader);
+        self.issue(serial, card_type, balance, 0);
+        serial
+    }
+
+    pub fn issue(&self, serial: ApplicationSerial, card_type: u8, balance: Fen, n: u32) {
+        let card = NewCard {
+            serial,
+            card_type,
+            key_set: "card".into(),
+            citizen_id: format!("3101011990{n:08}"),
+            name: format!("Citizen {n}"),
+            initial_balance: balance,
+            issued_at: CardDateTime::new(2026, 1, 1, 0, 0, 0).expect("valid"),
+        };
+        let key = CitizenIdKey::new(TEST_CITIZEN_ID_KEY);
+        self.runtime.block_on(registry::issue_card(&self.db, &key, &card)).expect("issue in clearing");
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.runtime.block_on(sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.db.pool)).expect("count")
+    }
+
+    pub fn run_day(&self, at: &CardDateTime) -> clearing::DaySummary {
+        let options = clearing::RunOptions::new(clearing::BusinessDay::of(at), self.out.path());
+        let (summary, _) = self.runtime.block_on(clearing::run_day(&self.db, &self.hsm, &options)).expect("run-day");
+        assert_eq!(self.runtime.block_on(clearing::ledger::total(&self.db)).expect("ledger"), 0);
+        summary
+    }
+}
+
+/// The serial and card type of the card in `reader`.
+pub fn serial_and_type(reader: &mut dyn Channel) -> (ApplicationSerial, u8) {
+    let purse = Purse::select(CardSession::new(reader)).expect("select");
+    let public = purse.public_information();
+    (public.application_serial, public.card_type)
+}
