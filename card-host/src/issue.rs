@@ -98,6 +98,27 @@ impl MasterKeySet {
     }
 }
 
+/// A transport key (ZMK) that an HSM shares with a card personalisation
+/// station: the HSM sends each new card's keys wrapped under it (`ZA`), and
+/// only the station opens them, to write them into the card.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransportKey {
+    #[serde(default)]
+    pub comment: String,
+    /// Set in the key under `fixtures/`: published, for tests only.
+    #[serde(default)]
+    pub test_only: bool,
+    pub algorithm: Algorithm,
+    #[serde(with = "crate::hexser::key")]
+    pub key: Key16,
+}
+
+impl TransportKey {
+    pub fn load(path: &Path) -> Result<Self, IssueError> {
+        read_json(path)
+    }
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, IssueError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| IssueError::Read { path: path.display().to_string(), source })?;
@@ -532,5 +553,11 @@ pub mod fixtures {
 
     pub fn cardholders() -> PathBuf {
         directory().join("profiles/cardholders.json")
+    }
+
+    /// The TEST transport key shared by a test HSM deployment and the
+    /// personalisation station.
+    pub fn test_transport_key() -> PathBuf {
+        directory().join("keys/test-transport-key.json")
     }
 }

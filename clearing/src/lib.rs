@@ -8,6 +8,7 @@ pub mod error;
 pub mod ingest;
 pub mod ledger;
 pub mod money;
+pub mod personalise;
 pub mod registry;
 pub mod run_day;
 

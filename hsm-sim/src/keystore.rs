@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use card_host::card::IndexedKey;
 use card_host::crypto::{Algorithm, Key16};
-use card_host::issue::MasterKeySet;
+use card_host::issue::{MasterKeySet, TransportKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
@@ -433,8 +433,8 @@ impl KeyStore {
     }
 
     /// The keys of a test deployment: the test master key sets of `fixtures/`
-    /// as sets `card` (3DES) and `sm4`, a MAC key of each algorithm, and a
-    /// settlement signing key.
+    /// as sets `card` (3DES) and `sm4`, the test transport key for card
+    /// personalisation, a MAC key of each algorithm, and a settlement signing key.
     fn add_test_keys(&mut self) -> Result<(), KeyStoreError> {
         let fixture = |error: String| KeyStoreError::Fixtures(error);
         for (set, path) in [
@@ -447,6 +447,19 @@ impl KeyStore {
             }
             self.insert_master_key_set_unsaved(set, &keys).map_err(|code| fixture(code.to_string()))?;
         }
+        let path = card_host::issue::fixtures::test_transport_key();
+        let transport = TransportKey::load(&path).map_err(|error| fixture(error.to_string()))?;
+        if !transport.test_only {
+            return Err(fixture(format!("{} is not marked test_only", path.display())));
+        }
+        self.insert_unsaved(
+            TEST_TRANSPORT_KEY,
+            KeyType::Transport,
+            KeyAlgorithm::from_card(transport.algorithm),
+            1,
+            KeyMaterial::from_key16(&transport.key),
+        )
+        .map_err(|code| fixture(code.to_string()))?;
         for (label, key_type, algorithm) in [
             ("test.mac", KeyType::Mac, KeyAlgorithm::TripleDes),
             ("test.mac.sm4", KeyType::Mac, KeyAlgorithm::Sm4),
@@ -463,6 +476,9 @@ impl KeyStore {
 pub const TEST_SET_TRIPLE_DES: &str = "card";
 /// The name of the SM4 test master key set in a fresh test deployment.
 pub const TEST_SET_SM4: &str = "sm4";
+/// The label of the transport key a fresh test deployment shares with the
+/// personalisation station (`fixtures/keys/test-transport-key.json`).
+pub const TEST_TRANSPORT_KEY: &str = "personalisation.zmk";
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
     use std::io::Write;
