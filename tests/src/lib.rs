@@ -2,6 +2,7 @@
 //! reader, software cards and PSAMs served into it, and the issuer's host side
 //! of a load played with the TEST-ONLY master keys (until the HSM takes it).
 
+pub mod browser;
 pub mod clearing;
 
 use std::fs::File;
