@@ -15,31 +15,48 @@
 //! not parse (naming the field), 409 for a conflict, 404, 401, 403; anything
 //! internal is logged and answered with a generic 500 (503 when the HSM is
 //! unreachable).
+//!
+//! Every route is one line of [`routes`]; the router and `GET /openapi.json`
+//! are both built from that list. A handler takes the typed extractors of
+//! [`openapi`] ([`Signed`], [`Token`], [`Body`], [`Params`], [`QueryParams`]) and
+//! answers `Result<_, Fails<(..refusals..)>>`, so the document lists every
+//! status a route can give, derived from its types.
+
+pub mod bodies;
+pub mod openapi;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use aide::axum::ApiRouter;
+use aide::axum::routing::ApiMethodRouter;
+use aide::openapi::OpenApi;
+use aide::operation::OperationHandler;
+use aide::{OperationInput, OperationOutput};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use card_host::model::{ApplicationSerial, CardDateTime, Fen, TerminalNumber, TransactionType};
 use hsm_sim::HsmClient;
 use hsm_sim::command::{LoadAuthorisation, LoadTac};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use sqlx::Row;
 
-use crate::batch::{self, BATCH_BYTES_MAX, FieldError, hex_field, integer, text};
+pub use self::bodies::TOPUP_FEN_MAX;
+use self::bodies::{IssueCard, ReplaceCard, TopupAuthorise, TopupConfirm, TopupVoid};
+pub use self::openapi::{
+    Body, Conflict, Created, ErrorBody, Fails, Forbidden, Issuers, NotFound, OpenApiJson, Operators, Params,
+    QueryParams, SettlementCsv, Signed, Stored, Token, Unavailable, Unprocessable,
+};
+use crate::batch::{self, BATCH_BYTES_MAX};
 use crate::db::Db;
 use crate::error::Error;
 use crate::money::BusinessDay;
-
-/// The largest top-up: 1,000 yuan.
-pub const TOPUP_FEN_MAX: u32 = 100_000;
 /// The most quarantine rows in one answer.
 pub const QUARANTINE_PAGE_MAX: i64 = 1_000;
 
@@ -102,6 +119,7 @@ pub struct Metrics {
     records_rejected: AtomicU64,
     topups_authorised: AtomicU64,
     topups_confirmed: AtomicU64,
+    topups_voided: AtomicU64,
     requests_refused: AtomicU64,
     internal_errors: AtomicU64,
 }
@@ -134,26 +152,128 @@ impl AppState {
     }
 }
 
+/// Every route the API serves, one line each: the router and `/openapi.json`
+/// are both built from this list alone, so no route goes undocumented.
+/// A handler's extractors and answer types say what the route documents.
+pub fn routes() -> Vec<ApiRoute> {
+    vec![
+        ApiRoute::get("/healthz", health),
+        ApiRoute::get("/metrics", metrics),
+        ApiRoute::get("/openapi.json", openapi_json),
+        ApiRoute::post("/v1/batches", upload_batch),
+        ApiRoute::post("/v1/topups/authorise", authorise_topup),
+        ApiRoute::post("/v1/topups/confirm", confirm_topup),
+        ApiRoute::post("/v1/topups/void", void_topup),
+        ApiRoute::get("/v1/blacklist", blacklist),
+        ApiRoute::post("/v1/issuer/cards", issue_card),
+        ApiRoute::post("/v1/issuer/cards/{serial}/loss", report_loss),
+        ApiRoute::post("/v1/issuer/cards/{serial}/replace", replace_card),
+        ApiRoute::get("/v1/operator/days/{date}", day_summary),
+        ApiRoute::get("/v1/operator/days/{date}/quarantine", day_quarantine),
+        ApiRoute::get("/v1/operator/days/{date}/settlement", day_settlement),
+        ApiRoute::get("/v1/operator/cards/{serial}/history", card_history),
+        ApiRoute::get("/v1/operator/terminals", terminal_status),
+        ApiRoute::post("/v1/operator/quarantine/{transaction_id}/release", release_quarantined),
+    ]
+}
+
+/// One route: its method, its path and its documented handler.
+pub struct ApiRoute {
+    pub method: Method,
+    pub path: &'static str,
+    handler: ApiMethodRouter<AppState>,
+}
+
+impl ApiRoute {
+    pub fn get<H, I, O, T>(path: &'static str, handler: H) -> ApiRoute
+    where
+        H: Handler<T, AppState> + OperationHandler<I, O>,
+        I: OperationInput,
+        O: OperationOutput,
+        T: 'static,
+    {
+        ApiRoute { method: Method::GET, path, handler: aide::axum::routing::get(handler) }
+    }
+
+    pub fn post<H, I, O, T>(path: &'static str, handler: H) -> ApiRoute
+    where
+        H: Handler<T, AppState> + OperationHandler<I, O>,
+        I: OperationInput,
+        O: OperationOutput,
+        T: 'static,
+    {
+        ApiRoute { method: Method::POST, path, handler: aide::axum::routing::post(handler) }
+    }
+}
+
+fn documented_router() -> (Router<AppState>, OpenApi) {
+    let mut api = OpenApi::default();
+    let router = routes()
+        .into_iter()
+        .fold(ApiRouter::new(), |router, route| router.api_route(route.path, route.handler))
+        .finish_api_with(&mut api, |doc| {
+            use aide::openapi::{ApiKeyLocation, SecurityScheme};
+            let bearer = |role: &str| SecurityScheme::Http {
+                scheme: "bearer".into(),
+                bearer_format: None,
+                description: Some(format!("a token of role {role} (--tokens FILE keeps its SHA-256)")),
+                extensions: Default::default(),
+            };
+            doc.title("clearing")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description("The clearing back-end of the citizen card: terminal uploads, online top-ups, the issuer's cards, operators' reports. Generated from the handlers' types.")
+                .security_scheme(
+                    openapi::TERMINAL_SIGNATURE,
+                    SecurityScheme::ApiKey {
+                        location: ApiKeyLocation::Header,
+                        name: "X-Signature".into(),
+                        description: Some(
+                            "the terminal's Ed25519 signature (128 hex digits) over `METHOD SP PATH-AND-QUERY LF BODY`, \
+                             with its number in X-Terminal-Id (12 hex digits)"
+                                .into(),
+                        ),
+                        extensions: Default::default(),
+                    },
+                )
+                .security_scheme(Operators::SCHEME, bearer("operator"))
+                .security_scheme(Issuers::SCHEME, bearer("issuer"))
+        });
+    (router, api)
+}
+
+/// The OpenAPI document of [`routes`], as `/openapi.json` serves it.
+pub fn openapi_document() -> OpenApi {
+    documented_router().1
+}
+
 /// The service.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/batches", post(upload_batch))
-        .route("/v1/topups/authorise", post(authorise_topup))
-        .route("/v1/topups/confirm", post(confirm_topup))
-        .route("/v1/blacklist", get(blacklist))
-        .route("/v1/issuer/cards", post(issue_card))
-        .route("/v1/issuer/cards/{serial}/loss", post(report_loss))
-        .route("/v1/issuer/cards/{serial}/replace", post(replace_card))
-        .route("/v1/operator/days/{date}", get(day_summary))
-        .route("/v1/operator/days/{date}/quarantine", get(day_quarantine))
-        .route("/v1/operator/days/{date}/settlement", get(day_settlement))
-        .route("/v1/operator/cards/{serial}/history", get(card_history))
-        .route("/v1/operator/terminals", get(terminal_status))
-        .route("/v1/operator/quarantine/{transaction_id}/release", post(release_quarantined))
+    let (router, api) = documented_router();
+    let document = serde_json::to_vec(&api).unwrap_or_else(|error| {
+        tracing::error!(%error, "the OpenAPI document does not serialise");
+        Vec::new()
+    });
+    router
+        .layer(Extension(OpenApiJson(Arc::new(Bytes::from(document)))))
+        .layer(axum::middleware::map_response_with_state(state.clone(), count_answer))
         .layer(DefaultBodyLimit::max(BATCH_BYTES_MAX))
         .with_state(state)
+}
+
+/// Counts 4xx and 5xx answers for `/metrics`, whichever extractor or handler gave them.
+async fn count_answer(State(state): State<AppState>, response: Response) -> Response {
+    if response.status().is_server_error() {
+        state.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
+    } else if response.status().is_client_error() {
+        state.metrics.requests_refused.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+use self::openapi::RoleKind;
+
+async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> OpenApiJson {
+    document
 }
 
 /// Serves the API on a bound listener until the task is dropped.
@@ -176,6 +296,28 @@ impl ApiError {
 
     fn field(field: &str, message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: message.into(), field: Some(field.to_owned()) }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The request field that was wrong (a 422).
+    pub fn field_name(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{} {field}: {}", self.status.as_u16(), self.message),
+            None => write!(f, "{} {}", self.status.as_u16(), self.message),
+        }
     }
 }
 
@@ -205,24 +347,11 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::json!({ "error": self.message });
-        if let Some(field) = self.field {
-            body["field"] = field.into();
-        }
-        (self.status, Json(body)).into_response()
+        (self.status, Json(ErrorBody { error: self.message, field: self.field })).into_response()
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
-
-fn refused(state: &AppState, error: ApiError) -> ApiError {
-    if error.status.is_server_error() {
-        state.metrics.internal_errors.fetch_add(1, Ordering::Relaxed);
-    } else {
-        state.metrics.requests_refused.fetch_add(1, Ordering::Relaxed);
-    }
-    error
-}
 
 /// The message a terminal signs.
 pub fn signed_message(method: &str, path_and_query: &str, body: &[u8]) -> Vec<u8> {
@@ -280,9 +409,16 @@ fn authorise_token(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResu
     }
 }
 
-async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    /// `ok` when the database answers.
+    pub status: String,
+}
+
+async fn health(State(state): State<AppState>) -> Result<Json<Health>, Fails<()>> {
     sqlx::query("SELECT 1").execute(&state.db.pool).await?;
-    Ok(Json(serde_json::json!({ "status": "ok" })))
+    Ok(Json(Health { status: "ok".into() }))
 }
 
 async fn metrics(State(state): State<AppState>) -> String {
@@ -295,6 +431,7 @@ async fn metrics(State(state): State<AppState>) -> String {
         ("clearing_records_rejected_total", "Records refused at upload (quarantined).", &m.records_rejected),
         ("clearing_topups_authorised_total", "Online top-ups authorised.", &m.topups_authorised),
         ("clearing_topups_confirmed_total", "Online top-ups confirmed.", &m.topups_confirmed),
+        ("clearing_topups_voided_total", "Online top-ups voided (the load never reached the card).", &m.topups_voided),
         ("clearing_requests_refused_total", "Requests answered 4xx.", &m.requests_refused),
         ("clearing_internal_errors_total", "Requests answered 5xx.", &m.internal_errors),
     ] {
@@ -308,196 +445,141 @@ async fn metrics(State(state): State<AppState>) -> String {
 
 async fn upload_batch(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let result = async {
-        let terminal = authenticate_terminal(&state, &method, &uri, &headers, &body).await?;
-        let parsed = batch::parse(&body)?;
-        if parsed.terminal_id != terminal {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "a terminal uploads only its own batches"));
-        }
-        let report = crate::ingest::ingest(&state.db, &parsed, unix_now()).await?;
-        let m = &state.metrics;
-        if report.duplicate {
-            m.batches_duplicate.fetch_add(1, Ordering::Relaxed);
-        } else {
-            m.batches_stored.fetch_add(1, Ordering::Relaxed);
-            m.records_accepted.fetch_add(report.accepted_count, Ordering::Relaxed);
-            m.records_rejected.fetch_add(report.rejected_count, Ordering::Relaxed);
-        }
-        let status = if report.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-        Ok((status, Json(report)).into_response())
+    signed: Signed<batch::Batch>,
+) -> Result<Stored<crate::IngestReport>, Fails<(Forbidden, Conflict)>> {
+    let parsed = signed.body;
+    if parsed.terminal_id != signed.terminal {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "a terminal uploads only its own batches").into());
     }
-    .await;
-    result.map_err(|e| refused(&state, e))
+    let report = crate::ingest::ingest(&state.db, &parsed, unix_now()).await?;
+    let m = &state.metrics;
+    if report.duplicate {
+        m.batches_duplicate.fetch_add(1, Ordering::Relaxed);
+    } else {
+        m.batches_stored.fetch_add(1, Ordering::Relaxed);
+        m.records_accepted.fetch_add(report.accepted_count, Ordering::Relaxed);
+        m.records_rejected.fetch_add(report.rejected_count, Ordering::Relaxed);
+    }
+    Ok(Stored { created: !report.duplicate, body: report })
 }
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// A top-up authorisation request, parsed.
-#[derive(Debug)]
-struct TopupRequest {
-    serial: ApplicationSerial,
-    key_index: u8,
-    card_random: [u8; 4],
-    online_counter: u16,
-    balance_before: Fen,
-    amount: Fen,
-    kind: TransactionType,
-    mac1: [u8; 4],
-}
-
-fn object(body: &[u8], allowed: &[&str]) -> ApiResult<Map<String, Value>> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::field("body", e.to_string()))?;
-    let Value::Object(map) = value else {
-        return Err(ApiError::field("body", "must be a JSON object"));
-    };
-    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        let name: String = unknown.chars().take(40).collect();
-        return Err(ApiError::field(&name, "unknown field"));
-    }
-    Ok(map)
-}
-
-fn field_error((field, message): FieldError) -> ApiError {
-    ApiError::field(field, message)
-}
-
-fn parse_topup(body: &[u8]) -> ApiResult<TopupRequest> {
-    let map = object(
-        body,
-        &[
-            "card_serial",
-            "key_index",
-            "card_random",
-            "online_counter",
-            "balance_before_fen",
-            "amount_fen",
-            "transaction_type",
-            "mac1",
-        ],
-    )?;
-    let serial = ApplicationSerial(hex_field::<8>(&map, "card_serial").map_err(field_error)?);
-    let key_index = integer(&map, "key_index", u64::from(u8::MAX)).map_err(field_error)? as u8;
-    let card_random = hex_field::<4>(&map, "card_random").map_err(field_error)?;
-    let online_counter = integer(&map, "online_counter", u64::from(u16::MAX)).map_err(field_error)? as u16;
-    let balance_before = Fen(integer(&map, "balance_before_fen", u64::from(u32::MAX)).map_err(field_error)? as u32);
-    let amount = Fen(integer(&map, "amount_fen", u64::from(TOPUP_FEN_MAX)).map_err(field_error)? as u32);
-    if amount.0 == 0 {
-        return Err(ApiError::field("amount_fen", "must be at least 1"));
-    }
-    if balance_before.checked_add(amount).is_none() {
-        return Err(ApiError::field("amount_fen", "the balance after the load overflows"));
-    }
-    let [code] = hex_field::<1>(&map, "transaction_type").map_err(field_error)?;
-    let kind = TransactionType::from_code(code)
-        .ok()
-        .filter(|k| k.is_load())
-        .ok_or_else(|| ApiError::field("transaction_type", "must be a load type (01 or 02)"))?;
-    let mac1 = hex_field::<4>(&map, "mac1").map_err(field_error)?;
-    Ok(TopupRequest { serial, key_index, card_random, online_counter, balance_before, amount, kind, mac1 })
-}
-
 /// The answer to an authorised top-up: MAC2 for CREDIT FOR LOAD with this host date-time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TopupAuthorised {
+    /// 8 hex digits.
     pub mac2: String,
+    /// The host date-time of CREDIT FOR LOAD (14 hex digits, BCD `YYYYMMDDhhmmss`).
     pub date_time: String,
 }
 
 async fn authorise_topup(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<TopupAuthorised>> {
-    let result = async {
-        let terminal = authenticate_terminal(&state, &method, &uri, &headers, &body).await?;
-        let request = parse_topup(&body)?;
-        let card = sqlx::query("SELECT status, key_set, online_counter FROM cards WHERE card_serial = $1")
-            .bind(request.serial.to_hex())
-            .fetch_optional(&state.db.pool)
-            .await?
-            .ok_or_else(|| ApiError::field("card_serial", "no such card"))?;
-        if card.try_get::<String, _>("status")? != "active" {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "the card is not active (lost or replaced)"));
+    signed: Signed<TopupAuthorise>,
+) -> Result<Json<TopupAuthorised>, Fails<(Forbidden, Conflict, Unprocessable, Unavailable)>> {
+    let (terminal, request) = (signed.terminal, signed.body);
+    let card = sqlx::query("SELECT status, key_set, online_counter FROM cards WHERE card_serial = $1")
+        .bind(request.serial.to_hex())
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::field("card_serial", "no such card"))?;
+    if card.try_get::<String, _>("status")? != "active" {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "the card is not active (lost or replaced)").into());
+    }
+    if i64::from(request.online_counter) < card.try_get::<i64, _>("online_counter")? {
+        return Err(ApiError::field("online_counter", "behind the card's cleared loads").into());
+    }
+    let key_set: String = card.try_get("key_set")?;
+    // The same authorisation again (a retry) gets the same host date-time, so the same MAC2.
+    // A voided one leaves the counter free: the card's online counter did not move.
+    let existing = sqlx::query(
+        "SELECT terminal_number, balance_before, amount_fen, transaction_type, host_date_time, state FROM topups
+         WHERE card_serial = $1 AND online_counter = $2",
+    )
+    .bind(request.serial.to_hex())
+    .bind(i64::from(request.online_counter))
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let voided = match &existing {
+        Some(row) => row.try_get::<String, _>("state")? == "voided",
+        None => false,
+    };
+    let at = match &existing {
+        Some(row) if !voided => {
+            let same = row.try_get::<String, _>("terminal_number")? == terminal.to_string()
+                && row.try_get::<i64, _>("balance_before")? == i64::from(request.balance_before.0)
+                && row.try_get::<i64, _>("amount_fen")? == i64::from(request.amount.0)
+                && row.try_get::<i64, _>("transaction_type")? == i64::from(request.kind.code());
+            if !same {
+                return Err(ApiError::new(StatusCode::CONFLICT, "another top-up holds this online counter").into());
+            }
+            stored_date_time(&row.try_get::<String, _>("host_date_time")?)?
         }
-        if i64::from(request.online_counter) < card.try_get::<i64, _>("online_counter")? {
-            return Err(ApiError::field("online_counter", "behind the card's cleared loads"));
+        _ => CardDateTime::now_utc(),
+    };
+    let load = LoadAuthorisation {
+        serial: request.serial,
+        key_index: request.key_index,
+        card_random: request.card_random,
+        online_counter: request.online_counter,
+        old_balance: request.balance_before,
+        amount: request.amount,
+        kind: request.kind,
+        terminal,
+        at,
+        mac1: request.mac1,
+    };
+    let mac2 = match state.hsm.authorise_load(&key_set, &load).await {
+        Ok(mac2) => mac2,
+        Err(error) if error.code() == Some(hsm_sim::ErrorCode::VerificationFailure) => {
+            return Err(ApiError::field("mac1", "the card's MAC1 is wrong").into());
         }
-        let key_set: String = card.try_get("key_set")?;
-        // The same authorisation again (a retry) gets the same host date-time, so the same MAC2.
-        let existing = sqlx::query(
-            "SELECT terminal_number, balance_before, amount_fen, transaction_type, host_date_time FROM topups
-             WHERE card_serial = $1 AND online_counter = $2",
+        Err(error) if error.code() == Some(hsm_sim::ErrorCode::InvalidIndex) => {
+            return Err(ApiError::field("key_index", "no load key of that index").into());
+        }
+        Err(error) => return Err(Error::Hsm(error).into()),
+    };
+    if existing.is_none() {
+        sqlx::query(
+            "INSERT INTO topups (card_serial, online_counter, terminal_number, balance_before, amount_fen,
+             transaction_type, host_date_time, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'authorised')
+             ON CONFLICT (card_serial, online_counter) DO NOTHING",
         )
         .bind(request.serial.to_hex())
         .bind(i64::from(request.online_counter))
-        .fetch_optional(&state.db.pool)
+        .bind(terminal.to_string())
+        .bind(i64::from(request.balance_before.0))
+        .bind(i64::from(request.amount.0))
+        .bind(i64::from(request.kind.code()))
+        .bind(hex::encode(at.to_bytes()))
+        .execute(&state.db.pool)
         .await?;
-        let at = match &existing {
-            Some(row) => {
-                let same = row.try_get::<String, _>("terminal_number")? == terminal.to_string()
-                    && row.try_get::<i64, _>("balance_before")? == i64::from(request.balance_before.0)
-                    && row.try_get::<i64, _>("amount_fen")? == i64::from(request.amount.0)
-                    && row.try_get::<i64, _>("transaction_type")? == i64::from(request.kind.code());
-                if !same {
-                    return Err(ApiError::new(StatusCode::CONFLICT, "another top-up holds this online counter"));
-                }
-                stored_date_time(&row.try_get::<String, _>("host_date_time")?)?
-            }
-            None => CardDateTime::now_utc(),
-        };
-        let load = LoadAuthorisation {
-            serial: request.serial,
-            key_index: request.key_index,
-            card_random: request.card_random,
-            online_counter: request.online_counter,
-            old_balance: request.balance_before,
-            amount: request.amount,
-            kind: request.kind,
-            terminal,
-            at,
-            mac1: request.mac1,
-        };
-        let mac2 = match state.hsm.authorise_load(&key_set, &load).await {
-            Ok(mac2) => mac2,
-            Err(error) if error.code() == Some(hsm_sim::ErrorCode::VerificationFailure) => {
-                return Err(ApiError::field("mac1", "the card's MAC1 is wrong"));
-            }
-            Err(error) if error.code() == Some(hsm_sim::ErrorCode::InvalidIndex) => {
-                return Err(ApiError::field("key_index", "no load key of that index"));
-            }
-            Err(error) => return Err(Error::Hsm(error).into()),
-        };
-        if existing.is_none() {
-            sqlx::query(
-                "INSERT INTO topups (card_serial, online_counter, terminal_number, balance_before, amount_fen,
-                 transaction_type, host_date_time, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'authorised')
-                 ON CONFLICT (card_serial, online_counter) DO NOTHING",
-            )
-            .bind(request.serial.to_hex())
-            .bind(i64::from(request.online_counter))
-            .bind(terminal.to_string())
-            .bind(i64::from(request.balance_before.0))
-            .bind(i64::from(request.amount.0))
-            .bind(i64::from(request.kind.code()))
-            .bind(hex::encode(at.to_bytes()))
-            .execute(&state.db.pool)
-            .await?;
+    } else if voided {
+        // A new authorisation of a voided counter: only if it is still voided (a concurrent one wins once).
+        let taken = sqlx::query(
+            "UPDATE topups SET terminal_number = $3, balance_before = $4, amount_fen = $5, transaction_type = $6,
+             host_date_time = $7, state = 'authorised'
+             WHERE card_serial = $1 AND online_counter = $2 AND state = 'voided'",
+        )
+        .bind(request.serial.to_hex())
+        .bind(i64::from(request.online_counter))
+        .bind(terminal.to_string())
+        .bind(i64::from(request.balance_before.0))
+        .bind(i64::from(request.amount.0))
+        .bind(i64::from(request.kind.code()))
+        .bind(hex::encode(at.to_bytes()))
+        .execute(&state.db.pool)
+        .await?;
+        if taken.rows_affected() != 1 {
+            return Err(ApiError::new(StatusCode::CONFLICT, "another top-up took this online counter").into());
         }
-        state.metrics.topups_authorised.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(card = %request.serial.masked(), amount_fen = request.amount.0, "top-up authorised");
-        Ok(Json(TopupAuthorised { mac2: hex::encode_upper(mac2), date_time: hex::encode(at.to_bytes()) }))
     }
-    .await;
-    result.map_err(|e| refused(&state, e))
+    state.metrics.topups_authorised.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(card = %request.serial.masked(), amount_fen = request.amount.0, "top-up authorised");
+    Ok(Json(TopupAuthorised { mac2: hex::encode_upper(mac2), date_time: hex::encode(at.to_bytes()) }))
 }
 
 fn stored_date_time(text: &str) -> ApiResult<CardDateTime> {
@@ -507,121 +589,204 @@ fn stored_date_time(text: &str) -> ApiResult<CardDateTime> {
         .ok_or_else(|| Error::Inconsistent("stored host date-time".into()).into())
 }
 
-async fn confirm_topup(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let result = async {
-        let terminal = authenticate_terminal(&state, &method, &uri, &headers, &body).await?;
-        let map = object(&body, &["card_serial", "online_counter", "tac"])?;
-        let serial = ApplicationSerial(hex_field::<8>(&map, "card_serial").map_err(field_error)?);
-        let online_counter = integer(&map, "online_counter", u64::from(u16::MAX)).map_err(field_error)? as u16;
-        let tac = hex_field::<4>(&map, "tac").map_err(field_error)?;
-        let row = sqlx::query(
-            "SELECT t.terminal_number AS terminal_number, t.balance_before AS balance_before, t.amount_fen AS amount_fen,
-             t.transaction_type AS transaction_type, t.host_date_time AS host_date_time, c.key_set AS key_set,
-             c.card_type AS card_type
-             FROM topups t JOIN cards c ON c.card_serial = t.card_serial
-             WHERE t.card_serial = $1 AND t.online_counter = $2",
-        )
-        .bind(serial.to_hex())
-        .bind(i64::from(online_counter))
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no authorised top-up for this card and counter"))?;
-        if row.try_get::<String, _>("terminal_number")? != terminal.to_string() {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "another terminal authorised this top-up"));
-        }
-        let balance_before = row.try_get::<i64, _>("balance_before")?;
-        let amount = row.try_get::<i64, _>("amount_fen")?;
-        let kind = TransactionType::from_code(row.try_get::<i64, _>("transaction_type")? as u8)
-            .map_err(|e| Error::Inconsistent(e.to_string()))?;
-        let date_time: String = row.try_get("host_date_time")?;
-        let at = stored_date_time(&date_time)?;
-        let key_set: String = row.try_get("key_set")?;
-        let load = LoadTac {
-            serial,
-            new_balance: Fen((balance_before + amount) as u32),
-            online_counter,
-            amount: Fen(amount as u32),
-            kind,
-            terminal,
-            at,
-            tac,
-        };
-        if !state.hsm.verify_load_tac(&key_set, &load).await.map_err(Error::Hsm)? {
-            return Err(ApiError::field("tac", "the card's load TAC is wrong"));
-        }
-        // The confirmed load becomes a one-record batch, cleared by run-day like any other.
-        let record = batch::Record {
-            kind: batch::RecordKind::Load,
-            card_serial: serial,
-            card_type: row.try_get::<i64, _>("card_type")? as u8,
-            counter: online_counter,
-            balance_before: Fen(balance_before as u32),
-            amount: Fen(amount as u32),
-            transaction_type: kind,
-            terminal_number: terminal,
-            terminal_serial: 0,
-            at,
-            tac,
-        };
-        let document = batch::document(&terminal, &format!("online-{}-{online_counter}", serial.to_hex()), &[record]);
-        let parsed = batch::parse_value(document)?;
-        crate::ingest::ingest(&state.db, &parsed, unix_now()).await?;
-        sqlx::query("UPDATE topups SET state = 'confirmed' WHERE card_serial = $1 AND online_counter = $2")
-            .bind(serial.to_hex())
-            .bind(i64::from(online_counter))
-            .execute(&state.db.pool)
-            .await?;
-        state.metrics.topups_confirmed.fetch_add(1, Ordering::Relaxed);
-        Ok(Json(serde_json::json!({ "state": "confirmed", "business_day": BusinessDay::of(&at).to_string() })))
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+/// The answer to a confirmed top-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TopupConfirmed {
+    /// `confirmed`.
+    pub state: String,
+    /// The day run-day clears the load in (`YYYY-MM-DD`).
+    pub business_day: String,
 }
 
-#[derive(Debug, Deserialize)]
+async fn confirm_topup(
+    State(state): State<AppState>,
+    signed: Signed<TopupConfirm>,
+) -> Result<Json<TopupConfirmed>, Fails<(NotFound, Forbidden, Conflict, Unprocessable, Unavailable)>> {
+    let (terminal, TopupConfirm { serial, online_counter, tac }) = (signed.terminal, signed.body);
+    let row = sqlx::query(
+        "SELECT t.terminal_number AS terminal_number, t.balance_before AS balance_before, t.amount_fen AS amount_fen,
+         t.transaction_type AS transaction_type, t.host_date_time AS host_date_time, t.state AS state,
+         c.key_set AS key_set, c.card_type AS card_type
+         FROM topups t JOIN cards c ON c.card_serial = t.card_serial
+         WHERE t.card_serial = $1 AND t.online_counter = $2",
+    )
+    .bind(serial.to_hex())
+    .bind(i64::from(online_counter))
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no authorised top-up for this card and counter"))?;
+    if row.try_get::<String, _>("terminal_number")? != terminal.to_string() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "another terminal authorised this top-up").into());
+    }
+    let balance_before = row.try_get::<i64, _>("balance_before")?;
+    let amount = row.try_get::<i64, _>("amount_fen")?;
+    let kind = TransactionType::from_code(row.try_get::<i64, _>("transaction_type")? as u8)
+        .map_err(|e| Error::Inconsistent(e.to_string()))?;
+    let date_time: String = row.try_get("host_date_time")?;
+    let at = stored_date_time(&date_time)?;
+    let key_set: String = row.try_get("key_set")?;
+    let load = LoadTac {
+        serial,
+        new_balance: Fen((balance_before + amount) as u32),
+        online_counter,
+        amount: Fen(amount as u32),
+        kind,
+        terminal,
+        at,
+        tac,
+    };
+    if !state.hsm.verify_load_tac(&key_set, &load).await.map_err(Error::Hsm)? {
+        return Err(ApiError::field("tac", "the card's load TAC is wrong").into());
+    }
+    // The card's TAC proves CREDIT FOR LOAD happened: a void before it was a mistake
+    // of the terminal's, and the card's money is what counts. The state moves first
+    // (a void racing with this answers 409 from now on), then the load is stored;
+    // a confirmation cut between the two is repeated by the terminal and stores it then.
+    if row.try_get::<String, _>("state")? == "voided" {
+        tracing::warn!(card = %serial.masked(), online_counter, "a voided top-up is confirmed by the card's load TAC");
+    }
+    sqlx::query("UPDATE topups SET state = 'confirmed' WHERE card_serial = $1 AND online_counter = $2")
+        .bind(serial.to_hex())
+        .bind(i64::from(online_counter))
+        .execute(&state.db.pool)
+        .await?;
+    // The confirmed load becomes a one-record batch, cleared by run-day like any other.
+    let record = batch::Record {
+        kind: batch::RecordKind::Load,
+        card_serial: serial,
+        card_type: row.try_get::<i64, _>("card_type")? as u8,
+        counter: online_counter,
+        balance_before: Fen(balance_before as u32),
+        amount: Fen(amount as u32),
+        transaction_type: kind,
+        terminal_number: terminal,
+        terminal_serial: 0,
+        at,
+        tac,
+    };
+    let document = batch::document(&terminal, &format!("online-{}-{online_counter}", serial.to_hex()), &[record]);
+    let parsed = batch::parse_value(document)?;
+    crate::ingest::ingest(&state.db, &parsed, unix_now()).await?;
+    state.metrics.topups_confirmed.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(TopupConfirmed { state: "confirmed".into(), business_day: BusinessDay::of(&at).to_string() }))
+}
+
+/// The answer to a voided top-up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TopupVoided {
+    /// `voided`.
+    pub state: String,
+    /// False when it was voided before (the same answer again).
+    pub voided_now: bool,
+}
+
+/// Voids an authorised top-up whose CREDIT FOR LOAD never happened on the card:
+/// only the top-up's state changes (no shadow account, no ledger, no record),
+/// and its online counter is free for a new authorisation. Idempotent; 409 when
+/// confirmed, or when the counter now holds another authorisation.
+async fn void_topup(
+    State(state): State<AppState>,
+    signed: Signed<TopupVoid>,
+) -> Result<Json<TopupVoided>, Fails<(NotFound, Forbidden, Conflict)>> {
+    let (terminal, TopupVoid { serial, online_counter, at }) = (signed.terminal, signed.body);
+    let date_time = hex::encode(at.to_bytes());
+    let row = sqlx::query(
+        "SELECT terminal_number, host_date_time, state FROM topups WHERE card_serial = $1 AND online_counter = $2",
+    )
+    .bind(serial.to_hex())
+    .bind(i64::from(online_counter))
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no authorised top-up for this card and counter"))?;
+    if row.try_get::<String, _>("terminal_number")? != terminal.to_string() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "another terminal authorised this top-up").into());
+    }
+    if row.try_get::<String, _>("host_date_time")? != date_time {
+        return Err(
+            ApiError::new(StatusCode::CONFLICT, "this counter holds another authorisation (other date-time)").into()
+        );
+    }
+    let voided = |voided_now| Json(TopupVoided { state: "voided".into(), voided_now });
+    match row.try_get::<String, _>("state")?.as_str() {
+        "voided" => return Ok(voided(false)),
+        "confirmed" => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "the top-up is confirmed: the card was loaded").into());
+        }
+        _ => {}
+    }
+    // Guarded by the state read: a confirmation racing with this wins or loses whole.
+    let done = sqlx::query(
+        "UPDATE topups SET state = 'voided'
+         WHERE card_serial = $1 AND online_counter = $2 AND host_date_time = $3 AND state = 'authorised'",
+    )
+    .bind(serial.to_hex())
+    .bind(i64::from(online_counter))
+    .bind(&date_time)
+    .execute(&state.db.pool)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(ApiError::new(StatusCode::CONFLICT, "the top-up changed meanwhile (confirmed or voided)").into());
+    }
+    state.metrics.topups_voided.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(card = %serial.masked(), online_counter, "top-up voided");
+    Ok(voided(true))
+}
+
+/// `?since=N`: blacklist changes after version N (default 0).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SinceQuery {
-    since: Option<i64>,
+pub struct SinceQuery {
+    pub since: Option<i64>,
 }
 
 async fn blacklist(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(query): Query<SinceQuery>,
-) -> ApiResult<Json<Vec<crate::registry::BlacklistEntry>>> {
-    let result = async {
-        authenticate_terminal(&state, &method, &uri, &headers, b"").await?;
-        let since = query.since.unwrap_or(0);
-        if since < 0 {
-            return Err(ApiError::field("since", "must not be negative"));
-        }
-        Ok(Json(crate::registry::blacklist_since(&state.db, since).await?))
+    QueryParams(query): QueryParams<SinceQuery>,
+    _signed: Signed<()>,
+) -> Result<Json<Vec<crate::registry::BlacklistEntry>>, Fails<(Unprocessable,)>> {
+    let since = query.since.unwrap_or(0);
+    if since < 0 {
+        return Err(ApiError::field("since", "must not be negative").into());
     }
-    .await;
-    result.map_err(|e| refused(&state, e))
+    Ok(Json(crate::registry::blacklist_since(&state.db, since).await?))
+}
+
+/// A card in the path.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CardPath {
+    /// 16 hex digits.
+    pub serial: String,
+}
+
+/// A business day in the path.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DayPath {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+}
+
+/// A transaction in the path.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TransactionPath {
+    /// A positive whole number.
+    pub transaction_id: String,
+}
+
+/// The answer to a loss report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LossReported {
+    /// The blacklist version that lists the card.
+    pub blacklist_version: i64,
 }
 
 async fn report_loss(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(serial): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Issuer)?;
-        let serial = serial_from_path(&serial)?;
-        let version = crate::registry::report_loss(&state.db, &serial, &CardDateTime::now_utc()).await?;
-        Ok(Json(serde_json::json!({ "blacklist_version": version })))
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+    _token: Token<Issuers>,
+    Params(path): Params<CardPath>,
+) -> Result<Json<LossReported>, Fails<(NotFound, Unprocessable)>> {
+    let serial = serial_from_path(&path.serial)?;
+    let version = crate::registry::report_loss(&state.db, &serial, &CardDateTime::now_utc()).await?;
+    Ok(Json(LossReported { blacklist_version: version }))
 }
 
 fn serial_from_path(serial: &str) -> ApiResult<ApplicationSerial> {
@@ -631,74 +796,57 @@ fn serial_from_path(serial: &str) -> ApiResult<ApplicationSerial> {
         .ok_or_else(|| ApiError::field("serial", "must be 16 hex digits"))
 }
 
-fn short_text(map: &Map<String, Value>, field: &'static str) -> ApiResult<String> {
-    let value = text(map, field).map_err(field_error)?;
-    if value.is_empty() || value.len() > crate::registry::NAME_LENGTH_MAX {
-        return Err(ApiError::field(field, "1 to 100 characters"));
-    }
-    Ok(value.to_owned())
+/// The answer to an issued card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IssuedCard {
+    pub card_serial: String,
 }
 
-async fn issue_card(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Issuer)?;
-        let key = state
-            .citizen_key
-            .clone()
-            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server does not issue cards"))?;
-        let map = object(&body, &["card_serial", "card_type", "key_set", "citizen_id", "name", "initial_balance_fen"])?;
-        let card = crate::registry::NewCard {
-            serial: ApplicationSerial(hex_field::<8>(&map, "card_serial").map_err(field_error)?),
-            card_type: integer(&map, "card_type", u64::from(u8::MAX)).map_err(field_error)? as u8,
-            key_set: short_text(&map, "key_set")?,
-            citizen_id: short_text(&map, "citizen_id")?,
-            name: short_text(&map, "name")?,
-            initial_balance: Fen(
-                integer(&map, "initial_balance_fen", u64::from(TOPUP_FEN_MAX)).map_err(field_error)? as u32
-            ),
-            issued_at: CardDateTime::now_utc(),
-        };
-        crate::registry::issue_card(&state.db, &key, &card).await?;
-        Ok((StatusCode::CREATED, Json(serde_json::json!({ "card_serial": card.serial.to_hex() }))).into_response())
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+async fn issue_card(
+    State(state): State<AppState>,
+    _token: Token<Issuers>,
+    Body(request): Body<IssueCard>,
+) -> Result<Created<IssuedCard>, Fails<(Conflict, Unprocessable, Unavailable)>> {
+    let key = state
+        .citizen_key
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server does not issue cards"))?;
+    let card = crate::registry::NewCard {
+        serial: request.serial,
+        card_type: request.card_type,
+        key_set: request.key_set,
+        citizen_id: request.citizen_id,
+        name: request.name,
+        initial_balance: request.initial_balance,
+        issued_at: CardDateTime::now_utc(),
+    };
+    crate::registry::issue_card(&state.db, &key, &card).await?;
+    Ok(Created(IssuedCard { card_serial: card.serial.to_hex() }))
 }
 
 async fn replace_card(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(serial): Path<String>,
-    body: Bytes,
-) -> ApiResult<Json<crate::registry::Replacement>> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Issuer)?;
-        let old = serial_from_path(&serial)?;
-        let map = object(&body, &["new_card_serial", "card_type", "key_set"])?;
-        let new = crate::registry::ReplacementCard {
-            serial: ApplicationSerial(hex_field::<8>(&map, "new_card_serial").map_err(field_error)?),
-            card_type: integer(&map, "card_type", u64::from(u8::MAX)).map_err(field_error)? as u8,
-            key_set: short_text(&map, "key_set")?,
-            issued_at: CardDateTime::now_utc(),
-        };
-        Ok(Json(crate::registry::replace_card(&state.db, &old, &new).await?))
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+    _token: Token<Issuers>,
+    Params(path): Params<CardPath>,
+    Body(request): Body<ReplaceCard>,
+) -> Result<Json<crate::registry::Replacement>, Fails<(NotFound, Conflict, Unprocessable)>> {
+    let old = serial_from_path(&path.serial)?;
+    let new = crate::registry::ReplacementCard {
+        serial: request.serial,
+        card_type: request.card_type,
+        key_set: request.key_set,
+        issued_at: CardDateTime::now_utc(),
+    };
+    Ok(Json(crate::registry::replace_card(&state.db, &old, &new).await?))
 }
 
 async fn day_summary(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(date): Path<String>,
-) -> ApiResult<Json<crate::run_day::DaySummary>> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Operator)?;
-        let day = BusinessDay::parse(&date)?;
-        Ok(Json(crate::run_day::summary(&state.db, &day.to_string()).await?))
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+    _token: Token<Operators>,
+    Params(path): Params<DayPath>,
+) -> Result<Json<crate::run_day::DaySummary>, Fails<(Unprocessable,)>> {
+    let day = BusinessDay::parse(&path.date)?;
+    Ok(Json(crate::run_day::summary(&state.db, &day.to_string()).await?))
 }
 
 /// The most records in a card history answer, and terminals in a status answer.
@@ -706,7 +854,7 @@ pub const HISTORY_RECORDS_MAX: i64 = 1_000;
 pub const TERMINALS_MAX: i64 = 10_000;
 
 /// One record of a card's history, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEntry {
     pub transaction_id: i64,
     pub kind: String,
@@ -722,47 +870,42 @@ pub struct HistoryEntry {
 
 async fn card_history(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(serial): Path<String>,
-) -> ApiResult<Json<Vec<HistoryEntry>>> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Operator)?;
-        let serial = serial_from_path(&serial)?;
-        let rows = sqlx::query(
-            "SELECT t.transaction_id AS transaction_id, t.kind AS kind, t.counter AS counter,
-             t.balance_before AS balance_before, t.amount_fen AS amount_fen, t.terminal_number AS terminal_number,
-             t.occurred_at AS occurred_at, t.state AS state, q.reason AS reason
-             FROM transactions t LEFT JOIN quarantine q ON q.transaction_id = t.transaction_id
-             WHERE t.card_serial = $1 ORDER BY t.transaction_id DESC LIMIT $2",
-        )
-        .bind(serial.to_hex())
-        .bind(HISTORY_RECORDS_MAX)
-        .fetch_all(&state.db.pool)
-        .await?;
-        let entries = rows
-            .iter()
-            .map(|row| {
-                Ok(HistoryEntry {
-                    transaction_id: row.try_get("transaction_id")?,
-                    kind: row.try_get("kind")?,
-                    counter: row.try_get("counter")?,
-                    balance_before_fen: row.try_get("balance_before")?,
-                    amount_fen: row.try_get("amount_fen")?,
-                    terminal_number: row.try_get("terminal_number")?,
-                    date_time: row.try_get("occurred_at")?,
-                    state: row.try_get("state")?,
-                    reason: row.try_get("reason")?,
-                })
+    _token: Token<Operators>,
+    Params(path): Params<CardPath>,
+) -> Result<Json<Vec<HistoryEntry>>, Fails<(Unprocessable,)>> {
+    let serial = serial_from_path(&path.serial)?;
+    let rows = sqlx::query(
+        "SELECT t.transaction_id AS transaction_id, t.kind AS kind, t.counter AS counter,
+         t.balance_before AS balance_before, t.amount_fen AS amount_fen, t.terminal_number AS terminal_number,
+         t.occurred_at AS occurred_at, t.state AS state, q.reason AS reason
+         FROM transactions t LEFT JOIN quarantine q ON q.transaction_id = t.transaction_id
+         WHERE t.card_serial = $1 ORDER BY t.transaction_id DESC LIMIT $2",
+    )
+    .bind(serial.to_hex())
+    .bind(HISTORY_RECORDS_MAX)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let entries = rows
+        .iter()
+        .map(|row| {
+            Ok(HistoryEntry {
+                transaction_id: row.try_get("transaction_id")?,
+                kind: row.try_get("kind")?,
+                counter: row.try_get("counter")?,
+                balance_before_fen: row.try_get("balance_before")?,
+                amount_fen: row.try_get("amount_fen")?,
+                terminal_number: row.try_get("terminal_number")?,
+                date_time: row.try_get("occurred_at")?,
+                state: row.try_get("state")?,
+                reason: row.try_get("reason")?,
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(Json(entries))
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Json(entries))
 }
 
 /// A terminal's status, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TerminalStatus {
     pub terminal_number: String,
     pub merchant_id: String,
@@ -772,54 +915,56 @@ pub struct TerminalStatus {
     pub pending_records: i64,
 }
 
-async fn terminal_status(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Vec<TerminalStatus>>> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Operator)?;
-        let rows = sqlx::query(
-            "SELECT m.terminal_number AS terminal_number, m.merchant_id AS merchant_id, m.status AS status,
-             m.last_upload_at AS last_upload_at,
-             (SELECT COUNT(*) FROM transactions t WHERE t.terminal_number = m.terminal_number AND t.state = 'pending')
-               AS pending_records
-             FROM terminals m ORDER BY m.terminal_number LIMIT $1",
-        )
-        .bind(TERMINALS_MAX)
-        .fetch_all(&state.db.pool)
-        .await?;
-        let entries = rows
-            .iter()
-            .map(|row| {
-                Ok(TerminalStatus {
-                    terminal_number: row.try_get("terminal_number")?,
-                    merchant_id: row.try_get("merchant_id")?,
-                    status: row.try_get("status")?,
-                    last_upload_at: row.try_get("last_upload_at")?,
-                    pending_records: row.try_get("pending_records")?,
-                })
+async fn terminal_status(
+    State(state): State<AppState>,
+    _token: Token<Operators>,
+) -> Result<Json<Vec<TerminalStatus>>, Fails<()>> {
+    let rows = sqlx::query(
+        "SELECT m.terminal_number AS terminal_number, m.merchant_id AS merchant_id, m.status AS status,
+         m.last_upload_at AS last_upload_at,
+         (SELECT COUNT(*) FROM transactions t WHERE t.terminal_number = m.terminal_number AND t.state = 'pending')
+           AS pending_records
+         FROM terminals m ORDER BY m.terminal_number LIMIT $1",
+    )
+    .bind(TERMINALS_MAX)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let entries = rows
+        .iter()
+        .map(|row| {
+            Ok(TerminalStatus {
+                terminal_number: row.try_get("terminal_number")?,
+                merchant_id: row.try_get("merchant_id")?,
+                status: row.try_get("status")?,
+                last_upload_at: row.try_get("last_upload_at")?,
+                pending_records: row.try_get("pending_records")?,
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(Json(entries))
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Json(entries))
+}
+
+/// The answer to a released record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Released {
+    pub transaction_id: i64,
+    /// `pending`.
+    pub state: String,
 }
 
 async fn release_quarantined(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(transaction_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Operator)?;
-        let id: i64 = transaction_id
-            .parse()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| ApiError::field("transaction_id", "a positive whole number"))?;
-        crate::registry::release_quarantined(&state.db, id, "operator", unix_now()).await?;
-        Ok(Json(serde_json::json!({ "transaction_id": id, "state": "pending" })))
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+    _token: Token<Operators>,
+    Params(path): Params<TransactionPath>,
+) -> Result<Json<Released>, Fails<(NotFound, Unprocessable)>> {
+    let id: i64 = path
+        .transaction_id
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::field("transaction_id", "a positive whole number"))?;
+    crate::registry::release_quarantined(&state.db, id, "operator", unix_now()).await?;
+    Ok(Json(Released { transaction_id: id, state: "pending".into() }))
 }
 
 /// The day's settlement file as `run-day` wrote it (CSV, derived from the
@@ -827,38 +972,26 @@ async fn release_quarantined(
 /// and `X-Settlement-Signature` (Ed25519 over the SHA-256, as in the manifest).
 async fn day_settlement(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(date): Path<String>,
-) -> ApiResult<Response> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Operator)?;
-        let day = BusinessDay::parse(&date)?.to_string();
-        let lines = crate::run_day::settlements(&state.db, &day).await?;
-        if lines.is_empty() {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no settlement for {day}")));
-        }
-        let csv = crate::run_day::settlement_csv(&day, &lines);
-        let signature =
-            state.hsm.sign_settlement(crate::run_day::SIGNING_KEY_DEFAULT, csv.as_bytes()).await.map_err(Error::Hsm)?;
-        Ok((
-            [
-                (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-                (
-                    axum::http::HeaderName::from_static("x-settlement-sha256"),
-                    hex::encode(hsm_sim::settlement_digest(csv.as_bytes())),
-                ),
-                (axum::http::HeaderName::from_static("x-settlement-signature"), hex::encode(signature)),
-            ],
-            csv,
-        )
-            .into_response())
+    _token: Token<Operators>,
+    Params(path): Params<DayPath>,
+) -> Result<SettlementCsv, Fails<(NotFound, Unprocessable, Unavailable)>> {
+    let day = BusinessDay::parse(&path.date)?.to_string();
+    let lines = crate::run_day::settlements(&state.db, &day).await?;
+    if lines.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no settlement for {day}")).into());
     }
-    .await;
-    result.map_err(|e| refused(&state, e))
+    let csv = crate::run_day::settlement_csv(&day, &lines);
+    let signature =
+        state.hsm.sign_settlement(crate::run_day::SIGNING_KEY_DEFAULT, csv.as_bytes()).await.map_err(Error::Hsm)?;
+    Ok(SettlementCsv {
+        sha256_hex: hex::encode(hsm_sim::settlement_digest(csv.as_bytes())),
+        signature_hex: hex::encode(signature),
+        csv,
+    })
 }
 
 /// One quarantined record, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct QuarantineEntry {
     /// None for a record refused at upload (it never became a transaction).
     pub transaction_id: Option<i64>,
@@ -871,36 +1004,31 @@ pub struct QuarantineEntry {
 
 async fn day_quarantine(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(date): Path<String>,
-) -> ApiResult<Json<Vec<QuarantineEntry>>> {
-    let result = async {
-        authorise_token(&state, &headers, Role::Operator)?;
-        let day = BusinessDay::parse(&date)?;
-        let rows = sqlx::query(
-            "SELECT transaction_id, terminal_id, batch_id, record_index, reason, detail FROM quarantine
-             WHERE business_day = $1
-             ORDER BY quarantine_id LIMIT $2",
-        )
-        .bind(day.to_string())
-        .bind(QUARANTINE_PAGE_MAX)
-        .fetch_all(&state.db.pool)
-        .await?;
-        let entries = rows
-            .iter()
-            .map(|row| {
-                Ok(QuarantineEntry {
-                    transaction_id: row.try_get("transaction_id")?,
-                    terminal_id: row.try_get("terminal_id")?,
-                    batch_id: row.try_get("batch_id")?,
-                    record_index: row.try_get("record_index")?,
-                    reason: row.try_get("reason")?,
-                    detail: row.try_get("detail")?,
-                })
+    _token: Token<Operators>,
+    Params(path): Params<DayPath>,
+) -> Result<Json<Vec<QuarantineEntry>>, Fails<(Unprocessable,)>> {
+    let day = BusinessDay::parse(&path.date)?;
+    let rows = sqlx::query(
+        "SELECT transaction_id, terminal_id, batch_id, record_index, reason, detail FROM quarantine
+         WHERE business_day = $1
+         ORDER BY quarantine_id LIMIT $2",
+    )
+    .bind(day.to_string())
+    .bind(QUARANTINE_PAGE_MAX)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let entries = rows
+        .iter()
+        .map(|row| {
+            Ok(QuarantineEntry {
+                transaction_id: row.try_get("transaction_id")?,
+                terminal_id: row.try_get("terminal_id")?,
+                batch_id: row.try_get("batch_id")?,
+                record_index: row.try_get("record_index")?,
+                reason: row.try_get("reason")?,
+                detail: row.try_get("detail")?,
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(Json(entries))
-    }
-    .await;
-    result.map_err(|e| refused(&state, e))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Json(entries))
 }

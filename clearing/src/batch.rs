@@ -123,7 +123,7 @@ impl Record {
 }
 
 /// A record refused at upload, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RecordRejection {
     pub index: usize,
     pub field: String,
@@ -220,7 +220,7 @@ pub fn parse_value(value: Value) -> Result<Batch, Error> {
 
 pub(crate) type FieldError = (&'static str, String);
 
-const PURCHASE_FIELDS: &[&str] = &[
+pub(crate) const PURCHASE_FIELDS: &[&str] = &[
     "kind",
     "card_serial",
     "card_type",
@@ -233,7 +233,7 @@ const PURCHASE_FIELDS: &[&str] = &[
     "date_time",
     "tac",
 ];
-const LOAD_FIELDS: &[&str] = &[
+pub(crate) const LOAD_FIELDS: &[&str] = &[
     "kind",
     "card_serial",
     "card_type",

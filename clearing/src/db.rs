@@ -39,12 +39,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "topups", include_str!("../migrations/sqlite/0002_topups.sql")),
     (3, "settle_by_chunk", include_str!("../migrations/sqlite/0003_settle_by_chunk.sql")),
     (4, "quarantine_releases", include_str!("../migrations/sqlite/0004_quarantine_releases.sql")),
+    (5, "topup_void", include_str!("../migrations/sqlite/0005_topup_void.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
     (2, "topups", include_str!("../migrations/postgres/0002_topups.sql")),
     (3, "settle_by_chunk", include_str!("../migrations/postgres/0003_settle_by_chunk.sql")),
     (4, "quarantine_releases", include_str!("../migrations/postgres/0004_quarantine_releases.sql")),
+    (5, "topup_void", include_str!("../migrations/postgres/0005_topup_void.sql")),
 ];
 
 fn migrator(dialect: Dialect) -> Migrator {

@@ -15,7 +15,7 @@ use crate::money::BusinessDay;
 pub const INSERT_ROWS_MAX: usize = 500;
 
 /// What an upload did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IngestReport {
     pub terminal_id: String,
     pub batch_id: String,

@@ -264,7 +264,7 @@ pub struct ReplacementCard {
 }
 
 /// What a replacement did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Replacement {
     pub balance_moved_fen: i64,
     /// The blacklist version that lists the old card (its loss report's, or a new one).
@@ -373,7 +373,7 @@ pub async fn release_quarantined(db: &Db, transaction_id: i64, released_by: &str
 }
 
 /// One blacklist change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BlacklistEntry {
     pub version: i64,
     pub card_serial: String,

@@ -148,7 +148,7 @@ impl RunOptions {
 }
 
 /// One merchant's line of a settlement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SettlementLine {
     pub settlement_run: i64,
     pub merchant_id: String,
@@ -161,7 +161,7 @@ pub struct SettlementLine {
 }
 
 /// The day's result: derived from the database alone, so identical on every re-run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DaySummary {
     pub business_day: String,
     pub records: i64,

@@ -1,0 +1,377 @@
+//! The JSON bodies the API parses, each with its documented wire form.
+//!
+//! Every body is read as bytes and parsed strictly by its [`RequestBody::parse`]
+//! (callable without a server: the fuzz targets and the `bodies` tests call it):
+//! a JSON object with only the wire form's fields, each checked and named in the
+//! error (422). The wire structs (`*Request`) are what `/openapi.json` documents
+//! and what a client may serialise; the test `fields_match_the_documented_wire_forms`
+//! keeps each parser's accepted fields equal to its wire struct's.
+
+use card_host::model::{ApplicationSerial, CardDateTime, Fen, TransactionType};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::ApiError;
+use crate::batch::{self, FieldError, hex_field, integer, text};
+
+/// The largest top-up: 1,000 yuan.
+pub const TOPUP_FEN_MAX: u32 = 100_000;
+
+/// A body the API parses from bytes.
+pub trait RequestBody: Sized {
+    /// The documented wire form.
+    type Wire: JsonSchema;
+    /// The top-level fields the parser accepts (the wire form's).
+    const FIELDS: &'static [&'static str];
+    /// Parses a request body; a refusal is a 422 naming the field.
+    fn parse(body: &[u8]) -> Result<Self, ApiError>;
+}
+
+/// No body (a signed GET): anything sent is ignored beyond the signature.
+impl RequestBody for () {
+    type Wire = ();
+    const FIELDS: &'static [&'static str] = &[];
+    fn parse(_body: &[u8]) -> Result<Self, ApiError> {
+        Ok(())
+    }
+}
+
+pub(crate) fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::field("body", e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let name: String = unknown.chars().take(40).collect();
+        return Err(ApiError::field(&name, "unknown field"));
+    }
+    Ok(map)
+}
+
+fn field_error((field, message): FieldError) -> ApiError {
+    ApiError::field(field, message)
+}
+
+fn serial(map: &Map<String, Value>, field: &'static str) -> Result<ApplicationSerial, ApiError> {
+    Ok(ApplicationSerial(hex_field::<8>(map, field).map_err(field_error)?))
+}
+
+fn small(map: &Map<String, Value>, field: &'static str, max: u64) -> Result<u64, ApiError> {
+    integer(map, field, max).map_err(field_error)
+}
+
+fn short_text(map: &Map<String, Value>, field: &'static str) -> Result<String, ApiError> {
+    let value = text(map, field).map_err(field_error)?;
+    if value.is_empty() || value.len() > crate::registry::NAME_LENGTH_MAX {
+        return Err(ApiError::field(field, "1 to 100 characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// `POST /v1/topups/authorise`: the card's INITIALIZE FOR LOAD answer and MAC1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopupAuthoriseRequest {
+    /// 16 hex digits.
+    pub card_serial: String,
+    pub key_index: u8,
+    /// 8 hex digits.
+    pub card_random: String,
+    pub online_counter: u16,
+    pub balance_before_fen: u32,
+    /// 1 to 100,000.
+    pub amount_fen: u32,
+    /// `01` or `02`.
+    pub transaction_type: String,
+    /// 8 hex digits.
+    pub mac1: String,
+}
+
+/// A top-up authorisation request, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopupAuthorise {
+    pub serial: ApplicationSerial,
+    pub key_index: u8,
+    pub card_random: [u8; 4],
+    pub online_counter: u16,
+    pub balance_before: Fen,
+    pub amount: Fen,
+    pub kind: TransactionType,
+    pub mac1: [u8; 4],
+}
+
+impl RequestBody for TopupAuthorise {
+    type Wire = TopupAuthoriseRequest;
+    const FIELDS: &'static [&'static str] = &[
+        "card_serial",
+        "key_index",
+        "card_random",
+        "online_counter",
+        "balance_before_fen",
+        "amount_fen",
+        "transaction_type",
+        "mac1",
+    ];
+
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = object(body, Self::FIELDS)?;
+        let serial = serial(&map, "card_serial")?;
+        let key_index = small(&map, "key_index", u64::from(u8::MAX))? as u8;
+        let card_random = hex_field::<4>(&map, "card_random").map_err(field_error)?;
+        let online_counter = small(&map, "online_counter", u64::from(u16::MAX))? as u16;
+        let balance_before = Fen(small(&map, "balance_before_fen", u64::from(u32::MAX))? as u32);
+        let amount = Fen(small(&map, "amount_fen", u64::from(TOPUP_FEN_MAX))? as u32);
+        if amount.0 == 0 {
+            return Err(ApiError::field("amount_fen", "must be at least 1"));
+        }
+        if balance_before.checked_add(amount).is_none() {
+            return Err(ApiError::field("amount_fen", "the balance after the load overflows"));
+        }
+        let [code] = hex_field::<1>(&map, "transaction_type").map_err(field_error)?;
+        let kind = TransactionType::from_code(code)
+            .ok()
+            .filter(|k| k.is_load())
+            .ok_or_else(|| ApiError::field("transaction_type", "must be a load type (01 or 02)"))?;
+        let mac1 = hex_field::<4>(&map, "mac1").map_err(field_error)?;
+        Ok(TopupAuthorise { serial, key_index, card_random, online_counter, balance_before, amount, kind, mac1 })
+    }
+}
+
+/// `POST /v1/topups/confirm`: the card's load TAC after CREDIT FOR LOAD.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopupConfirmRequest {
+    /// 16 hex digits.
+    pub card_serial: String,
+    pub online_counter: u16,
+    /// 8 hex digits: the TAC CREDIT FOR LOAD answered.
+    pub tac: String,
+}
+
+/// A top-up confirmation, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopupConfirm {
+    pub serial: ApplicationSerial,
+    pub online_counter: u16,
+    pub tac: [u8; 4],
+}
+
+impl RequestBody for TopupConfirm {
+    type Wire = TopupConfirmRequest;
+    const FIELDS: &'static [&'static str] = &["card_serial", "online_counter", "tac"];
+
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = object(body, Self::FIELDS)?;
+        Ok(TopupConfirm {
+            serial: serial(&map, "card_serial")?,
+            online_counter: small(&map, "online_counter", u64::from(u16::MAX))? as u16,
+            tac: hex_field::<4>(&map, "tac").map_err(field_error)?,
+        })
+    }
+}
+
+/// `POST /v1/topups/void`: a top-up whose CREDIT FOR LOAD never happened on the
+/// card (the terminal's journal knows, through GET TRANSACTION PROVE).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopupVoidRequest {
+    /// 16 hex digits.
+    pub card_serial: String,
+    pub online_counter: u16,
+    /// The host date-time of the authorisation (14 hex digits, as authorise answered):
+    /// names which authorisation of this counter is void.
+    pub date_time: String,
+}
+
+/// A top-up void, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopupVoid {
+    pub serial: ApplicationSerial,
+    pub online_counter: u16,
+    pub at: CardDateTime,
+}
+
+impl RequestBody for TopupVoid {
+    type Wire = TopupVoidRequest;
+    const FIELDS: &'static [&'static str] = &["card_serial", "online_counter", "date_time"];
+
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = object(body, Self::FIELDS)?;
+        let serial = serial(&map, "card_serial")?;
+        let online_counter = small(&map, "online_counter", u64::from(u16::MAX))? as u16;
+        let bytes = hex_field::<7>(&map, "date_time").map_err(field_error)?;
+        let at = CardDateTime::from_slice(&bytes)
+            .map_err(|_| ApiError::field("date_time", "not a real date and time (YYYYMMDDhhmmss as BCD hex)"))?;
+        Ok(TopupVoid { serial, online_counter, at })
+    }
+}
+
+/// `POST /v1/issuer/cards`: a card to issue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCardRequest {
+    /// 16 hex digits.
+    pub card_serial: String,
+    pub card_type: u8,
+    /// The HSM key set of the card's keys (1 to 100 characters).
+    pub key_set: String,
+    /// Kept only hashed and masked (1 to 100 characters).
+    pub citizen_id: String,
+    /// 1 to 100 characters.
+    pub name: String,
+    /// 0 to 100,000.
+    pub initial_balance_fen: u32,
+}
+
+/// A card to issue, parsed (the issue time is the server's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueCard {
+    pub serial: ApplicationSerial,
+    pub card_type: u8,
+    pub key_set: String,
+    pub citizen_id: String,
+    pub name: String,
+    pub initial_balance: Fen,
+}
+
+impl RequestBody for IssueCard {
+    type Wire = IssueCardRequest;
+    const FIELDS: &'static [&'static str] =
+        &["card_serial", "card_type", "key_set", "citizen_id", "name", "initial_balance_fen"];
+
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = object(body, Self::FIELDS)?;
+        Ok(IssueCard {
+            serial: serial(&map, "card_serial")?,
+            card_type: small(&map, "card_type", u64::from(u8::MAX))? as u8,
+            key_set: short_text(&map, "key_set")?,
+            citizen_id: short_text(&map, "citizen_id")?,
+            name: short_text(&map, "name")?,
+            initial_balance: Fen(small(&map, "initial_balance_fen", u64::from(TOPUP_FEN_MAX))? as u32),
+        })
+    }
+}
+
+/// `POST /v1/issuer/cards/{serial}/replace`: the new card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceCardRequest {
+    /// 16 hex digits.
+    pub new_card_serial: String,
+    pub card_type: u8,
+    /// 1 to 100 characters.
+    pub key_set: String,
+}
+
+/// A replacement card, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaceCard {
+    pub serial: ApplicationSerial,
+    pub card_type: u8,
+    pub key_set: String,
+}
+
+impl RequestBody for ReplaceCard {
+    type Wire = ReplaceCardRequest;
+    const FIELDS: &'static [&'static str] = &["new_card_serial", "card_type", "key_set"];
+
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let map = object(body, Self::FIELDS)?;
+        Ok(ReplaceCard {
+            serial: serial(&map, "new_card_serial")?,
+            card_type: small(&map, "card_type", u64::from(u8::MAX))? as u8,
+            key_set: short_text(&map, "key_set")?,
+        })
+    }
+}
+
+/// `POST /v1/batches`: the batch document (see [`crate::batch`]), documented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchDocument {
+    /// `clearing-batch/1`.
+    pub format: String,
+    /// 12 hex digits.
+    pub terminal_id: String,
+    /// 1 to 64 of `A-Z a-z 0-9 . _ -`, unique per terminal.
+    pub batch_id: String,
+    /// 1 to 10,000 records; a malformed one is refused alone (quarantined), the others kept.
+    pub records: Vec<BatchRecord>,
+}
+
+/// One record of a batch document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRecord {
+    /// `purchase` or `load`.
+    pub kind: String,
+    pub card_serial: String,
+    pub card_type: u8,
+    /// A purchase's: the card's offline counter before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_counter: Option<u16>,
+    /// A load's: the card's online counter before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_counter: Option<u16>,
+    pub balance_before_fen: u32,
+    /// 1 to 1,000,000.
+    pub amount_fen: u32,
+    /// 2 hex digits: `05` `06` `09` (purchase), `01` `02` (load).
+    pub transaction_type: String,
+    /// 12 hex digits, equal to the batch's terminal.
+    pub terminal_number: String,
+    /// A purchase's: the PSAM's transaction serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_serial: Option<u32>,
+    /// `YYYYMMDDhhmmss`.
+    pub date_time: String,
+    /// 8 hex digits.
+    pub tac: String,
+}
+
+impl RequestBody for batch::Batch {
+    type Wire = BatchDocument;
+    const FIELDS: &'static [&'static str] = &["format", "terminal_id", "batch_id", "records"];
+
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        Ok(batch::parse(body)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn properties<W: JsonSchema>() -> Vec<String> {
+        let schema = schemars::SchemaGenerator::default().into_root_schema_for::<W>();
+        let mut names: Vec<String> = schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn fields<B: RequestBody>() -> Vec<String> {
+        let mut names: Vec<String> = B::FIELDS.iter().map(|f| f.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn fields_match_the_documented_wire_forms() {
+        assert_eq!(fields::<TopupAuthorise>(), properties::<TopupAuthoriseRequest>());
+        assert_eq!(fields::<TopupConfirm>(), properties::<TopupConfirmRequest>());
+        assert_eq!(fields::<TopupVoid>(), properties::<TopupVoidRequest>());
+        assert_eq!(fields::<IssueCard>(), properties::<IssueCardRequest>());
+        assert_eq!(fields::<ReplaceCard>(), properties::<ReplaceCardRequest>());
+        assert_eq!(fields::<batch::Batch>(), properties::<BatchDocument>());
+        let mut record: Vec<String> =
+            batch::PURCHASE_FIELDS.iter().chain(batch::LOAD_FIELDS).map(|f| f.to_string()).collect();
+        record.sort();
+        record.dedup();
+        assert_eq!(record, properties::<BatchRecord>());
+    }
+}
