@@ -330,3 +330,199 @@ both!(a_counter_gap_resolves_when_the_missing_record_arrives_and_is_released, |b
         .expect("count");
     assert_eq!(released, 1);
 });
+
+async fn count(world: &World, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(&world.db().pool).await.expect("count")
+}
+
+both!(an_authorised_topup_the_card_never_got_is_voided, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let api = start(&world).await;
+    let card = world.issue(1, 1_000).await;
+    let keys = support::master_keys().card_keys(&card.serial);
+    let kiosk = support::terminal(SHOP);
+    let (random, counter) = ([1, 2, 3, 4], 0u16);
+    let session = crypto::load_session_key(keys.algorithm, &keys.load[0].key, random, counter);
+    let authorise = |amount: Fen| {
+        let mac1 = purse::load_mac1(&session, card.balance, amount, TransactionType::PurseLoad, &kiosk);
+        serde_json::json!({
+            "card_serial": card.serial.to_hex(), "key_index": 1, "card_random": hex::encode(random),
+            "online_counter": counter, "balance_before_fen": card.balance.0, "amount_fen": amount.0,
+            "transaction_type": "02", "mac1": hex::encode(mac1),
+        })
+        .to_string()
+    };
+    let (status, first) = signed(&api, SHOP, "POST", "/v1/topups/authorise", authorise(Fen(2_000)).as_bytes()).await;
+    assert_eq!(status, 200, "{first}");
+    let postings = count(&world, "SELECT COUNT(*) FROM ledger_postings").await;
+    // CREDIT FOR LOAD never reached the card: the kiosk voids the authorisation.
+    let void = |date_time: &str, counter: u16| {
+        serde_json::json!({"card_serial": card.serial.to_hex(), "online_counter": counter, "date_time": date_time})
+            .to_string()
+    };
+    let date_time = first["date_time"].as_str().expect("date-time").to_owned();
+    let (status, error) = signed(&api, SHOP, "POST", "/v1/topups/void", void("20261124000000", 0).as_bytes()).await;
+    assert_eq!(status, 409, "another authorisation's date-time: {error}");
+    assert_eq!(signed(&api, BUS, "POST", "/v1/topups/void", void(&date_time, 0).as_bytes()).await.0, 403);
+    assert_eq!(signed(&api, SHOP, "POST", "/v1/topups/void", void(&date_time, 1).as_bytes()).await.0, 404);
+    let (status, error) = signed(&api, SHOP, "POST", "/v1/topups/void", void("2026", 0).as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("date_time")));
+    assert_eq!(http(&api, "POST", "/v1/topups/void", &[], void(&date_time, 0).as_bytes()).await.0, 401);
+    let (status, voided) = signed(&api, SHOP, "POST", "/v1/topups/void", void(&date_time, 0).as_bytes()).await;
+    assert_eq!((status, &voided["state"], &voided["voided_now"]), (200, &Value::from("voided"), &Value::from(true)));
+    // Idempotent: the same void again answers the same state.
+    let (status, again) = signed(&api, SHOP, "POST", "/v1/topups/void", void(&date_time, 0).as_bytes()).await;
+    assert_eq!((status, &again["voided_now"]), (200, &Value::from(false)), "{again}");
+    // Neither the shadow account nor the ledger moved, and no record exists.
+    let shadow = clearing::registry::shadow(world.db(), &card.serial).await.expect("shadow");
+    assert_eq!((shadow.balance_fen, shadow.online_counter), (1_000, 0));
+    assert_eq!(count(&world, "SELECT COUNT(*) FROM ledger_postings").await, postings);
+    assert_eq!(clearing::ledger::total(world.db()).await.expect("ledger"), 0);
+    assert_eq!(count(&world, "SELECT COUNT(*) FROM transactions").await, 0);
+    // The card's online counter did not move: a new top-up of another amount takes it.
+    let (status, second) = signed(&api, SHOP, "POST", "/v1/topups/authorise", authorise(Fen(3_000)).as_bytes()).await;
+    assert_eq!(status, 200, "{second}");
+    let at = CardDateTime::from_slice(&hex::decode(second["date_time"].as_str().expect("date")).expect("hex"))
+        .expect("date-time");
+    let mac2 = purse::load_mac2(&session, Fen(3_000), TransactionType::PurseLoad, &kiosk, &at);
+    assert_eq!(second["mac2"], hex::encode_upper(mac2));
+    let tac = purse::load_tac(
+        keys.algorithm,
+        &keys.tac,
+        Fen(4_000),
+        counter,
+        Fen(3_000),
+        TransactionType::PurseLoad,
+        &kiosk,
+        &at,
+    );
+    let confirm =
+        serde_json::json!({"card_serial": card.serial.to_hex(), "online_counter": counter, "tac": hex::encode(tac)});
+    let (status, confirmed) = signed(&api, SHOP, "POST", "/v1/topups/confirm", confirm.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{confirmed}");
+    // A confirmed top-up is not voided: the card has the money.
+    let second_time = second["date_time"].as_str().expect("date-time");
+    let (status, error) = signed(&api, SHOP, "POST", "/v1/topups/void", void(second_time, 0).as_bytes()).await;
+    assert_eq!(status, 409, "{error}");
+    let day = clearing::BusinessDay::parse(confirmed["business_day"].as_str().expect("day")).expect("day");
+    let options = clearing::RunOptions::new(day, world.out.path());
+    let (summary, _) = clearing::run_day(world.db(), &world.client, &options).await.expect("run-day");
+    assert_eq!((summary.cleared, summary.loads_fen, summary.quarantined), (1, 3_000, 0));
+    let shadow = clearing::registry::shadow(world.db(), &card.serial).await.expect("shadow");
+    assert_eq!((shadow.balance_fen, shadow.online_counter), (4_000, 1));
+    assert_eq!(clearing::ledger::total(world.db()).await.expect("ledger"), 0);
+    let (_, metrics) = http(&api, "GET", "/metrics", &[], b"").await;
+    assert!(metrics.as_str().expect("text").contains("clearing_topups_voided_total 1\n"), "{metrics}");
+});
+
+/// The statuses `/openapi.json` documents for one route.
+fn documented_statuses(document: &Value, route: &api::ApiRoute) -> Vec<String> {
+    let operation = &document["paths"][route.path][route.method.as_str().to_lowercase()];
+    operation["responses"].as_object().map(|r| r.keys().cloned().collect()).unwrap_or_default()
+}
+
+#[test]
+fn the_openapi_document_has_every_route_and_each_refusal_it_can_give() {
+    let document = serde_json::to_value(api::openapi_document()).expect("json");
+    assert!(document["openapi"].as_str().expect("openapi").starts_with("3."), "{}", document["openapi"]);
+    assert_eq!(document["info"]["title"], "clearing");
+    let routes = api::routes();
+    // Exactly the routes of the list, each with its method.
+    let documented: usize = document["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| {
+            item.as_object()
+                .expect("path item")
+                .keys()
+                .filter(|k| ["get", "post", "put", "delete", "patch"].contains(&k.as_str()))
+                .count()
+        })
+        .sum();
+    assert_eq!(documented, routes.len());
+    for route in &routes {
+        let name = format!("{} {}", route.method, route.path);
+        let operation = &document["paths"][route.path][route.method.as_str().to_lowercase()];
+        assert!(operation.is_object(), "{name} is not documented");
+        let statuses = documented_statuses(&document, route);
+        let has = |status: &str| statuses.iter().any(|s| s == status);
+        assert!(statuses.iter().any(|s| s.starts_with('2')), "{name}: no success answer in {statuses:?}");
+        let schemes: Vec<String> = operation["security"]
+            .as_array()
+            .map(|list| list.iter().flat_map(|s| s.as_object().expect("requirement").keys().cloned()).collect())
+            .unwrap_or_default();
+        let expected_scheme = if route.path.starts_with("/v1/operator/") {
+            Some("operator_token")
+        } else if route.path.starts_with("/v1/issuer/") {
+            Some("issuer_token")
+        } else if route.path.starts_with("/v1/") {
+            Some("terminal_signature")
+        } else {
+            None
+        };
+        assert_eq!(schemes, expected_scheme.into_iter().map(String::from).collect::<Vec<_>>(), "{name}");
+        if expected_scheme.is_some() {
+            assert!(has("401") && has("403"), "{name}: an authenticated route documents 401 and 403: {statuses:?}");
+            assert!(has("500"), "{name}: authentication reads the database: {statuses:?}");
+        }
+        if operation["requestBody"].is_object() {
+            assert!(has("422") && has("413"), "{name}: a body route documents 422 and 413: {statuses:?}");
+            assert!(operation["requestBody"]["content"]["application/json"]["schema"].is_object(), "{name}");
+        }
+        for parameter in route.path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')) {
+            let listed = operation["parameters"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|p| p["name"] == parameter && p["in"] == "path"));
+            assert!(listed, "{name}: path parameter {parameter} not documented");
+            assert!(has("422"), "{name}: a path parameter can be refused: {statuses:?}");
+        }
+    }
+    // What each handler's own refusals add, from its Fails<..> type.
+    for (method, path, expected) in [
+        ("POST", "/v1/batches", &["200", "201", "403", "409", "422"][..]),
+        ("POST", "/v1/topups/authorise", &["403", "409", "422", "503"]),
+        ("POST", "/v1/topups/confirm", &["404", "403", "409", "422", "503"]),
+        ("POST", "/v1/topups/void", &["404", "403", "409", "422"]),
+        ("POST", "/v1/issuer/cards", &["201", "409", "422", "503"]),
+        ("POST", "/v1/issuer/cards/{serial}/replace", &["404", "409", "422"]),
+        ("GET", "/v1/operator/days/{date}/settlement", &["404", "422", "503"]),
+        ("POST", "/v1/operator/quarantine/{transaction_id}/release", &["404", "422"]),
+    ] {
+        let route = routes.iter().find(|r| r.method == method && r.path == path).expect("route in the list");
+        let statuses = documented_statuses(&document, route);
+        for status in expected {
+            assert!(statuses.iter().any(|s| s == status), "{method} {path}: {status} missing from {statuses:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_serves_exactly_the_documented_routes() {
+    let world = World::new(Backend::Sqlite).await;
+    let api = start(&world).await;
+    // Served without authentication, the same document.
+    let (status, served) = http(&api, "GET", "/openapi.json", &[], b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(served, serde_json::to_value(api::openapi_document()).expect("json"));
+    // Not a route: the router's own 404, with no body.
+    let (status, body) = http(&api, "GET", "/v1/nothing-here", &[], b"").await;
+    assert_eq!((status, body), (404, Value::String(String::new())));
+    // Every route of the list is served, and answers a bare request with a status it documents.
+    for route in api::routes() {
+        let path = route
+            .path
+            .replace("{serial}", "3100000000000001")
+            .replace("{date}", "2026-11-24")
+            .replace("{transaction_id}", "1");
+        let (status, body) = http(&api, route.method.as_str(), &path, &[], b"").await;
+        assert!(
+            !(status == 404 && body == Value::String(String::new())) && status != 405,
+            "{} {} is not served ({status})",
+            route.method,
+            route.path
+        );
+        let statuses = documented_statuses(&served, &route);
+        assert!(statuses.contains(&status.to_string()), "{} {path}: {status} not in {statuses:?}", route.method);
+    }
+}
