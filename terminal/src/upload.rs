@@ -275,6 +275,22 @@ pub struct TopupConfirm {
     pub tac: String,
 }
 
+/// The void of a top-up whose CREDIT FOR LOAD never happened on the card (`POST /v1/topups/void`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopupVoid {
+    pub card_serial: String,
+    pub online_counter: u16,
+    /// The authorisation's host date-time (14 hex digits, as authorise answered).
+    pub date_time: String,
+}
+
+/// Clearing's answer to a void: `voided_now` false when it was voided before.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TopupVoided {
+    pub state: String,
+    pub voided_now: bool,
+}
+
 /// Clearing at a base URL (`http://host:port`), as this terminal.
 pub struct ClearingClient {
     base: String,
@@ -420,6 +436,14 @@ impl ClearingClient {
         let body = serde_json::to_vec(confirm)
             .map_err(|error| UploadError::BadAnswer { what: "top-up confirmation", detail: error.to_string() })?;
         self.json("top-up confirmation", "POST", "/v1/topups/confirm", &body, &[200])
+    }
+
+    /// Voids a top-up the card never got (GET TRANSACTION PROVE found no such
+    /// load), so its counter is free again; idempotent. Refused (409) once confirmed.
+    pub fn void_load(&self, void: &TopupVoid) -> Result<TopupVoided, UploadError> {
+        let body = serde_json::to_vec(void)
+            .map_err(|error| UploadError::BadAnswer { what: "top-up void", detail: error.to_string() })?;
+        self.json("top-up void", "POST", "/v1/topups/void", &body, &[200])
     }
 }
 
