@@ -5,12 +5,15 @@ pub mod batch;
 pub mod bench;
 pub mod db;
 pub mod error;
+pub mod fuzzing;
 pub mod ingest;
 pub mod ledger;
 pub mod money;
 pub mod personalise;
 pub mod registry;
+pub mod report;
 pub mod run_day;
+pub mod screen;
 
 pub use batch::{Batch, Record, RecordKind, RecordRejection};
 pub use db::{Db, Dialect};

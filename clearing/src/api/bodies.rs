@@ -339,6 +339,65 @@ impl RequestBody for batch::Batch {
     }
 }
 
+/// Each parsed body's wire form: what a client sends to get it.
+impl From<&TopupAuthorise> for TopupAuthoriseRequest {
+    fn from(body: &TopupAuthorise) -> Self {
+        TopupAuthoriseRequest {
+            card_serial: body.serial.to_hex(),
+            key_index: body.key_index,
+            card_random: hex::encode(body.card_random),
+            online_counter: body.online_counter,
+            balance_before_fen: body.balance_before.0,
+            amount_fen: body.amount.0,
+            transaction_type: hex::encode([body.kind.code()]),
+            mac1: hex::encode(body.mac1),
+        }
+    }
+}
+
+impl From<&TopupConfirm> for TopupConfirmRequest {
+    fn from(body: &TopupConfirm) -> Self {
+        TopupConfirmRequest {
+            card_serial: body.serial.to_hex(),
+            online_counter: body.online_counter,
+            tac: hex::encode(body.tac),
+        }
+    }
+}
+
+impl From<&TopupVoid> for TopupVoidRequest {
+    fn from(body: &TopupVoid) -> Self {
+        TopupVoidRequest {
+            card_serial: body.serial.to_hex(),
+            online_counter: body.online_counter,
+            date_time: hex::encode(body.at.to_bytes()),
+        }
+    }
+}
+
+impl From<&IssueCard> for IssueCardRequest {
+    fn from(body: &IssueCard) -> Self {
+        IssueCardRequest {
+            card_serial: body.serial.to_hex(),
+            card_type: body.card_type,
+            key_set: body.key_set.clone(),
+            citizen_id: body.citizen_id.clone(),
+            name: body.name.clone(),
+            initial_balance_fen: body.initial_balance.0,
+        }
+    }
+}
+
+impl From<&ReplaceCard> for ReplaceCardRequest {
+    fn from(body: &ReplaceCard) -> Self {
+        ReplaceCardRequest {
+            new_card_serial: body.serial.to_hex(),
+            card_type: body.card_type,
+            key_set: body.key_set.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
