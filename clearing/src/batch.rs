@@ -297,11 +297,13 @@ fn parse_record(raw: &Value, batch_terminal: &TerminalNumber) -> Result<Record, 
     let counter = integer(map, counter_field, u64::from(u16::MAX))? as u16;
     let balance_before = Fen(integer(map, "balance_before_fen", u64::from(u32::MAX))? as u32);
     let amount = Fen(integer(map, "amount_fen", u64::from(AMOUNT_FEN_MAX))? as u32);
-    if amount.0 == 0 {
-        return Err(("amount_fen", "must be at least 1".to_owned()));
-    }
     let [code] = hex_field::<1>(map, "transaction_type")?;
     let transaction_type = TransactionType::from_code(code).map_err(|error| ("transaction_type", error.to_string()))?;
+    // A compound purchase of 0 is a trip record the card wrote with its DEBIT (a
+    // distance tap-in, a free ride): the card's counter moved, so it is cleared too.
+    if amount.0 == 0 && transaction_type != TransactionType::CompoundPurchase {
+        return Err(("amount_fen", "must be at least 1 (0 only in a compound purchase, type 09)".to_owned()));
+    }
     if transaction_type.is_load() != (kind == RecordKind::Load) {
         return Err(("transaction_type", format!("{code:02X} is not a {} type", kind.as_str())));
     }

@@ -267,6 +267,12 @@ impl Validator {
         self.settings.station = station;
     }
 
+    /// The vehicle was put on another route (interlining): its later taps are
+    /// on `route`, and a rider coming from the earlier one transfers.
+    pub fn set_route(&mut self, route: u16) {
+        self.settings.route = route;
+    }
+
     /// Keeps the newer blacklist; returns whether it was taken.
     pub fn update_blacklist(&mut self, newer: Blacklist) -> bool {
         self.blacklist.update(newer)
@@ -355,8 +361,24 @@ impl Validator {
                 let balance = purse.balance().map_err(|error| card_failure(card, &error))?;
                 Ok(Tap::Refused { card, reason: Refusal::BelowFare(BelowFare { balance, fare: quote.amount }) })
             }
+            Err(TransactionError::Card(error @ CardError::Reader(_))) if psam.is_stale() => {
+                // The PSAM's reader failed before DEBIT: nothing was charged.
+                Ok(Tap::Refused { card, reason: Refusal::TerminalFault(format!("PSAM unavailable: {error}")) })
+            }
             Err(TransactionError::Card(error)) => Err(card_failure(card, &error)),
             Err(TransactionError::Torn { .. }) => Ok(Tap::PresentAgain { card }),
+            Err(TransactionError::Mac2Rejected { completed, source: source @ CardError::Reader(_) }) => {
+                // The card debited and the journal holds it, but the PSAM's
+                // reader failed before it checked MAC2 (clearing checks the
+                // TAC). Not let through now; remembered, so the rider's next tap
+                // is ALREADY PAID and never charged again.
+                tracing::warn!(card = %serial.masked(), id = completed.id, %source, "MAC2 not checked: PSAM reader failed");
+                self.remember(&completed, &now);
+                Ok(Tap::Refused {
+                    card,
+                    reason: Refusal::TerminalFault(format!("MAC2 not checked ({source}); present the card again")),
+                })
+            }
             Err(TransactionError::Journal(error)) => Err(journal_failure(card, &error)),
             Err(TransactionError::Refused { source, .. }) => Err(card_failure(card, &source)),
             Err(error) => Ok(Tap::Refused { card, reason: Refusal::TerminalFault(error.to_string()) }),

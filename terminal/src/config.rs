@@ -25,6 +25,10 @@
 //! kind = "pcsc"
 //! card = "Virtual PCD 00 00"
 //! psam = "Virtual PCD 00 01"
+//! # or a PN532 module for the cards, the PSAM in PC/SC (or psam_image = FILE):
+//! # kind = "pn532"
+//! # device = "/dev/ttyS0"
+//! # psam_reader = "Virtual PCD 00 01"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -192,6 +196,35 @@ pub enum ReaderConfig {
     /// Card images served in-process (a demo without readers): taps are read
     /// from standard input, `tap N` for the Nth card.
     InProcess { cards: Vec<PathBuf>, psam: PathBuf },
+    /// A PN532 module on a serial line (`device`: `/dev/ttyS0`, or the link
+    /// `card-host serve --pn532 PATH` makes) for the cards; the PSAM in a PC/SC
+    /// reader (`psam_reader`) or an image served in-process (`psam_image`), one
+    /// of the two.
+    Pn532 { device: PathBuf, psam_reader: Option<String>, psam_image: Option<PathBuf> },
+}
+
+/// Where the PSAM is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PsamSource<'a> {
+    /// In a PC/SC reader of this name.
+    Pcsc(&'a str),
+    /// An image file served in-process.
+    Image(&'a Path),
+}
+
+impl ReaderConfig {
+    /// The PSAM's reader or image.
+    pub fn psam(&self) -> Result<PsamSource<'_>, ConfigError> {
+        match self {
+            ReaderConfig::Pcsc { psam, .. } => Ok(PsamSource::Pcsc(psam)),
+            ReaderConfig::InProcess { psam, .. } => Ok(PsamSource::Image(psam)),
+            ReaderConfig::Pn532 { psam_reader: Some(reader), psam_image: None, .. } => Ok(PsamSource::Pcsc(reader)),
+            ReaderConfig::Pn532 { psam_reader: None, psam_image: Some(image), .. } => Ok(PsamSource::Image(image)),
+            ReaderConfig::Pn532 { .. } => {
+                Err(ConfigError::Invalid("reader: kind \"pn532\" takes one of psam_reader and psam_image".into()))
+            }
+        }
+    }
 }
 
 impl Config {
@@ -242,6 +275,7 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!("more than {DEMO_CARDS_MAX} in-process cards")));
         }
+        self.reader.psam()?;
         Ok(())
     }
 
@@ -265,6 +299,10 @@ impl Config {
         if let ReaderConfig::InProcess { cards, psam } = &mut self.reader {
             cards.iter_mut().for_each(resolve);
             resolve(psam);
+        }
+        if let ReaderConfig::Pn532 { device, psam_image, .. } = &mut self.reader {
+            resolve(device);
+            psam_image.iter_mut().for_each(resolve);
         }
     }
 
@@ -317,5 +355,24 @@ mod tests {
         assert!(Config::parse(&format!("{base}{}", clearing.replace("http:", "https:"))).is_err(), "no TLS");
         assert!(Config::parse(&format!("{base}{}", clearing.replace("0901", "09"))).is_err());
         assert!(Config::parse(&format!("{base}{clearing}batch_records = 0\n")).is_err());
+    }
+
+    #[test]
+    fn a_pn532_reader_takes_one_psam() {
+        let reader = "[journal]\npath = \"j\"\n[reader]\nkind = \"pn532\"\ndevice = \"/dev/ttyS0\"\n";
+        let config = Config::parse(&format!("{reader}psam_image = \"p.psam\"\n")).expect("PSAM image");
+        assert_eq!(config.reader.psam().expect("psam"), PsamSource::Image(Path::new("p.psam")));
+        let config = Config::parse(&format!("{reader}psam_reader = \"Virtual PCD 00 01\"\n")).expect("PSAM reader");
+        assert_eq!(config.reader.psam().expect("psam"), PsamSource::Pcsc("Virtual PCD 00 01"));
+        for wrong in ["", "psam_image = \"p\"\npsam_reader = \"r\"\n"] {
+            let outcome = Config::parse(&format!("{reader}{wrong}"));
+            assert!(
+                matches!(&outcome, Err(ConfigError::Invalid(why)) if why.contains("one of psam_reader and psam_image")),
+                "{outcome:?}"
+            );
+        }
+        let mut config = Config::parse(&format!("{reader}psam_image = \"p.psam\"\n")).expect("parse");
+        config.resolve_paths(Path::new("/etc/terminal"));
+        assert_eq!(config.reader.psam().expect("psam"), PsamSource::Image(Path::new("/etc/terminal/p.psam")));
     }
 }

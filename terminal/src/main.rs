@@ -13,11 +13,11 @@ use clap::{Parser, Subcommand};
 use terminal::CardSession;
 use terminal::blacklist::Blacklist;
 use terminal::bus::Validator;
-use terminal::config::{Config, ReaderConfig};
+use terminal::config::{Config, PsamSource, ReaderConfig};
 use terminal::journal::Journal;
 use terminal::psam::PsamSession;
-use terminal::reader::InProcess;
-use terminal::reader::pcsc::PcscReaders;
+use terminal::reader::pcsc::{PcscReaders, PcscSlot, PcscStation};
+use terminal::reader::{CardStation, InProcess, Pn532Device};
 use terminal::tariff::Tariff;
 
 /// How long the validator waits for the PSAM at start.
@@ -27,6 +27,8 @@ const PSAM_WAIT: Duration = Duration::from_secs(10);
 const CARD_POLL: Duration = Duration::from_secs(1);
 /// How often a running validator flags intents left unresolved too long.
 const FLAG_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a validator waits before trying a failed card reader again.
+const READER_RETRY: Duration = Duration::from_millis(200);
 /// The longest line of the in-process demo's standard input.
 const COMMAND_LINE_BYTES_MAX: usize = 256;
 
@@ -86,8 +88,16 @@ fn main() -> anyhow::Result<()> {
 
 /// Where the kiosk's card is.
 enum KioskCards {
-    Pcsc { readers: PcscReaders, card: String },
-    InProcess { readers: Vec<InProcess<CitizenCard>>, current: usize },
+    Pcsc {
+        readers: PcscReaders,
+        card: String,
+    },
+    InProcess {
+        readers: Vec<InProcess<CitizenCard>>,
+        current: usize,
+    },
+    /// A reader module (PN532) where cards are presented.
+    Station(Box<dyn CardStation>),
 }
 
 impl KioskCards {
@@ -103,6 +113,9 @@ impl KioskCards {
             KioskCards::InProcess { readers, current } => {
                 let reader = readers.get_mut(*current).context("no such card")?;
                 Ok(operation(reader))
+            }
+            KioskCards::Station(station) => {
+                terminal::reader::with_card(&mut **station, CARD_POLL, operation)?.context("no card presented")
             }
         }
     }
@@ -238,8 +251,11 @@ fn open_readers(config: &Config) -> anyhow::Result<(KioskCards, Box<dyn terminal
     Ok(match &config.reader {
         ReaderConfig::Pcsc { card, psam } => {
             let readers = PcscReaders::establish().context("PC/SC")?;
-            let psam_channel = readers.connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
+            let psam_channel = PcscSlot::connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
             (KioskCards::Pcsc { readers, card: card.clone() }, Box::new(psam_channel))
+        }
+        ReaderConfig::Pn532 { device, .. } => {
+            (KioskCards::Station(Box::new(Pn532Device::new(device))), open_psam(config)?)
         }
         ReaderConfig::InProcess { cards, psam } => {
             let readers = cards
@@ -253,6 +269,79 @@ fn open_readers(config: &Config) -> anyhow::Result<(KioskCards, Box<dyn terminal
         }
         _ => bail!("this reader kind is not supported here"),
     })
+}
+
+/// The PSAM's channel: a PC/SC slot that reconnects after a reader fault, or
+/// an image in-process.
+fn open_psam(config: &Config) -> anyhow::Result<Box<dyn terminal::reader::Channel>> {
+    Ok(match config.reader.psam()? {
+        PsamSource::Pcsc(reader) => {
+            Box::new(PcscSlot::connect(reader, PSAM_WAIT).with_context(|| format!("PSAM in {reader:?}"))?)
+        }
+        PsamSource::Image(path) => {
+            Box::new(InProcess::new(Psam::open(path).with_context(|| format!("PSAM {}", path.display()))?))
+        }
+    })
+}
+
+/// Where a validator's or kiosk's cards are presented, unless they are in-process.
+fn card_station(reader: &ReaderConfig) -> Option<Box<dyn CardStation>> {
+    match reader {
+        ReaderConfig::Pcsc { card, .. } => Some(Box::new(PcscStation::new(card))),
+        ReaderConfig::Pn532 { device, .. } => Some(Box::new(Pn532Device::new(device))),
+        _ => None,
+    }
+}
+
+/// A validator at a card reader: one tap per presentation, one line each,
+/// until `taps` (or forever). A reader that fails is tried again: the station
+/// and the PSAM's slot reconnect by themselves.
+fn tap_loop(
+    station: &mut dyn CardStation,
+    psam: &mut PsamSession<'_>,
+    validator: &mut Validator,
+    blacklist: &mut BlacklistSource,
+    config: &Config,
+    taps: Option<u64>,
+) -> anyhow::Result<()> {
+    let out = std::io::stdout();
+    let mut done = 0u64;
+    let more = |done: u64| taps.is_none_or(|limit| done < limit);
+    let mut flagged_at = std::time::Instant::now();
+    while more(done) {
+        blacklist.refresh(validator);
+        if flagged_at.elapsed() >= FLAG_INTERVAL {
+            flagged_at = std::time::Instant::now();
+            if let Err(error) = validator.flag_unresolved() {
+                tracing::error!(%error, "flagging unresolved intents");
+            }
+        }
+        let validator = &*validator;
+        match terminal::reader::with_card(station, CARD_POLL, |card| validator.tap(card, psam, config.now())) {
+            Ok(None) => continue,
+            Ok(Some(tap)) => {
+                writeln!(out.lock(), "{tap}")?;
+                done += 1;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "card reader; trying again");
+                std::thread::sleep(READER_RETRY);
+                continue;
+            }
+        }
+        // One presentation, one tap: wait until the card has left.
+        while more(done) {
+            match station.wait_empty(CARD_POLL) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "card reader while waiting for the card to leave");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_counter(config_path: &Path) -> anyhow::Result<()> {
@@ -423,37 +512,12 @@ fn run_bus(config_path: &Path, taps: Option<u64>) -> anyhow::Result<()> {
     let more = |done: u64| taps.is_none_or(|limit| done < limit);
 
     match &config.reader {
-        ReaderConfig::Pcsc { card, psam } => {
-            let readers = PcscReaders::establish().context("PC/SC")?;
-            let mut psam_channel = readers.connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
-            let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).context("PSAM")?;
-            tracing::info!(reader = %card, terminal = %psam.terminal_number(), "waiting for cards");
-            let mut flagged_at = std::time::Instant::now();
-            while more(done) {
-                blacklist.refresh(&mut validator);
-                if flagged_at.elapsed() >= FLAG_INTERVAL {
-                    flagged_at = std::time::Instant::now();
-                    if let Err(error) = validator.flag_unresolved() {
-                        tracing::error!(%error, "flagging unresolved intents");
-                    }
-                }
-                if !readers.wait_for(card, true, CARD_POLL)? {
-                    continue;
-                }
-                let mut channel = match readers.connect(card, CARD_POLL) {
-                    Ok(channel) => channel,
-                    Err(error) => {
-                        tracing::warn!(%error, "card not connected");
-                        continue;
-                    }
-                };
-                let tap = validator.tap(&mut channel, &mut psam, config.now());
-                writeln!(out.lock(), "{tap}")?;
-                done += 1;
-                channel.disconnect();
-                // One presentation, one tap: wait until the card has left.
-                while more(done) && !readers.wait_for(card, false, CARD_POLL)? {}
-            }
+        ReaderConfig::Pcsc { .. } | ReaderConfig::Pn532 { .. } => {
+            let mut station = card_station(&config.reader).context("a card reader")?;
+            let mut psam_channel = open_psam(&config)?;
+            let mut psam = PsamSession::open(CardSession::new(&mut *psam_channel)).context("PSAM")?;
+            tracing::info!(terminal = %psam.terminal_number(), "waiting for cards");
+            tap_loop(&mut *station, &mut psam, &mut validator, &mut blacklist, &config, taps)?;
         }
         ReaderConfig::InProcess { cards, psam } => {
             let mut readers = cards

@@ -215,6 +215,26 @@ pub fn card_host_binary() -> PathBuf {
     binary
 }
 
+/// The `terminal` binary beside this test, brought up to date first (cargo
+/// builds only the tested package's targets before its tests).
+pub fn terminal_binary() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let binary = card_host_binary().with_file_name("terminal");
+    let release =
+        binary.parent().and_then(|profile| profile.canonicalize().ok()).is_some_and(|p| p.ends_with("release"));
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        command.args(["build", "--quiet", "-p", "terminal", "--bin", "terminal"]);
+        if release {
+            command.arg("--release");
+        }
+        assert!(command.status().expect("cargo build").success(), "cargo build -p terminal");
+    });
+    assert!(binary.exists(), "{} is missing", binary.display());
+    binary
+}
+
 /// A PC/SC test rig: the reader taken, a temporary directory, a PSAM in slot 1,
 /// and a card in slot 0 once [`Rig::serve_card`] is called. Fields drop in
 /// order: the card and the PSAM leave the reader before the lock is released.

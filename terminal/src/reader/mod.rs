@@ -10,11 +10,13 @@ pub mod in_process;
 pub mod pcsc;
 pub mod pn532;
 
+use std::time::Duration;
+
 use card_host::apdu::{Command, Response};
 use card_host::status::StatusWord;
 
 pub use in_process::InProcess;
-pub use pn532::{Pn532Error, Pn532Reader};
+pub use pn532::{Pn532Device, Pn532Error, Pn532Reader};
 
 /// GET RESPONSE rounds one command may take before the answer is refused.
 pub const GET_RESPONSE_ROUNDS_MAX: usize = 32;
@@ -32,6 +34,10 @@ pub enum ReaderError {
     /// application, verified PIN) is gone; the reader reconnected.
     #[error("the card was reset; select the application again")]
     CardReset,
+    /// The reader came back with another card in it than the session began
+    /// with (a PSAM swapped while the terminal ran).
+    #[error("another card is in the reader now")]
+    CardChanged,
     #[error("no card in the reader within {0:?}")]
     NoCard(std::time::Duration),
     #[error("reader {0:?} not found")]
@@ -63,6 +69,39 @@ impl<T: Channel + ?Sized> Channel for &mut T {
     fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
         (**self).transmit(command)
     }
+}
+
+/// A reader where cards are presented one at a time (a validator's, a
+/// kiosk's): it waits for a card, opens a session with it, ends the session,
+/// and tells when the card has left. A station that loses its reader (serial
+/// line closed, pcscd restarted) returns the error and reconnects on the next
+/// call, so a long-running terminal keeps going without a restart.
+pub trait CardStation {
+    /// Waits at most `timeout` for a card; if one came, runs `use_card` on it
+    /// and ends the card session. Returns whether a card came.
+    fn with_card(&mut self, timeout: Duration, use_card: &mut dyn FnMut(&mut dyn Channel))
+    -> Result<bool, ReaderError>;
+
+    /// Waits at most `timeout` until no card is in the reader; returns whether
+    /// it is empty.
+    fn wait_empty(&mut self, timeout: Duration) -> Result<bool, ReaderError>;
+}
+
+/// Runs `operation` on the next card presented at `station` within `timeout`:
+/// `Ok(None)` when none came.
+pub fn with_card<T>(
+    station: &mut dyn CardStation,
+    timeout: Duration,
+    operation: impl FnOnce(&mut dyn Channel) -> T,
+) -> Result<Option<T>, ReaderError> {
+    let mut operation = Some(operation);
+    let mut result = None;
+    station.with_card(timeout, &mut |card| {
+        if let Some(operation) = operation.take() {
+            result = Some(operation(card));
+        }
+    })?;
+    Ok(result)
 }
 
 /// Whether [`exchange`] follows `61xx` and `6Cxx` by itself.

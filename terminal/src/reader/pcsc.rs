@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ::pcsc::{Card, Context, Disposition, Error as PcscError, Protocols, ReaderState, Scope, ShareMode, State};
 
-use super::{Channel, ReaderError};
+use super::{CardStation, Channel, ReaderError};
 
 /// The largest response PC/SC is asked to take: an extended APDU's.
 const RECEIVE_BUFFER_MAX: usize = card_host::apdu::RESPONSE_LENGTH_MAX;
@@ -124,6 +124,155 @@ impl Channel for PcscChannel {
             }
             Err(error) => Err(removed(error)),
         }
+    }
+}
+
+/// Whether `error` leaves the PC/SC context usable: a card gone or reset is
+/// the card's business; anything else (pcscd stopped or restarted, the reader
+/// gone from its list) calls for a new context.
+fn context_survives(error: &ReaderError) -> bool {
+    matches!(error, ReaderError::CardRemoved | ReaderError::CardReset | ReaderError::NoCard(_))
+}
+
+/// A reader slot whose card stays there (the PSAM): a [`Channel`] that
+/// connects on first use and connects again after the card was reset or taken
+/// out and put back, or pcscd restarted, without the terminal restarting.
+///
+/// After a lost connection the next command makes the new one and is refused
+/// with [`ReaderError::CardReset`] without being sent: the card's session state
+/// (its selected application) is gone, and the client opens it again.
+pub struct PcscSlot {
+    reader: String,
+    readers: Option<PcscReaders>,
+    channel: Option<PcscChannel>,
+    lost: bool,
+    connect_timeout: Duration,
+}
+
+impl PcscSlot {
+    /// Connects to the card in `reader`, waiting at most `timeout` for it;
+    /// later reconnections wait at most [`PcscSlot::RECONNECT_WAIT`].
+    pub fn connect(reader: &str, timeout: Duration) -> Result<PcscSlot, ReaderError> {
+        let mut slot = PcscSlot {
+            reader: reader.to_owned(),
+            readers: None,
+            channel: None,
+            lost: false,
+            connect_timeout: Self::RECONNECT_WAIT,
+        };
+        slot.reconnect(timeout)?;
+        Ok(slot)
+    }
+
+    /// How long a command waits for a lost card to come back: short, as a
+    /// rider's tap waits on it.
+    pub const RECONNECT_WAIT: Duration = Duration::from_millis(200);
+
+    /// Whether the slot is connected now (false after a loss, until the next command).
+    pub fn is_connected(&self) -> bool {
+        self.channel.is_some()
+    }
+
+    fn reconnect(&mut self, timeout: Duration) -> Result<(), ReaderError> {
+        let readers = match &mut self.readers {
+            Some(readers) => readers,
+            none => none.insert(PcscReaders::establish()?),
+        };
+        match readers.connect(&self.reader, timeout) {
+            Ok(channel) => {
+                self.channel = Some(channel);
+                Ok(())
+            }
+            Err(error) => {
+                if !context_survives(&error) {
+                    self.readers = None;
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Channel for PcscSlot {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        if self.channel.is_none() {
+            self.reconnect(self.connect_timeout)?;
+            if std::mem::take(&mut self.lost) {
+                tracing::info!(reader = %self.reader, "reconnected");
+                return Err(ReaderError::CardReset);
+            }
+        }
+        let Some(channel) = self.channel.as_mut() else { return Err(ReaderError::CardRemoved) };
+        match channel.transmit(command) {
+            // PcscChannel reconnected by itself; the card's state is gone.
+            Err(ReaderError::CardReset) => Err(ReaderError::CardReset),
+            Err(error) => {
+                tracing::warn!(reader = %self.reader, %error, "connection lost");
+                self.channel = None;
+                self.lost = true;
+                if !context_survives(&error) {
+                    self.readers = None;
+                }
+                Err(error)
+            }
+            answer => answer,
+        }
+    }
+}
+
+/// A reader where riders present cards (the validator's, the kiosk's), as a
+/// [`CardStation`]: one exclusive connection per presentation; the PC/SC
+/// context is established again after pcscd went away.
+pub struct PcscStation {
+    reader: String,
+    readers: Option<PcscReaders>,
+}
+
+impl PcscStation {
+    pub fn new(reader: &str) -> PcscStation {
+        PcscStation { reader: reader.to_owned(), readers: None }
+    }
+
+    fn readers(&mut self) -> Result<&PcscReaders, ReaderError> {
+        Ok(match &mut self.readers {
+            Some(readers) => readers,
+            none => none.insert(PcscReaders::establish()?),
+        })
+    }
+
+    fn keep_context_after<T>(&mut self, result: Result<T, ReaderError>) -> Result<T, ReaderError> {
+        if let Err(error) = &result
+            && !context_survives(error)
+        {
+            self.readers = None;
+        }
+        result
+    }
+}
+
+impl CardStation for PcscStation {
+    fn with_card(
+        &mut self,
+        timeout: Duration,
+        use_card: &mut dyn FnMut(&mut dyn Channel),
+    ) -> Result<bool, ReaderError> {
+        let reader = self.reader.clone();
+        let outcome = self.readers().and_then(|readers| {
+            if !readers.wait_for(&reader, true, timeout)? {
+                return Ok(false);
+            }
+            let mut channel = readers.connect(&reader, timeout)?;
+            use_card(&mut channel);
+            channel.disconnect();
+            Ok(true)
+        });
+        self.keep_context_after(outcome)
+    }
+
+    fn wait_empty(&mut self, timeout: Duration) -> Result<bool, ReaderError> {
+        let reader = self.reader.clone();
+        let outcome = self.readers().and_then(|readers| readers.wait_for(&reader, false, timeout));
+        self.keep_context_after(outcome)
     }
 }
 

@@ -134,13 +134,116 @@ impl Pn532Reader<serialport::TTYPort> {
     /// Opens the serial device at `path` (115200 8N1, raw), wakes the PN532 up,
     /// and checks it is one.
     pub fn open(path: &Path) -> Result<(Self, FirmwareVersion), ReaderError> {
+        Self::open_with_options(path, Pn532Options::default())
+    }
+
+    /// [`Pn532Reader::open`] with other timeouts or chunk size.
+    pub fn open_with_options(path: &Path, options: Pn532Options) -> Result<(Self, FirmwareVersion), ReaderError> {
         let port = serialport::new(path.to_string_lossy(), BAUD_RATE)
             .timeout(PORT_READ_TIMEOUT)
             .open_native()
             .map_err(io::Error::from)?;
-        let mut reader = Pn532Reader::new(port);
+        let mut reader = Pn532Reader::with_options(port, options);
         let firmware = reader.wake_up()?;
         Ok((reader, firmware))
+    }
+}
+
+/// How often a [`Pn532Device`] looks for a card (InListPassiveTarget).
+pub const CARD_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A PN532 on the serial device at a path, as a [`CardStation`]: opened (woken
+/// up, its firmware checked) on first use, and opened again after the line
+/// failed (the module unplugged and back, the device re-created), so a
+/// terminal outlives its reader module.
+pub struct Pn532Device {
+    path: std::path::PathBuf,
+    options: Pn532Options,
+    reader: Option<Pn532Reader<serialport::TTYPort>>,
+}
+
+impl Pn532Device {
+    /// The module at `path`; nothing is opened yet.
+    pub fn new(path: &Path) -> Pn532Device {
+        Pn532Device::with_options(path, Pn532Options::default())
+    }
+
+    pub fn with_options(path: &Path, options: Pn532Options) -> Pn532Device {
+        Pn532Device { path: path.to_owned(), options, reader: None }
+    }
+
+    /// The driver, opening the line first if it is not open.
+    pub fn reader(&mut self) -> Result<&mut Pn532Reader<serialport::TTYPort>, ReaderError> {
+        Ok(match &mut self.reader {
+            Some(reader) => reader,
+            none => {
+                let (reader, firmware) = Pn532Reader::open_with_options(&self.path, self.options)?;
+                tracing::info!(device = %self.path.display(), version = firmware.version, revision = firmware.revision, "PN532 opened");
+                none.insert(reader)
+            }
+        })
+    }
+
+    /// Forgets the line after an error that may mean it is gone; the next call opens it again.
+    fn after<T>(&mut self, result: Result<T, ReaderError>) -> Result<T, ReaderError> {
+        if let Err(error @ (ReaderError::Serial(_) | ReaderError::Pn532(_))) = &result {
+            tracing::warn!(device = %self.path.display(), %error, "PN532 line lost; it is opened again");
+            self.reader = None;
+        }
+        result
+    }
+
+    fn find_card(&mut self) -> Result<Option<TypeATarget>, ReaderError> {
+        let found = self.reader().and_then(Pn532Reader::find_card);
+        self.after(found)
+    }
+
+    fn release(&mut self) -> Result<(), ReaderError> {
+        let released = match &mut self.reader {
+            Some(reader) => reader.release(),
+            None => Ok(()),
+        };
+        self.after(released)
+    }
+}
+
+impl super::CardStation for Pn532Device {
+    fn with_card(
+        &mut self,
+        timeout: Duration,
+        use_card: &mut dyn FnMut(&mut dyn Channel),
+    ) -> Result<bool, ReaderError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.find_card()?.is_some() {
+                if let Some(reader) = self.reader.as_mut() {
+                    use_card(reader);
+                }
+                // The session ends here; a card that already left is fine.
+                if let Err(error) = self.release() {
+                    tracing::debug!(%error, "InRelease after the card session");
+                }
+                return Ok(true);
+            }
+            if Instant::now() + CARD_POLL_INTERVAL > deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(CARD_POLL_INTERVAL);
+        }
+    }
+
+    fn wait_empty(&mut self, timeout: Duration) -> Result<bool, ReaderError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.find_card()?.is_none() {
+                return Ok(true);
+            }
+            self.release()?;
+            if Instant::now() + CARD_POLL_INTERVAL > deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(CARD_POLL_INTERVAL);
+        }
     }
 }
 

@@ -1,0 +1,531 @@
+//! The three terminal modes behind the PN532 emulator, as processes: `terminal
+//! bus`, `terminal kiosk` and `terminal counter` (the real binary) with
+//! `[reader] kind = "pn532"` on the link of a `card-host serve --card FILE
+//! --pn532 PATH` process; the PSAM in-process or in vpcd's slot 1 through
+//! pcscd. Each mode's card images, journal and clearing (a real server,
+//! run-day) agree; garbage on the serial line in the middle of a session is
+//! survived.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use card_host::card::CardImage;
+use card_host::pn532::{Pty, frame::FRAME_LENGTH_MAX};
+use card_host::{CardDateTime, Fen, TerminalNumber};
+use clearing::registry;
+use system_tests::clearing::Clearing;
+use system_tests::{Rig, card_host_binary, issue_card, issue_psam, psam_reader, terminal_binary};
+use terminal::journal::Journal;
+use terminal::reader::InProcess;
+
+const BUS: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x01]);
+const SHOP: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x02]);
+const HOSPITAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x03]);
+/// How long a test waits for a line from a terminal process.
+const LINE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A `card-host serve --card FILE --pn532 LINK` process: an emulated PN532 with
+/// the card in its field on a pty linked at LINK. Stopped with SIGTERM (the
+/// emulator removes the link) when dropped.
+struct Pn532Card {
+    child: Child,
+}
+
+impl Pn532Card {
+    fn serve(card: &Path, link: &Path) -> Pn532Card {
+        let mut child = Command::new(card_host_binary())
+            .args(["serve", "--card"])
+            .arg(card)
+            .arg("--pn532")
+            .arg(link)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("card-host serve");
+        // The line is printed once the pty is linked and the signals handled.
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("read");
+        assert!(first.starts_with("PN532 on "), "card-host serve: {first:?}");
+        Pn532Card { child }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([name, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {name}");
+    }
+
+    /// SIGUSR1: the card leaves the field; SIGUSR2: it comes back.
+    fn remove(&self) {
+        self.signal("-USR1");
+    }
+
+    fn insert(&self) {
+        self.signal("-USR2");
+    }
+}
+
+impl Drop for Pn532Card {
+    fn drop(&mut self) {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `terminal MODE --config FILE` process; its standard output line by line.
+struct TerminalProcess {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl TerminalProcess {
+    fn start(args: &[&str], config: &Path) -> TerminalProcess {
+        let mut child = Command::new(terminal_binary())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("terminal");
+        let lines = read_lines(child.stdout.take().expect("stdout"));
+        TerminalProcess { child, lines }
+    }
+
+    fn line(&self) -> String {
+        match self.lines.recv_timeout(LINE_TIMEOUT) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!("no line from the terminal within {LINE_TIMEOUT:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("the terminal closed its output"),
+        }
+    }
+
+    /// Sends a command and returns the first line of its answer.
+    fn command(&mut self, command: &str) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{command}").expect("write");
+        stdin.flush().expect("flush");
+        self.line()
+    }
+
+    /// Waits for the process to exit by itself; whether it succeeded.
+    fn finish(mut self) -> bool {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the terminal did not exit");
+    }
+}
+
+impl Drop for TerminalProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_lines(stdout: ChildStdout) -> Receiver<String> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+fn image(path: &Path) -> CardImage {
+    card_host::storage::load(path).expect("card image")
+}
+
+/// The cards' images and the journal agree: one completed row per card debit,
+/// the same money; nothing left open. Returns the journal's completed fen.
+fn assert_cards_agree_with_journal(cards: &[&Path], journal: &Path) -> u64 {
+    let journal = Journal::open(journal).expect("journal");
+    let counts = journal.counts().expect("counts");
+    assert_eq!(counts.intents, 0, "every intent settled");
+    let images: Vec<CardImage> = cards.iter().map(|path| image(path)).collect();
+    let debits: u64 = images.iter().map(|image| u64::from(image.purse.offline_counter)).sum();
+    let spent: u64 = images.iter().map(|image| image.purse.spent_total).sum();
+    assert_eq!(debits, counts.completed, "one journal row per card debit");
+    assert_eq!(spent, counts.completed_fen, "the money matches");
+    counts.completed_fen
+}
+
+/// Clearing's shadow account of each card equals its image's balance.
+fn assert_shadows_match(clearing: &Clearing, cards: &[&Path]) {
+    for path in cards {
+        let image = image(path);
+        let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &image.serial)).expect("shadow");
+        assert_eq!(shadow.balance_fen, i64::from(image.purse.balance.0), "card {}", image.serial.masked());
+    }
+}
+
+fn fixture(path: &str) -> PathBuf {
+    card_host::issue::fixtures::directory().join(path)
+}
+
+fn write_bus_config(directory: &Path, link: &Path, psam: &Path, address: std::net::SocketAddr) -> PathBuf {
+    let config = directory.join("bus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "utc_offset_minutes = 0\n[bus]\nroute = 42\ntariff = {:?}\ndedup_window_seconds = 600\n\
+             [journal]\npath = {:?}\n[clearing]\nurl = \"http://{address}\"\nterminal_id = \"310000000901\"\n\
+             device_key = {:?}\nupload_interval_seconds = 0\n\
+             [reader]\nkind = \"pn532\"\ndevice = {link:?}\npsam_image = {psam:?}\n",
+            fixture("tariffs/bus-flat.toml"),
+            directory.join("journal.sqlite"),
+            fixture("terminals/device-0901.key"),
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Three cards (ordinary, student, senior) presented one after the other at a
+/// `terminal bus` process on a PN532, the first one twice: one line per tap,
+/// the second tap of the first card not charged; uploaded and cleared.
+#[test]
+fn bus_validator_on_a_pn532_taps_uploads_and_clears() {
+    let clearing = Clearing::start();
+    let (address, _server) = clearing.serve();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let link = directory.path().join("ttyPN532");
+    let opening = Fen(1_000);
+    let cards: Vec<PathBuf> = (0..3)
+        .map(|profile| {
+            let (path, card) = issue_card(directory.path(), profile, opening);
+            clearing.register(&mut InProcess::new(card), opening);
+            path
+        })
+        .collect();
+    let (psam, _) = issue_psam(directory.path(), BUS);
+    let config = write_bus_config(directory.path(), &link, &psam, address);
+
+    // The validator starts before any reader module is on the line: it waits.
+    let terminal = TerminalProcess::start(&["bus", "--taps", "4"], &config);
+    let mut lines = Vec::new();
+    for card in [&cards[0], &cards[1], &cards[2], &cards[0]] {
+        // A new emulator process for each presentation: the validator opens the
+        // line again after the previous one closed.
+        let served = Pn532Card::serve(card, &link);
+        lines.push(terminal.line());
+        drop(served);
+    }
+    assert!(terminal.finish(), "terminal bus exits after its taps");
+    println!("{}", lines.join("\n"));
+    assert!(lines[0].starts_with("PAID 2.00 yuan balance 8.00 card ************0001"), "{}", lines[0]);
+    assert!(lines[1].starts_with("PAID 1.00 yuan (student -1.00) balance 9.00"), "{}", lines[1]);
+    assert!(lines[2].starts_with("PAID 0.00 yuan (senior -2.00) balance 10.00"), "{}", lines[2]);
+    assert!(lines[3].starts_with("ALREADY PAID 2.00 yuan"), "{}", lines[3]);
+    let paths: Vec<&Path> = cards.iter().map(PathBuf::as_path).collect();
+    let charged = assert_cards_agree_with_journal(&paths, &directory.path().join("journal.sqlite"));
+    assert_eq!(charged, 300);
+
+    let upload = TerminalProcess::start(&["upload"], &config);
+    let line = upload.line();
+    assert!(line.starts_with("uploaded 3 records"), "{line}");
+    assert!(upload.finish());
+    let day = clearing.run_day(&CardDateTime::now_utc());
+    assert_eq!((day.records, day.cleared, day.quarantined), (3, 3, 0), "{day:?}");
+    assert_eq!(day.purchases_fen, 300);
+    assert_shadows_match(&clearing, &paths);
+}
+
+/// `terminal kiosk` with the card on a PN532 and the PSAM in vpcd's slot 1
+/// through pcscd: a top-up authorised by a real clearing, a water bill, the
+/// balance, the upload; run-day clears both, the shadow account is the card.
+#[test]
+fn kiosk_on_a_pn532_tops_up_and_pays_a_bill_that_clear() {
+    let rig = Rig::new(SHOP);
+    let clearing = Clearing::start();
+    let (address, _server) = clearing.serve();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let link = directory.path().join("ttyPN532");
+    let (card_path, card) = issue_card(directory.path(), 0, Fen(1_000));
+    clearing.register(&mut InProcess::new(card), Fen(1_000));
+    let config = directory.path().join("kiosk.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "utc_offset_minutes = 0\n[journal]\npath = {:?}\n[clearing]\nurl = \"http://{address}\"\n\
+             terminal_id = \"310000000902\"\ndevice_key = {:?}\n\
+             [reader]\nkind = \"pn532\"\ndevice = {link:?}\npsam_reader = {:?}\n",
+            directory.path().join("journal.sqlite"),
+            fixture("terminals/device-0902.key"),
+            psam_reader(),
+        ),
+    )
+    .expect("config");
+    let served = Pn532Card::serve(&card_path, &link);
+    let mut kiosk = TerminalProcess::start(&["kiosk"], &config);
+    let loaded = kiosk.command("topup 500");
+    assert_eq!(loaded, "loaded 5.00 balance 15.00", "{loaded}");
+    let paid = kiosk.command("bill water W-7 120");
+    assert_eq!(paid, "paid water 1.20 W-7");
+    let balance = kiosk.command("balance");
+    assert!(balance.ends_with("balance 13.80"), "{balance}");
+    // The last 10 transactions follow the balance: the bill and the load.
+    assert!(kiosk.line().contains("#1"));
+    assert!(kiosk.line().contains("#"));
+    let uploaded = kiosk.command("upload");
+    assert!(uploaded.starts_with("uploaded 1 records"), "{uploaded}");
+    kiosk.command_quit();
+    drop(served);
+    drop(rig);
+
+    assert_eq!(image(&card_path).purse.balance, Fen(1_380));
+    assert_eq!(assert_cards_agree_with_journal(&[&card_path], &directory.path().join("journal.sqlite")), 120);
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("journal");
+    assert!(journal.unconfirmed_loads().expect("loads").is_empty(), "the load was confirmed");
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM topups WHERE state = 'confirmed'"), 1);
+    let day = clearing.run_day(&CardDateTime::now_utc());
+    assert_eq!((day.cleared, day.quarantined, day.loads_fen, day.purchases_fen), (2, 0, 500, 120), "{day:?}");
+    assert_shadows_match(&clearing, &[&card_path]);
+}
+
+impl TerminalProcess {
+    /// `quit`, and the process ends cleanly.
+    fn command_quit(mut self) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "quit").expect("write");
+        assert!(self.finish(), "the terminal exits cleanly after quit");
+    }
+}
+
+/// `terminal counter` with the card on a PN532, the PSAM in-process: a wrong
+/// PIN refused, the patient read, a visit with a co-payment; the PIN never on
+/// the output; the visit on the card; run-day clears the co-payment.
+#[test]
+fn counter_on_a_pn532_reads_the_patient_and_takes_a_co_payment() {
+    let clearing = Clearing::start();
+    let (address, _server) = clearing.serve();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let link = directory.path().join("ttyPN532");
+    let (card_path, card) = issue_card(directory.path(), 0, Fen(5_000));
+    clearing.register(&mut InProcess::new(card), Fen(5_000));
+    let (psam, _) = issue_psam(directory.path(), HOSPITAL);
+    let config = directory.path().join("counter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "utc_offset_minutes = 0\n[counter]\nhospital = \"310000000903\"\ndepartment = 12\n[journal]\npath = {:?}\n\
+             [clearing]\nurl = \"http://{address}\"\nterminal_id = \"310000000903\"\ndevice_key = {:?}\n\
+             [reader]\nkind = \"pn532\"\ndevice = {link:?}\npsam_image = {psam:?}\n",
+            directory.path().join("journal.sqlite"),
+            fixture("terminals/device-0903.key"),
+        ),
+    )
+    .expect("config");
+    let served = Pn532Card::serve(&card_path, &link);
+    let mut counter = TerminalProcess::start(&["counter"], &config);
+    let refused = counter.command("patient 000000");
+    assert!(refused.starts_with("refused: VERIFY"), "{refused}");
+    let patient = counter.command("patient 123456");
+    assert!(patient.contains("patient P31000000001") && patient.contains("0 earlier visits"), "{patient}");
+    let visit = counter.command("visit 123456 1 1550");
+    assert!(visit.ends_with("co-payment 15.50"), "{visit}");
+    let again = counter.command("patient 123456");
+    assert!(again.contains("1 earlier visits"), "the visit is on the card: {again}");
+    let uploaded = counter.command("upload");
+    assert!(uploaded.starts_with("uploaded 1 records"), "{uploaded}");
+    for line in [&refused, &patient, &visit, &again, &uploaded] {
+        assert!(!line.contains("123456"), "the PIN is never echoed: {line}");
+    }
+    counter.command_quit();
+    drop(served);
+
+    assert_eq!(image(&card_path).purse.balance, Fen(3_450));
+    assert_eq!(assert_cards_agree_with_journal(&[&card_path], &directory.path().join("journal.sqlite")), 1_550);
+    let day = clearing.run_day(&CardDateTime::now_utc());
+    assert_eq!((day.cleared, day.quarantined, day.purchases_fen), (1, 0, 1_550), "{day:?}");
+    assert_shadows_match(&clearing, &[&card_path]);
+}
+
+/// Bytes a [`NoisyProxy`] put on the line.
+#[derive(Default)]
+struct Injected {
+    garbage_to_terminal: AtomicUsize,
+    broken_to_terminal: AtomicUsize,
+    garbage_to_module: AtomicUsize,
+}
+
+/// Line noise: stray bytes, a wake-up, fake start codes, a frame cut short, a
+/// frame with a bad checksum.
+const GARBAGE: [&[u8]; 4] = [
+    &[0x13, 0x37, 0x00, 0xFF, 0x42],
+    &[0x55, 0x55, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x7F],
+    &[0x00, 0x00, 0xFF, 0x03, 0xFD, 0xD5, 0x41],
+    &[0x00, 0x00, 0xFF, 0x03, 0xFD, 0xD5, 0x4B, 0x00, 0x00, 0x00],
+];
+
+/// A serial line between the terminal (on a pty linked at `link`) and the
+/// emulated PN532 (its pty at `module`), forwarding both ways and putting
+/// garbage on the line now and then in the middle of the sessions, and
+/// breaking a frame to the terminal (one bit of its data flipped).
+struct NoisyProxy {
+    injected: Arc<Injected>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    _pty: Arc<std::sync::Mutex<Pty>>,
+}
+
+impl NoisyProxy {
+    fn start(link: &Path, module: &Path) -> NoisyProxy {
+        use serialport::SerialPort;
+        let mut pty = Pty::open(Some(link)).expect("the terminal's pty");
+        let mut to_terminal = pty.master().try_clone_native().expect("clone");
+        let mut from_terminal = pty.master().try_clone_native().expect("clone");
+        let mut module_port = serialport::new(module.to_string_lossy(), 115_200)
+            .timeout(Duration::from_millis(10))
+            .open_native()
+            .expect("the module's pty");
+        let mut to_module = module_port.try_clone_native().expect("clone");
+        from_terminal.set_timeout(Duration::from_millis(10)).expect("timeout");
+        module_port.set_timeout(Duration::from_millis(10)).expect("timeout");
+        let injected = Arc::new(Injected::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (injected, stop) = (Arc::clone(&injected), Arc::clone(&stop));
+            threads.push(std::thread::spawn(move || {
+                let mut buffer = [0u8; FRAME_LENGTH_MAX];
+                let mut chunks = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let count = match module_port.read(&mut buffer) {
+                        Ok(count) => count,
+                        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => continue,
+                        Err(_) => break,
+                    };
+                    chunks += 1;
+                    let mut chunk = buffer[..count].to_vec();
+                    // After the start-up, now and then: garbage before the chunk,
+                    // or a flipped bit in an answer's data (the terminal NACKs it).
+                    if chunks > 6 && chunks.is_multiple_of(7) {
+                        to_terminal.write_all(GARBAGE[chunks / 7 % GARBAGE.len()]).expect("garbage");
+                        injected.garbage_to_terminal.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if chunks > 6 && chunks.is_multiple_of(11) && chunk.len() > 8 {
+                        let at = chunk.len() - 3;
+                        chunk[at] ^= 0x10;
+                        injected.broken_to_terminal.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if to_terminal.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        {
+            let (injected, stop) = (Arc::clone(&injected), Arc::clone(&stop));
+            threads.push(std::thread::spawn(move || {
+                let mut buffer = [0u8; FRAME_LENGTH_MAX];
+                let mut chunks = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let count = match from_terminal.read(&mut buffer) {
+                        Ok(count) => count,
+                        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => continue,
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                    };
+                    chunks += 1;
+                    if chunks > 6 && chunks.is_multiple_of(5) {
+                        to_module.write_all(GARBAGE[chunks / 5 % GARBAGE.len()]).expect("garbage");
+                        injected.garbage_to_module.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if to_module.write_all(&buffer[..count]).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        NoisyProxy { injected, stop, threads, _pty: Arc::new(std::sync::Mutex::new(pty)) }
+    }
+}
+
+impl Drop for NoisyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Garbage and broken frames on the serial line in the middle of the sessions
+/// (both ways): the `terminal bus` process resynchronises, NACKs the broken
+/// answers, and every tap is still one line and charged once.
+#[test]
+fn garbage_on_the_pn532_line_mid_session_is_survived() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let module = directory.path().join("ttyModule");
+    let link = directory.path().join("ttyPN532");
+    let (card_path, _) = issue_card(directory.path(), 0, Fen(1_000));
+    let (psam, _) = issue_psam(directory.path(), BUS);
+    // No clearing here (nothing is uploaded: upload_interval_seconds = 0).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    let config = write_bus_config(directory.path(), &link, &psam, dead);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("dedup_window_seconds = 600", "dedup_window_seconds = 0")).expect("config");
+
+    let served = Pn532Card::serve(&card_path, &module);
+    let proxy = NoisyProxy::start(&link, &module);
+    let terminal = TerminalProcess::start(&["bus", "--taps", "3"], &config);
+    let mut lines = Vec::new();
+    for tap in 0..3 {
+        lines.push(terminal.line());
+        if tap < 2 {
+            // The rider walks away and taps again later.
+            served.remove();
+            std::thread::sleep(Duration::from_millis(1_500));
+            served.insert();
+        }
+    }
+    assert!(terminal.finish(), "terminal bus exits after its taps");
+    println!("{}", lines.join("\n"));
+    for (n, line) in lines.iter().enumerate() {
+        let balance = 1_000 - 200 * (n + 1);
+        assert!(
+            line.starts_with(&format!("PAID 2.00 yuan balance {}.00", balance / 100)),
+            "tap {n} through the noise: {line}"
+        );
+    }
+    let injected = &proxy.injected;
+    let (to_terminal, broken, to_module) = (
+        injected.garbage_to_terminal.load(Ordering::Relaxed),
+        injected.broken_to_terminal.load(Ordering::Relaxed),
+        injected.garbage_to_module.load(Ordering::Relaxed),
+    );
+    println!("garbage to the terminal {to_terminal}, broken frames {broken}, garbage to the module {to_module}");
+    assert!(to_terminal >= 3 && broken >= 1 && to_module >= 3, "{to_terminal} {broken} {to_module}");
+    drop(proxy);
+    drop(served);
+    assert_eq!(image(&card_path).purse.balance, Fen(400));
+    assert_eq!(assert_cards_agree_with_journal(&[&card_path], &directory.path().join("journal.sqlite")), 600);
+}
