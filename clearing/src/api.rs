@@ -172,6 +172,8 @@ pub fn routes() -> Vec<ApiRoute> {
         ApiRoute::get("/v1/operator/days/{date}/quarantine", day_quarantine),
         ApiRoute::get("/v1/operator/days/{date}/settlement", day_settlement),
         ApiRoute::get("/v1/operator/cards/{serial}/history", card_history),
+        ApiRoute::get("/v1/operator/days/{date}/hourly", crate::report::day_hourly),
+        ApiRoute::get("/v1/operator/blacklist", crate::report::operator_blacklist),
         ApiRoute::get("/v1/operator/terminals", terminal_status),
         ApiRoute::post("/v1/operator/quarantine/{transaction_id}/release", release_quarantined),
     ]
@@ -254,6 +256,7 @@ pub fn app(state: AppState) -> Router {
         Vec::new()
     });
     router
+        .merge(crate::screen::router())
         .layer(Extension(OpenApiJson(Arc::new(Bytes::from(document)))))
         .layer(axum::middleware::map_response_with_state(state.clone(), count_answer))
         .layer(DefaultBodyLimit::max(BATCH_BYTES_MAX))
