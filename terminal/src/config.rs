@@ -21,6 +21,10 @@
 //! device_key = "device-0901.key"
 //! batch_records = 1000
 //!
+//! [screen]                      # a kiosk's web screen
+//! listen = "127.0.0.1:8090"
+//! topup_amounts_fen = [1000, 2000, 5000, 10000]
+//!
 //! [reader]
 //! kind = "pcsc"
 //! card = "Virtual PCD 00 00"
@@ -67,6 +71,9 @@ pub struct Config {
     pub blacklist: Option<BlacklistConfig>,
     pub clearing: Option<ClearingConfig>,
     pub counter: Option<CounterConfig>,
+    /// The kiosk's citizen-facing web screen; without it `terminal kiosk` reads
+    /// commands on standard input.
+    pub screen: Option<ScreenConfig>,
     pub reader: ReaderConfig,
     /// Local time's offset from UTC, for the date and time sent to cards
     /// (China Standard Time: 480).
@@ -139,6 +146,60 @@ impl CounterConfig {
         hex::decode_to_slice(&self.hospital, &mut hospital)
             .map_err(|_| ConfigError::Invalid("counter.hospital: not 12 hex digits".into()))?;
         Ok(crate::counter::CounterSettings { hospital, department: self.department })
+    }
+}
+
+/// The kiosk's screen: a web page served on a loopback address, shown by the
+/// kiosk's own browser (`terminal::screen`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScreenConfig {
+    /// `127.0.0.1:PORT` (port 0: any free port, printed at start). Loopback
+    /// only: whoever reaches the page can move the inserted card's money.
+    pub listen: String,
+    /// The top-up buttons, in fen (1 to `kiosk::TOPUP_FEN_MAX` each, at most
+    /// [`SCREEN_TOPUP_CHOICES_MAX`]).
+    #[serde(default = "topup_choices_default")]
+    pub topup_amounts_fen: Vec<u32>,
+}
+
+/// Top-up buttons a screen shows at most.
+pub const SCREEN_TOPUP_CHOICES_MAX: usize = 6;
+
+fn topup_choices_default() -> Vec<u32> {
+    vec![1_000, 2_000, 5_000, 10_000]
+}
+
+impl ScreenConfig {
+    /// The address to listen on: a loopback socket address.
+    pub fn address(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let address: std::net::SocketAddr = self.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "screen.listen: {:?} is not an address and port (127.0.0.1:8090)",
+                self.listen
+            ))
+        })?;
+        if !address.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "screen.listen: {address} is not a loopback address; the screen has no login, so it is served to \
+                 the kiosk's own browser only (127.0.0.1:PORT)"
+            )));
+        }
+        Ok(address)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.address()?;
+        let max = crate::kiosk::TOPUP_FEN_MAX;
+        if self.topup_amounts_fen.is_empty()
+            || self.topup_amounts_fen.len() > SCREEN_TOPUP_CHOICES_MAX
+            || self.topup_amounts_fen.iter().any(|fen| *fen == 0 || *fen > max)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "screen.topup_amounts_fen: 1 to {SCREEN_TOPUP_CHOICES_MAX} amounts of 1 to {max} fen"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -267,6 +328,9 @@ impl Config {
         if let Some(counter) = &self.counter {
             counter.settings()?;
         }
+        if let Some(screen) = &self.screen {
+            screen.check()?;
+        }
         if self.utc_offset_minutes.abs() > UTC_OFFSET_MINUTES_MAX {
             return Err(ConfigError::Invalid("utc_offset_minutes beyond ±14 hours".into()));
         }
@@ -374,5 +438,25 @@ mod tests {
         let mut config = Config::parse(&format!("{reader}psam_image = \"p.psam\"\n")).expect("parse");
         config.resolve_paths(Path::new("/etc/terminal"));
         assert_eq!(config.reader.psam().expect("psam"), PsamSource::Image(Path::new("/etc/terminal/p.psam")));
+    }
+
+    #[test]
+    fn the_screen_section_is_checked() {
+        let base = "[journal]\npath = \"j\"\n[reader]\nkind = \"pcsc\"\ncard = \"a\"\npsam = \"b\"\n";
+        let config = Config::parse(&format!("{base}[screen]\nlisten = \"127.0.0.1:8090\"\n")).expect("screen");
+        let screen = config.screen.as_ref().expect("screen section");
+        assert_eq!(screen.address().expect("address").port(), 8090);
+        assert_eq!(screen.topup_amounts_fen, [1_000, 2_000, 5_000, 10_000]);
+        let refused = |section: &str| match Config::parse(&format!("{base}[screen]\n{section}")) {
+            Err(ConfigError::Invalid(message)) => message,
+            other => panic!("{section}: {other:?}"),
+        };
+        assert!(refused("listen = \"0.0.0.0:8090\"\n").contains("not a loopback address"));
+        assert!(refused("listen = \"localhost\"\n").contains("screen.listen"));
+        let amounts = refused("listen = \"127.0.0.1:0\"\ntopup_amounts_fen = [0]\n");
+        assert!(amounts.contains("screen.topup_amounts_fen"), "{amounts}");
+        assert!(refused("listen = \"127.0.0.1:0\"\ntopup_amounts_fen = [100001]\n").contains("topup_amounts_fen"));
+        assert!(Config::parse(&format!("{base}[screen]\nlisten = \"[::1]:0\"\n")).is_ok());
+        assert!(Config::parse(&format!("{base}[screen]\nlisten = \"127.0.0.1:0\"\ntypo = 1\n")).is_err());
     }
 }

@@ -24,7 +24,7 @@
 //! reference (`water:ACCOUNT`), uploaded to clearing like a bus fare.
 
 use card_host::responses::TransactionRecord;
-use card_host::{CardDateTime, Fen, TerminalNumber, TransactionType};
+use card_host::{ApplicationSerial, CardDateTime, Fen, TerminalNumber, TransactionType};
 
 use crate::journal::{Completed, Journal, JournalError, LoadEntry, LoadIntent, LoadRow, REFERENCE_BYTES_MAX};
 use crate::psam::PsamSession;
@@ -145,11 +145,33 @@ impl Bill {
 /// What the kiosk shows of a card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardView {
+    /// The application serial (`Debug` masks it).
+    pub serial: ApplicationSerial,
     /// Masked card number.
     pub card: String,
+    /// The card type code of the purse's public information (`docs/card.md`).
+    pub card_type: u8,
     pub balance: Fen,
     /// Newest first.
     pub recent: Vec<TransactionRecord>,
+    /// What an earlier operation left open on this card and the card has now
+    /// settled (a load or a payment interrupted by the card leaving).
+    pub settled: Settlement,
+}
+
+/// How the card settled what earlier operations left open, when it was
+/// presented again: the truth about an interrupted load or payment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    pub loads: Vec<Settled>,
+    /// Purchases (bills) of this kiosk: proved by the card, or voided.
+    pub purchases: Vec<transaction::Recovered>,
+}
+
+impl Settlement {
+    pub fn is_empty(&self) -> bool {
+        self.loads.is_empty() && self.purchases.is_empty()
+    }
 }
 
 /// A kiosk: its journal and its way to clearing.
@@ -248,19 +270,19 @@ impl Kiosk {
 
     /// Selects the purse and settles what an earlier operation left open
     /// (loads, and purchases of this kiosk).
-    fn open<'a>(&self, card: &'a mut dyn Channel) -> Result<Purse<'a>, KioskError> {
+    fn open<'a>(&self, card: &'a mut dyn Channel) -> Result<(Purse<'a>, Settlement), KioskError> {
         let mut purse = Purse::select(CardSession::new(card))?;
         if !purse.public_information().enabled {
             return Err(KioskError::Blocked);
         }
-        self.settle(&mut purse)?;
-        transaction::recover_card(&mut purse, &self.journal)?;
-        Ok(purse)
+        let loads = self.settle(&mut purse)?;
+        let purchases = transaction::recover_card(&mut purse, &self.journal)?;
+        Ok((purse, Settlement { loads, purchases }))
     }
 
     /// [`Kiosk::open`] for an operation that moves money: not for a blacklisted card.
     fn open_for_money<'a>(&self, card: &'a mut dyn Channel) -> Result<Purse<'a>, KioskError> {
-        let purse = self.open(card)?;
+        let (purse, _) = self.open(card)?;
         if self.blacklist.contains(&purse.public_information().application_serial) {
             tracing::warn!(card = %purse.public_information().application_serial.masked(), "blacklisted card refused");
             return Err(KioskError::Blacklisted);
@@ -268,11 +290,14 @@ impl Kiosk {
         Ok(purse)
     }
 
-    /// Balance and recent transactions.
+    /// Balance and recent transactions, and what the card settled of earlier
+    /// operations left open.
     pub fn read(&self, card: &mut dyn Channel) -> Result<CardView, KioskError> {
-        let mut purse = self.open(card)?;
-        let card = purse.public_information().application_serial.masked();
-        Ok(CardView { card, balance: purse.balance()?, recent: purse.history()? })
+        let (mut purse, settled) = self.open(card)?;
+        let public = purse.public_information();
+        let (serial, card_type) = (public.application_serial, public.card_type);
+        let card = serial.masked();
+        Ok(CardView { serial, card, card_type, balance: purse.balance()?, recent: purse.history()?, settled })
     }
 
     /// An online top-up of `amount` (see the module).

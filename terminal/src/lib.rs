@@ -12,6 +12,7 @@ pub mod medical;
 pub mod psam;
 pub mod purse;
 pub mod reader;
+pub mod screen;
 pub mod session;
 pub mod tariff;
 pub mod transaction;

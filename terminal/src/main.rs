@@ -136,6 +136,9 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
     if psam.terminal_number() != clearing.terminal_number()? {
         bail!("the PSAM's terminal number is not clearing.terminal_id");
     }
+    if let Some(screen) = &config.screen {
+        return run_kiosk_screen(&config, screen, kiosk, cards, &mut psam);
+    }
     command_loop(|words| {
         Ok(Reply::Line(match words {
             ["balance"] => match cards.with_card(|card| kiosk.read(card))? {
@@ -210,6 +213,58 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
                 .into(),
         }))
     })
+}
+
+/// `terminal kiosk` with a `[screen]` section: the citizens' web page
+/// (`terminal::screen`), this thread being the worker that owns the reader and
+/// the PSAM. Standard input takes `quit`, and with in-process cards `card N`
+/// (card N inserted) and `remove`; its end leaves the kiosk running.
+fn run_kiosk_screen(
+    config: &Config,
+    screen: &terminal::config::ScreenConfig,
+    kiosk: terminal::kiosk::Kiosk,
+    cards: KioskCards,
+    psam: &mut PsamSession<'_>,
+) -> anyhow::Result<()> {
+    use terminal::screen::{InProcessSlot, Screen, ScreenSettings};
+    let settings =
+        ScreenSettings { topup_amounts_fen: screen.topup_amounts_fen.clone(), terminal: psam.terminal_number() };
+    let clock = config.clone();
+    let screen = Screen::bind(screen.address()?, kiosk, settings, Box::new(move || clock.now()))?;
+    let handle = screen.handle();
+    let (mut station, in_process): (Box<dyn CardStation>, _) = match cards {
+        KioskCards::Pcsc { card, .. } => (Box::new(PcscStation::new(&card)), None),
+        KioskCards::Station(station) => (station, None),
+        KioskCards::InProcess { readers, .. } => {
+            let slot = InProcessSlot::new(readers, None);
+            (Box::new(slot.clone()), Some(slot))
+        }
+    };
+    println!("screen http://{}/", screen.address());
+    std::io::stdout().flush()?;
+    std::thread::spawn(move || {
+        let _ = command_loop(|words| {
+            Ok(match (words, &in_process) {
+                (["quit"], _) => {
+                    handle.stop();
+                    Reply::Quit
+                }
+                (["card", n], Some(slot)) => Reply::Line(match n.parse::<usize>() {
+                    Ok(n) if slot.present(n) => format!("card {n} presented"),
+                    _ => "no such card".into(),
+                }),
+                (["remove"], Some(slot)) => {
+                    slot.remove();
+                    Reply::Line("card removed".into())
+                }
+                ([], _) => Reply::Nothing,
+                (_, Some(_)) => Reply::Line("commands: card N, remove, quit".into()),
+                (_, None) => Reply::Line("commands: quit".into()),
+            })
+        });
+    });
+    screen.run(&mut *station, psam)?;
+    Ok(())
 }
 
 /// What a command of the kiosk's or counter's stdin loop answers.
