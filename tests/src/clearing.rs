@@ -28,16 +28,40 @@ pub struct Clearing {
     _directory: tempfile::TempDir,
     /// Where run-day writes its settlement files.
     pub out: tempfile::TempDir,
+    /// The PostgreSQL server and the fresh schema this clearing runs in, dropped with it.
+    schema: Option<(String, String)>,
 }
+
+/// The PostgreSQL database of the system tests (`scripts/setup.sh` starts it).
+pub const TEST_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 impl Clearing {
     pub fn start() -> Clearing {
+        Clearing::start_on(None)
+    }
+
+    /// [`Clearing::start`] on PostgreSQL at `postgres` (a `postgres://` URL) in a
+    /// fresh schema of a random name, dropped with the value; SQLite when `None`.
+    pub fn start_on(postgres: Option<&str>) -> Clearing {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let directory = tempfile::tempdir().expect("temporary directory");
+        let schema = postgres.map(|server| (server.to_owned(), format!("city_{:016x}", rand::random::<u64>())));
         let (db, hsm, hsm_address, hsm_task) = runtime.block_on(async {
-            let url = format!("sqlite://{}", directory.path().join("clearing.db").display());
-            let db = clearing::Db::connect(&url).await.expect("sqlite");
+            let db = match &schema {
+                None => {
+                    let url = format!("sqlite://{}", directory.path().join("clearing.db").display());
+                    clearing::Db::connect(&url).await.expect("sqlite")
+                }
+                Some((server, name)) => {
+                    let admin = clearing::Db::connect_plain(server).await.expect("PostgreSQL server");
+                    sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&admin).await.expect("create schema");
+                    admin.close().await;
+                    let separator = if server.contains('?') { '&' } else { '?' };
+                    let url = format!("{server}{separator}options=-c%20search_path%3D{name}");
+                    clearing::Db::connect(&url).await.expect("PostgreSQL schema")
+                }
+            };
             let (store, _) = KeyStore::open(&directory.path().join("hsm"), LmkSource::TestDefault).expect("key store");
             let server = Server::bind(
                 "127.0.0.1:0",
@@ -63,7 +87,29 @@ impl Clearing {
             _hsm_task: hsm_task,
             _directory: directory,
             out: tempfile::tempdir().expect("temporary directory"),
+            schema,
         }
+    }
+
+    /// The database clearing runs on, for people: `SQLite` or `PostgreSQL (schema NAME)`.
+    pub fn database(&self) -> String {
+        match &self.schema {
+            None => "SQLite".to_owned(),
+            Some((_, name)) => format!("PostgreSQL (schema {name})"),
+        }
+    }
+
+    /// [`Clearing::serve`] with `tokens` (operators, the issuer) and the
+    /// TEST-ONLY citizen ID key, so the issuer API issues cards.
+    pub fn serve_with(&self, tokens: Tokens) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+        self.runtime.block_on(async {
+            let hsm = HsmClient::connect(ClientConfig::new(self.hsm_address.to_string())).await.expect("HSM client");
+            let state =
+                AppState::new(self.db.clone(), hsm, tokens).with_citizen_key(CitizenIdKey::new(TEST_CITIZEN_ID_KEY));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            (address, tokio::spawn(clearing::api::serve(listener, state)))
+        })
     }
 
     /// Serves the HTTP API on a fresh port; the task ends when aborted.
@@ -108,6 +154,20 @@ impl Clearing {
         let (summary, _) = self.runtime.block_on(clearing::run_day(&self.db, &self.hsm, &options)).expect("run-day");
         assert_eq!(self.runtime.block_on(clearing::ledger::total(&self.db)).expect("ledger"), 0);
         summary
+    }
+}
+
+impl Drop for Clearing {
+    fn drop(&mut self) {
+        if let Some((server, name)) = self.schema.take() {
+            self.runtime.block_on(async {
+                self.db.close().await;
+                if let Ok(admin) = clearing::Db::connect_plain(&server).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE")).execute(&admin).await;
+                    admin.close().await;
+                }
+            });
+        }
     }
 }
 
