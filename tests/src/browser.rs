@@ -100,11 +100,13 @@ pub struct Options {
     pub lang: Option<String>,
     /// How long finding waits for an element or a text.
     pub timeout: Duration,
+    /// Where downloads go (without asking); chromium's default when None.
+    pub downloads: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { width: 1280, height: 900, lang: None, timeout: Duration::from_secs(10) }
+        Options { width: 1280, height: 900, lang: None, timeout: Duration::from_secs(10), downloads: None }
     }
 }
 
@@ -162,11 +164,15 @@ impl Browser {
             args.push(format!("--lang={lang}"));
         }
         let mut browser = Browser { driver, agent, session: String::new(), timeout: options.timeout };
+        let mut chrome = json!({ "binary": CHROMIUM, "args": args });
+        if let Some(directory) = &options.downloads {
+            chrome["prefs"] = json!({
+                "download.default_directory": directory,
+                "download.prompt_for_download": false,
+            });
+        }
         let capabilities = json!({
-            "capabilities": { "alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
-            }}
+            "capabilities": { "alwaysMatch": { "browserName": "chrome", "goog:chromeOptions": chrome } }
         });
         let created = browser.command("new session", "POST", &format!("{base}/session"), Some(&capabilities))?;
         let id = created["sessionId"].as_str().ok_or_else(|| BrowserError::BadAnswer {

@@ -79,9 +79,9 @@ function message(id, text, isError) {
 
 function signedOutMessage(status, detail) {
   if (status === 401) {
-    return `Token refused (401 ${detail}): check it and sign in again. 令牌无效（401），请检查后重新登录。`;
+    return `Token refused (HTTP 401: ${detail}): check it and sign in again. 令牌无效（401），请检查后重新登录。`;
   }
-  return `This token is not an operator's (403 ${detail}): it may not read the clearing reports. ` +
+  return `This token is not an operator's (HTTP 403: ${detail}): it may not read the clearing reports. ` +
     '此令牌不是操作员令牌（403），无权查看清算报表。';
 }
 
@@ -237,7 +237,8 @@ function showSummary(summary) {
   $('total-fee').textContent = yuan(summary.fee_fen);
   $('total-net').textContent = yuan(summary.net_fen);
   $('download-settlement').disabled = lines.length === 0;
-  $('settlement-sha256').textContent = lines.length ? `SHA-256 ${summary.settlement_sha256}` : '';
+  // The file's digest comes with the file (the summary read back from the database does not carry it).
+  $('settlement-sha256').textContent = lines.length && summary.settlement_sha256 ? `SHA-256 ${summary.settlement_sha256}` : '';
   message('settlement-message', lines.length ? '' :
     `${summary.business_day} is not settled yet: run clearing run-day. 当日尚未结算，请运行 clearing run-day。`);
 }
