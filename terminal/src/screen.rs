@@ -32,7 +32,7 @@
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -67,6 +67,9 @@ const SCREEN_JS: &str = include_str!("screen/screen.js");
 pub const SLOT_POLL: Duration = Duration::from_millis(150);
 /// How long an operation waits for the card to connect.
 pub const CONNECT_WAIT: Duration = Duration::from_millis(500);
+/// How long the idle page keeps telling what happened to an operation the
+/// card's removal interrupted.
+pub const REMOVAL_MESSAGE_TIME: Duration = Duration::from_secs(120);
 /// The largest request body.
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024;
 /// Transactions the card page lists (the card keeps 10).
@@ -359,7 +362,7 @@ impl Screen {
         let (state, state_out) = watch::channel(shown.clone());
         let handle = ScreenHandle { commands: commands_in, state: state_out };
         runtime.spawn(serve(listener, handle.clone()));
-        let worker = Worker { kiosk, settings, clock, commands, state, shown, serial: None };
+        let worker = Worker { kiosk, settings, clock, commands, state, shown, serial: None, message_until: None };
         tracing::info!(%address, "kiosk screen served");
         Ok(Screen { address, handle, worker, runtime })
     }
@@ -394,6 +397,8 @@ struct Worker {
     shown: ScreenState,
     /// The card in the slot, for the blacklist.
     serial: Option<card_host::ApplicationSerial>,
+    /// When the idle page drops the message of an operation the removal interrupted.
+    message_until: Option<Instant>,
 }
 
 impl Worker {
@@ -444,6 +449,7 @@ impl Worker {
                         Err(mpsc::TryRecvError::Empty) => break,
                     }
                 }
+                self.expire_message();
             }
         }
     }
@@ -460,15 +466,30 @@ impl Worker {
         self.shown.card = None;
         self.shown.receipt = None;
         self.serial = None;
-        if !self.shown.message.as_ref().is_some_and(|message| message.keep_after_removal) {
+        if self.shown.message.as_ref().is_some_and(|message| message.keep_after_removal) {
+            self.message_until = Some(Instant::now() + REMOVAL_MESSAGE_TIME);
+        } else {
             self.shown.message = None;
         }
         self.publish();
     }
 
+    /// Takes an interrupted operation's message off the idle page once it
+    /// has been shown for [`REMOVAL_MESSAGE_TIME`] (the next citizen's turn).
+    fn expire_message(&mut self) {
+        if self.message_until.is_some_and(|until| Instant::now() >= until) {
+            self.message_until = None;
+            if self.shown.phase == Phase::Idle && self.shown.message.is_some() {
+                self.shown.message = None;
+                self.publish();
+            }
+        }
+    }
+
     /// A card came: read it (which settles what an earlier operation left open).
     fn inserted(&mut self, card: &mut dyn Channel) {
         self.shown.phase = Phase::Reading;
+        self.message_until = None;
         self.shown.message = None;
         self.shown.receipt = None;
         self.publish();
@@ -749,8 +770,8 @@ impl Worker {
         })
     }
 
-    fn receipt_head(&self, title_zh: &str, title_en: &str) -> Vec<String> {
-        let card = self.shown.card.as_ref().map_or_else(String::new, |card| card.card.clone());
+    fn receipt_head(&self, title_zh: &str, title_en: &str, card: &card_host::ApplicationSerial) -> Vec<String> {
+        let card = card.masked();
         vec![
             "市民卡自助终端 Citizen Card Kiosk".to_owned(),
             format!("{title_zh} {title_en}"),
@@ -767,7 +788,7 @@ impl Worker {
             None => ("缴费", "Bill"),
         };
         let after = Fen(paid.entry.balance_before.0.saturating_sub(paid.entry.amount.0));
-        let mut lines = self.receipt_head("缴费凭条", "Bill payment receipt");
+        let mut lines = self.receipt_head("缴费凭条", "Bill payment receipt", &paid.entry.card);
         lines.extend([
             format!("项目 Bill: {utility_zh} {utility_en}"),
             format!("户号 Account: {account}"),
@@ -780,7 +801,7 @@ impl Worker {
     }
 
     fn load_receipt(&self, entry: &crate::journal::LoadEntry, balance: Fen) -> Receipt {
-        let mut lines = self.receipt_head("充值凭条", "Top-up receipt");
+        let mut lines = self.receipt_head("充值凭条", "Top-up receipt", &entry.card);
         lines.extend([
             format!("金额 Amount: ¥{}", entry.amount),
             format!("余额 Balance: ¥{balance}"),
