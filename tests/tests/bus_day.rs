@@ -241,7 +241,6 @@ fn a_day_on_a_bus_route_through_pcscd_clears_with_no_quarantine() {
         paths.push((n, path));
     }
     drop(served);
-    drop(psam);
 
     // The card images and the journal agree; the money is the tariff's.
     let counts = validator.journal().counts().expect("counts");
