@@ -430,3 +430,52 @@ fn a_card_pulled_during_a_payment_is_told_the_truth_by_the_card() {
     assert_eq!(message_code(&back), "interrupted_not_charged", "{back}");
     assert_eq!((balance(&back), station.balance()), (7_500, Fen(7_500)));
 }
+
+#[test]
+fn a_card_pulled_during_a_top_up_is_told_the_truth_by_the_card() {
+    let clearing = Clearing::start();
+    let (clearing_address, _server) = clearing.serve();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (_, card) = issue_card(directory.path(), 0, Fen(1_000));
+    let mut reader = InProcess::new(card);
+    clearing.register(&mut reader, Fen(1_000));
+    let station = TearingStation(Arc::new(Mutex::new(Tearing { reader, present: true, sent: 0, tear: None })));
+    let served = Served::start(station.clone(), &format!("http://{clearing_address}"), None);
+    served.wait_phase("card");
+    let confirmed = |amount: u32| {
+        clearing.count(&format!("SELECT COUNT(*) FROM topups WHERE state = 'confirmed' AND amount_fen = {amount}"))
+    };
+
+    // A top-up's card APDUs: SELECT, READ BINARY, INITIALIZE FOR LOAD, CREDIT FOR LOAD.
+    // Pulled before INITIALIZE: nothing loaded, nothing charged, said at once.
+    station.tear_at(3, TearPoint::BeforeCommand);
+    let state = served.post_ok("/api/topup", json!({ "amount_fen": 1_000 }));
+    assert_eq!(message_code(&state), "card_removed_nothing_charged", "{state}");
+    assert!(state["message"]["en"].as_str().is_some_and(|en| en.contains("nothing was loaded or charged")));
+    served.wait_phase("idle");
+    station.insert();
+    assert_eq!(balance(&served.wait_phase("card")), 1_000);
+
+    // Pulled after the card carried CREDIT out: unknown until the card is back,
+    // then proved, confirmed at clearing, and told.
+    station.tear_at(4, TearPoint::AfterCommand);
+    let state = served.post_ok("/api/topup", json!({ "amount_fen": 2_000 }));
+    assert_eq!(message_code(&state), "card_removed_check", "{state}");
+    served.wait_phase("idle");
+    assert_eq!((station.balance(), confirmed(2_000)), (Fen(3_000), 0), "loaded on the card, not yet confirmed");
+    station.insert();
+    let back = served.wait_for("the settled load", |state| state["phase"] == "card" && !state["message"].is_null());
+    assert_eq!(message_code(&back), "interrupted_loaded", "{back}");
+    assert_eq!(balance(&back), 3_000);
+    assert_eq!(confirmed(2_000), 1, "the proved load is confirmed at clearing");
+
+    // Pulled before CREDIT reached the card: not loaded, once the card says so.
+    station.tear_at(4, TearPoint::BeforeCommand);
+    let state = served.post_ok("/api/topup", json!({ "amount_fen": 5_000 }));
+    assert_eq!(message_code(&state), "card_removed_check", "{state}");
+    served.wait_phase("idle");
+    station.insert();
+    let back = served.wait_for("the settled load", |state| state["phase"] == "card" && !state["message"].is_null());
+    assert_eq!(message_code(&back), "interrupted_not_loaded", "{back}");
+    assert_eq!((balance(&back), station.balance(), confirmed(5_000)), (3_000, Fen(3_000), 0));
+}
