@@ -399,6 +399,10 @@ mod tests {
         let clearing = kiosk.clearing.as_ref().expect("clearing section");
         assert!(clearing.device_key.exists(), "{}", clearing.device_key.display());
         assert_eq!(clearing.client().expect("client").terminal().to_string(), "310000000902");
+        assert!(kiosk.screen.is_none(), "kiosk-902.toml is the standard-input kiosk");
+        let screen = Config::load(&directory.join("kiosk-902-screen.toml")).expect("kiosk-902-screen.toml");
+        let address = screen.screen.as_ref().expect("screen section").address().expect("loopback address");
+        assert_eq!(address.to_string(), "127.0.0.1:8090");
         let counter = Config::load(&directory.join("counter-903.toml")).expect("counter-903.toml");
         let settings = counter.counter.as_ref().expect("counter section").settings().expect("settings");
         assert_eq!((settings.hospital, settings.department), ([0x31, 0, 0, 0, 0x09, 0x03], 12));
