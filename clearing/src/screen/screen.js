@@ -267,7 +267,7 @@ function showQuarantine(entries) {
     [entry.batch_id, 'mono'],
     [String(entry.record_index), 'num'],
     [labelled(entry.reason, REASONS), 'reason'],
-    [entry.detail, ''],
+    [entry.detail, 'detail'],
   ], 'Nothing quarantined 无隔离记录');
   message('quarantine-message', entries.length ? `${entries.length} record(s) 条记录` : '');
 }
@@ -365,7 +365,7 @@ async function loadHistory() {
       [entry.terminal_number, 'mono'],
       [cardTime(entry.date_time), 'mono'],
       [labelled(entry.state, STATES), `state-${entry.state}`],
-      [entry.reason ? labelled(entry.reason, REASONS) : '', ''],
+      [entry.reason ? labelled(entry.reason, REASONS) : '', 'wrap'],
     ], 'No records for this card 此卡无记录');
     message('history-message', `Card ${serial} 卡号: ${entries.length} record(s), newest first 条记录，最新在前`);
   } catch (error) {
