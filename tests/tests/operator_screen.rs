@@ -292,6 +292,32 @@ fn the_operator_screen_shows_a_cleared_day() {
     assert_eq!(held, vec![17], "the quarantined tap's hour is marked");
     browser.screenshot(&screens.join("day.png")).expect("screenshot");
 
+    // The page's money formatting: text from integers only, as clearing's own.
+    let fen: Vec<i64> = vec![0, 5, -5, 99, 100, 12_345, 100_000, 123_456_789, -1_000_001, 9_007_199_254_740_991];
+    let formatted = browser.execute("return arguments[0].map(yuan);", &[fen.clone().into()]).expect("yuan");
+    let formatted: Vec<String> = serde_json::from_value(formatted).expect("texts");
+    let expected: Vec<String> = fen.iter().map(|f| clearing::money::yuan(*f)).collect();
+    assert_eq!(formatted.iter().map(|t| without_separators(t)).collect::<Vec<_>>(), expected);
+    assert_eq!(formatted[7], "1,234,567.89");
+    let refused = browser
+        .execute(
+            "return [yuan(1.5), yuan(2 ** 53), yuan('12a'), yuan(null), yuanText('0.5'), yuanText('1234.50')];",
+            &[],
+        )
+        .expect("refused");
+    assert_eq!(refused, serde_json::json!(["—", "—", "—", "—", "—", "1,234.50"]), "not an integer amount: a dash");
+
+    // A day with nothing: said so, no bars.
+    browser.execute("location.hash = '#2026-01-01';", &[]).expect("another day");
+    browser.wait_for_text("#day-message", "Business day 2026-01-01").expect("the empty day");
+    browser.wait_for_text("#settlement-message", "not settled yet").expect("no settlement");
+    browser.wait_for_text("#hourly-message", "No records").expect("no records");
+    assert_eq!(browser.find_all("#hourly-plot rect.bar").expect("bars").len(), 0);
+    assert_eq!(rows(&browser, "#settlement"), vec![vec!["No settlement 无结算".to_owned()]]);
+    browser.execute("location.hash = '#' + arguments[0];", &[date.clone().into()]).expect("back");
+    browser.wait_for_text("#day-message", &format!("Business day {date}")).expect("the day again");
+    assert_eq!(rows(&browser, "#settlement").len(), 2);
+
     // A card's history: its records, newest first.
     let serial = made.cards[1].to_hex();
     browser.find("#serial").expect("serial field").send_keys(&serial).expect("typed");
