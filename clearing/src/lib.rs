@@ -12,9 +12,7 @@ pub mod money;
 pub mod personalise;
 pub mod registry;
 pub mod report;
-pub mod report;
 pub mod run_day;
-pub mod screen;
 pub mod screen;
 
 pub use batch::{Batch, Record, RecordKind, RecordRejection};
