@@ -53,6 +53,7 @@ use crate::cardholder::SocialSecurity;
 use crate::journal::Completed;
 use crate::kiosk::{Bill, CardView, Kiosk, KioskError, Settled, TOPUP_FEN_MAX, Utility};
 use crate::psam::PsamSession;
+use crate::purse::Purse;
 use crate::reader::{CardStation, Channel, InProcess, ReaderError};
 use crate::session::{CardError, CardSession};
 use crate::transaction::{Recovered, TransactionError};
@@ -568,7 +569,10 @@ impl Worker {
                     "正在充值，请勿移走卡片…",
                     "Topping up — keep your card in the reader…",
                 ));
-                let outcome = on_card(station, |card| self.kiosk.top_up(card, amount));
+                let (kiosk, shown) = (&self.kiosk, self.serial);
+                let outcome = on_card(station, |card| {
+                    if_shown(card, shown, |card| kiosk.top_up(card, amount).map_err(Failed::Kiosk))
+                });
                 let (message, receipt) = match outcome {
                     Ok(Ok(loaded)) => {
                         let receipt = self.load_receipt(&loaded.row.entry, loaded.balance);
@@ -582,7 +586,8 @@ impl Worker {
                             Some(receipt),
                         )
                     }
-                    Ok(Err(error)) => (self.failed(Operation::TopUp, &error), None),
+                    Ok(Err(Failed::Kiosk(error))) => (self.failed(Operation::TopUp, &error), None),
+                    Ok(Err(Failed::OtherCard)) => (other_card(), None),
                     Err(error) => (removed_before(Operation::TopUp, &error), None),
                 };
                 self.finish(station, message, receipt);
@@ -595,25 +600,34 @@ impl Worker {
                     "Paying — keep your card in the reader…",
                 ));
                 let at = (self.clock)();
-                let outcome = on_card(station, |card| self.kiosk.pay_bill(card, psam, &bill, at));
+                let (kiosk, shown) = (&self.kiosk, self.serial);
+                let outcome = on_card(station, |card| {
+                    if_shown(card, shown, |card| kiosk.pay_bill(card, psam, &bill, at).map_err(Failed::Kiosk))
+                });
                 let (message, receipt) = match outcome {
                     Ok(Ok(paid)) => (bill_paid(&paid, false), Some(self.bill_receipt(&paid))),
-                    Ok(Err(KioskError::Purchase(TransactionError::Mac2Rejected { completed, .. }))) => {
+                    Ok(Err(Failed::Kiosk(KioskError::Purchase(TransactionError::Mac2Rejected {
+                        completed, ..
+                    })))) => {
                         // The card debited (its TAC goes to clearing): the bill is paid.
                         tracing::warn!(id = completed.id, "the PSAM rejected the card's MAC2 of a bill");
                         (bill_paid(&completed, false), Some(self.bill_receipt(&completed)))
                     }
-                    Ok(Err(error)) => (self.failed(Operation::Bill, &error), None),
+                    Ok(Err(Failed::Kiosk(error))) => (self.failed(Operation::Bill, &error), None),
+                    Ok(Err(Failed::OtherCard)) => (other_card(), None),
                     Err(error) => (removed_before(Operation::Bill, &error), None),
                 };
                 self.finish(station, message, receipt);
             }
             Request::Name { pin } => {
                 self.busy(Message::new(Tone::Info, "busy", "正在读取…", "Reading…"));
+                let shown = self.serial;
                 let outcome = on_card(station, |card| {
-                    let mut social_security = SocialSecurity::select(CardSession::new(card))?;
-                    social_security.verify_pin(&pin)?;
-                    social_security.cardholder()
+                    if_shown(card, shown, |card| {
+                        let mut social_security = SocialSecurity::select(CardSession::new(card))?;
+                        social_security.verify_pin(&pin)?;
+                        Ok(social_security.cardholder()?)
+                    })
                 });
                 let message = match outcome {
                     Ok(Ok(cardholder)) => {
@@ -622,7 +636,15 @@ impl Worker {
                         }
                         None
                     }
-                    Ok(Err(error)) => Some(pin_refused(&error)),
+                    Ok(Err(Failed::Kiosk(KioskError::Card(error)))) => Some(pin_refused(&error)),
+                    Ok(Err(Failed::Kiosk(error))) => {
+                        tracing::warn!(%error, "name not read");
+                        Some(pin_refused_other())
+                    }
+                    Ok(Err(Failed::OtherCard)) => {
+                        self.refresh(station);
+                        Some(other_card())
+                    }
                     Err(error) => {
                         tracing::info!(%error, "card gone before the PIN");
                         None
@@ -812,6 +834,45 @@ impl Worker {
     }
 }
 
+/// Why an operation the page asked for was not done.
+#[derive(Debug)]
+enum Failed {
+    Kiosk(KioskError),
+    /// Another card than the one the page shows is in the reader (swapped
+    /// between two looks at the reader): nothing was done to it.
+    OtherCard,
+}
+
+impl From<CardError> for Failed {
+    fn from(error: CardError) -> Failed {
+        Failed::Kiosk(KioskError::Card(error))
+    }
+}
+
+/// Runs `operation` on `card` only if it is the card the page shows (its
+/// serial read first: SELECT and READ BINARY of the purse).
+fn if_shown<T>(
+    card: &mut dyn Channel,
+    shown: Option<card_host::ApplicationSerial>,
+    operation: impl FnOnce(&mut dyn Channel) -> Result<T, Failed>,
+) -> Result<T, Failed> {
+    let serial = Purse::select(CardSession::new(&mut *card))?.public_information().application_serial;
+    if Some(serial) != shown {
+        tracing::warn!(card = %serial.masked(), "another card than the one shown; nothing done");
+        return Err(Failed::OtherCard);
+    }
+    operation(card)
+}
+
+fn other_card() -> Message {
+    Message::new(
+        Tone::Error,
+        "other_card",
+        "读卡器中的卡已更换，未扣款，请重新操作",
+        "A different card is in the reader — nothing was charged. Please start again",
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Operation {
     TopUp,
@@ -905,8 +966,12 @@ fn pin_refused(error: &CardError) -> Message {
             "密码已锁定，请到服务网点办理",
             "PIN blocked — please visit a service counter",
         ),
-        _ => Message::new(Tone::Error, "name_unavailable", "暂时无法显示姓名", "The name cannot be shown right now"),
+        _ => pin_refused_other(),
     }
+}
+
+fn pin_refused_other() -> Message {
+    Message::new(Tone::Error, "name_unavailable", "暂时无法显示姓名", "The name cannot be shown right now")
 }
 
 fn card_type_names(code: u8) -> (&'static str, &'static str) {

@@ -147,7 +147,9 @@ fn the_state_follows_the_card_and_top_up_bill_and_pin_work() {
     let (_, card) = issue_card(directory.path(), 0, opening);
     let mut reader = InProcess::new(card);
     let serial = clearing.register(&mut reader, opening);
-    let slot = InProcessSlot::new(vec![reader], None);
+    let other = tempfile::tempdir().expect("temp dir");
+    let (_, other_card) = issue_card(other.path(), 1, Fen(500));
+    let slot = InProcessSlot::new(vec![reader, InProcess::new(other_card)], None);
     let served = Served::start(slot.clone(), &format!("http://{clearing_address}"), None);
 
     // The page itself: embedded, both languages, no outside resources.
@@ -208,6 +210,19 @@ fn the_state_follows_the_card_and_top_up_bill_and_pin_work() {
     let refused = served.post_ok("/api/bill", json!({ "utility": "gas", "account": "G-1", "amount_fen": 100_000 }));
     assert_eq!(message_code(&refused), "insufficient_balance", "{refused}");
     assert_eq!(card_balance(&slot), Fen(6_000 - 1_234));
+
+    // Another card put in between two looks at the reader: nothing is done to
+    // it, and the page shows it.
+    assert!(slot.present(1));
+    let swapped = served.post_ok("/api/topup", json!({ "amount_fen": 1_000 }));
+    assert_eq!(message_code(&swapped), "other_card", "{swapped}");
+    assert_eq!(balance(&swapped), 500, "the other card is shown now: {swapped}");
+    assert!(swapped["card"]["name"].is_null(), "the first card's name is not kept: {swapped}");
+    assert_eq!(slot.inspect(1, |reader| reader.card().image().purse.balance), Some(Fen(500)));
+    slot.remove();
+    served.wait_phase("idle");
+    assert!(slot.present(0));
+    served.wait_for("the first card again", |state| state["card"]["balance_fen"] == 6_000 - 1_234);
 
     let dismissed = served.post_ok("/api/dismiss", json!({}));
     assert!(dismissed["message"].is_null() && dismissed["receipt"].is_null(), "{dismissed}");
@@ -390,9 +405,10 @@ fn a_card_pulled_during_a_payment_is_told_the_truth_by_the_card() {
     served.wait_phase("card");
     let bill = json!({ "utility": "electricity", "account": "E-77", "amount_fen": 2_500 });
 
-    // A bill's card APDUs: SELECT, READ BINARY, INITIALIZE, DEBIT. Pulled before
-    // INITIALIZE reaches the card: nothing was charged, and the page says so at once.
-    station.tear_at(3, TearPoint::BeforeCommand);
+    // A bill's card APDUs: SELECT, READ BINARY (the card is the one shown), SELECT,
+    // READ BINARY, INITIALIZE, DEBIT. Pulled before INITIALIZE reaches the card:
+    // nothing was charged, and the page says so at once.
+    station.tear_at(5, TearPoint::BeforeCommand);
     let state = served.post_ok("/api/bill", bill.clone());
     assert_eq!(message_code(&state), "card_removed_nothing_charged", "{state}");
     assert!(state["message"]["zh"].as_str().is_some_and(|zh| zh.contains("未扣款")), "{state}");
@@ -406,7 +422,7 @@ fn a_card_pulled_during_a_payment_is_told_the_truth_by_the_card() {
 
     // Pulled after DEBIT was carried out, before its answer: the page cannot
     // know yet and asks for the card; the card's proof then says it was charged.
-    station.tear_at(4, TearPoint::AfterCommand);
+    station.tear_at(6, TearPoint::AfterCommand);
     let state = served.post_ok("/api/bill", bill.clone());
     assert_eq!(message_code(&state), "card_removed_check", "{state}");
     let idle = served.wait_phase("idle");
@@ -421,7 +437,7 @@ fn a_card_pulled_during_a_payment_is_told_the_truth_by_the_card() {
     assert!(receipt.contains("E-77") && receipt.contains("************0001"), "{back}");
 
     // Pulled with DEBIT never reaching the card: not charged, once the card says so.
-    station.tear_at(4, TearPoint::BeforeCommand);
+    station.tear_at(6, TearPoint::BeforeCommand);
     let state = served.post_ok("/api/bill", bill);
     assert_eq!(message_code(&state), "card_removed_check", "{state}");
     served.wait_phase("idle");
@@ -446,9 +462,10 @@ fn a_card_pulled_during_a_top_up_is_told_the_truth_by_the_card() {
         clearing.count(&format!("SELECT COUNT(*) FROM topups WHERE state = 'confirmed' AND amount_fen = {amount}"))
     };
 
-    // A top-up's card APDUs: SELECT, READ BINARY, INITIALIZE FOR LOAD, CREDIT FOR LOAD.
-    // Pulled before INITIALIZE: nothing loaded, nothing charged, said at once.
-    station.tear_at(3, TearPoint::BeforeCommand);
+    // A top-up's card APDUs: SELECT, READ BINARY (the card is the one shown),
+    // SELECT, READ BINARY, INITIALIZE FOR LOAD, CREDIT FOR LOAD. Pulled before
+    // INITIALIZE: nothing loaded, nothing charged, said at once.
+    station.tear_at(5, TearPoint::BeforeCommand);
     let state = served.post_ok("/api/topup", json!({ "amount_fen": 1_000 }));
     assert_eq!(message_code(&state), "card_removed_nothing_charged", "{state}");
     assert!(state["message"]["en"].as_str().is_some_and(|en| en.contains("nothing was loaded or charged")));
@@ -458,7 +475,7 @@ fn a_card_pulled_during_a_top_up_is_told_the_truth_by_the_card() {
 
     // Pulled after the card carried CREDIT out: unknown until the card is back,
     // then proved, confirmed at clearing, and told.
-    station.tear_at(4, TearPoint::AfterCommand);
+    station.tear_at(6, TearPoint::AfterCommand);
     let state = served.post_ok("/api/topup", json!({ "amount_fen": 2_000 }));
     assert_eq!(message_code(&state), "card_removed_check", "{state}");
     served.wait_phase("idle");
@@ -470,7 +487,7 @@ fn a_card_pulled_during_a_top_up_is_told_the_truth_by_the_card() {
     assert_eq!(confirmed(2_000), 1, "the proved load is confirmed at clearing");
 
     // Pulled before CREDIT reached the card: not loaded, once the card says so.
-    station.tear_at(4, TearPoint::BeforeCommand);
+    station.tear_at(6, TearPoint::BeforeCommand);
     let state = served.post_ok("/api/topup", json!({ "amount_fen": 5_000 }));
     assert_eq!(message_code(&state), "card_removed_check", "{state}");
     served.wait_phase("idle");
