@@ -64,9 +64,7 @@ impl Device {
                 .block_on(clearing::registry::put_terminal(&clearing.db, &entry))
                 .map_err(|error| CityError::step("register a terminal", error))?;
         }
-        let retry = RetryPolicy { attempts: 3, ..RetryPolicy::default() };
-        let client = ClearingClient::new(base_url, spec.number, key, retry);
-        Ok(Device { spec, client, blacklist: Blacklist::empty() })
+        Ok(Device { spec, client: client(spec, base_url)?, blacklist: Blacklist::empty() })
     }
 
     /// Downloads the blacklist changes; whether the list changed.
@@ -83,6 +81,13 @@ impl Device {
         upload::upload_pending(journal, &self.client, upload::BATCH_RECORDS_MAX)
             .map_err(|error| CityError::step("upload a journal", error))
     }
+}
+
+/// A client signing as terminal `spec` (its TEST device key).
+pub fn client(spec: TerminalSpec, base_url: &str) -> Result<ClearingClient, CityError> {
+    let key = DeviceKey::from_seed(&[spec.seed; 32]).map_err(|error| CityError::step("device key", error))?;
+    let retry = RetryPolicy { attempts: 3, ..RetryPolicy::default() };
+    Ok(ClearingClient::new(base_url, spec.number, key, retry))
 }
 
 /// The terminal's PSAM image (TEST keys) and its in-process reader.

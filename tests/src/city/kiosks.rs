@@ -63,8 +63,7 @@ impl KioskDesk {
         base_url: &str,
     ) -> Result<KioskDesk, CityError> {
         let device = Device::register(spec, clearing, base_url)?;
-        let own = Device::register(TerminalSpec { fixture: true, ..spec }, clearing, base_url)?;
-        let kiosk = Kiosk::new(fleet::journal(directory, spec.number)?, own.client);
+        let kiosk = Kiosk::new(fleet::journal(directory, spec.number)?, fleet::client(spec, base_url)?);
         Ok(KioskDesk { kiosk, device, psam: fleet::psam_reader(directory, spec.number)? })
     }
 
