@@ -133,6 +133,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The key that hides citizen IDs; without it the server does not issue cards.
     pub citizen_key: Option<Arc<crate::registry::CitizenIdKey>>,
+    /// The card personalisation station; without it the server only records
+    /// cards personalised elsewhere.
+    pub personaliser: Option<Arc<crate::personalise::Personaliser>>,
 }
 
 impl AppState {
@@ -143,7 +146,13 @@ impl AppState {
             tokens: Arc::new(tokens),
             metrics: Arc::new(Metrics::default()),
             citizen_key: None,
+            personaliser: None,
         }
+    }
+
+    pub fn with_personaliser(mut self, personaliser: crate::personalise::Personaliser) -> AppState {
+        self.personaliser = Some(Arc::new(personaliser));
+        self
     }
 
     pub fn with_citizen_key(mut self, key: crate::registry::CitizenIdKey) -> AppState {
@@ -803,6 +812,10 @@ fn serial_from_path(serial: &str) -> ApiResult<ApplicationSerial> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct IssuedCard {
     pub card_serial: String,
+    /// The new card image the personalisation station wrote, when the request
+    /// asked for personalisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_image: Option<String>,
 }
 
 async fn issue_card(
@@ -814,6 +827,27 @@ async fn issue_card(
         .citizen_key
         .clone()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server does not issue cards"))?;
+    if let Some(personalisation) = &request.personalisation {
+        let station = state
+            .personaliser
+            .clone()
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server does not personalise cards"))?;
+        let card_type = card_host::card::CardType::from_code(request.card_type)
+            .ok_or_else(|| ApiError::field("card_type", "not a card type code (1 to 5)"))?;
+        let holder = personalisation.cardholder(request.serial, card_type, &request.name, &request.citizen_id)?;
+        let options = card_host::issue::IssueOptions {
+            serial: Some(request.serial),
+            card_type: Some(card_type),
+            initial_balance: request.initial_balance,
+            issued_at: CardDateTime::now_utc(),
+            ..card_host::issue::IssueOptions::default()
+        };
+        let issued = station.issue(&state.db, &state.hsm, &key, &request.key_set, &holder, &options).await?;
+        return Ok(Created(IssuedCard {
+            card_serial: issued.serial.to_hex(),
+            card_image: Some(issued.image.display().to_string()),
+        }));
+    }
     let card = crate::registry::NewCard {
         serial: request.serial,
         card_type: request.card_type,
@@ -824,7 +858,7 @@ async fn issue_card(
         issued_at: CardDateTime::now_utc(),
     };
     crate::registry::issue_card(&state.db, &key, &card).await?;
-    Ok(Created(IssuedCard { card_serial: card.serial.to_hex() }))
+    Ok(Created(IssuedCard { card_serial: card.serial.to_hex(), card_image: None }))
 }
 
 async fn replace_card(

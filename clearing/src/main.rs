@@ -34,6 +34,17 @@ enum Command {
         /// The secret that hides citizen IDs (HMAC key); without it cards are not issued.
         #[arg(long)]
         citizen_id_key_file: Option<PathBuf>,
+        /// Personalise cards (keys from the HSM, images written here); without
+        /// it the issuer API only records cards personalised elsewhere.
+        #[arg(long, requires = "transport_key_file")]
+        card_images: Option<PathBuf>,
+        /// The personalisation station's copy of the transport key
+        /// (`fixtures/keys/test-transport-key.json` is the TEST one).
+        #[arg(long, requires = "card_images")]
+        transport_key_file: Option<PathBuf>,
+        /// The transport key's label in the HSM.
+        #[arg(long, default_value = hsm_sim::keystore::TEST_TRANSPORT_KEY)]
+        transport_key_label: String,
     },
     /// Clears a simulated day end to end and reports the rates (docs/benchmarks.md).
     Bench {
@@ -115,7 +126,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { listen, database, hsm, tokens, citizen_id_key_file } => {
+        Command::Serve {
+            listen,
+            database,
+            hsm,
+            tokens,
+            citizen_id_key_file,
+            card_images,
+            transport_key_file,
+            transport_key_label,
+        } => {
             let db = Db::connect(&database).await?;
             let hsm = HsmClient::connect(ClientConfig::new(hsm)).await.context("connecting to the HSM")?;
             let tokens = match tokens {
@@ -131,6 +151,12 @@ async fn main() -> anyhow::Result<()> {
                 let secret = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
                 anyhow::ensure!(secret.len() >= 16, "the citizen ID key must be at least 16 bytes");
                 state = state.with_citizen_key(clearing::registry::CitizenIdKey::new(&secret));
+            }
+            if let (Some(directory), Some(path)) = (card_images, transport_key_file) {
+                let transport = card_host::issue::TransportKey::load(&path)?;
+                let station = clearing::personalise::Personaliser::new(&directory, &transport_key_label, &transport)?;
+                eprintln!("personalising cards into {}", directory.display());
+                state = state.with_personaliser(station);
             }
             clearing::api::serve(listener, state).await?;
         }

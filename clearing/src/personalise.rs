@@ -96,7 +96,11 @@ impl Personaliser {
         let card_type = options.card_type.unwrap_or(holder.card_type);
         let path = self.image_path(&serial);
         // Check everything that can be checked before anything is recorded.
-        let wrapped = hsm.derive_card_keys(key_set, serial, &self.transport_label).await?;
+        let wrapped =
+            hsm.derive_card_keys(key_set, serial, &self.transport_label).await.map_err(|error| match error.code() {
+                Some(hsm_sim::ErrorCode::KeyNotFound) => Error::invalid("key_set", "the HSM holds no such key set"),
+                _ => Error::Hsm(error),
+            })?;
         let keys = wrapped.unwrap(&self.transport_key, self.transport_algorithm).map_err(|code| {
             Error::Config(format!(
                 "the card keys do not open under transport key {} ({code}): the station and the HSM hold different keys",

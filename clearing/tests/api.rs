@@ -27,11 +27,18 @@ impl Drop for Api {
 }
 
 async fn start(world: &World) -> Api {
+    serve(state(world).await).await
+}
+
+/// The state of the test server: operator and issuer tokens, the citizen-ID key.
+async fn state(world: &World) -> AppState {
     let mut tokens = Tokens::default();
     tokens.add(OPERATOR_TOKEN, Role::Operator);
     tokens.add(ISSUER_TOKEN, Role::Issuer);
-    let state =
-        AppState::new(world.db().clone(), world.hsm.client().await, tokens).with_citizen_key(support::citizen_key());
+    AppState::new(world.db().clone(), world.hsm.client().await, tokens).with_citizen_key(support::citizen_key())
+}
+
+async fn serve(state: AppState) -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     Api { address, task: tokio::spawn(api::serve(listener, state)) }
@@ -526,3 +533,71 @@ async fn the_router_serves_exactly_the_documented_routes() {
         assert!(statuses.contains(&status.to_string()), "{} {path}: {status} not in {statuses:?}", route.method);
     }
 }
+
+both!(the_issuer_personalises_cards_through_the_api, |backend: Backend| async move {
+    use card_host::card::{CardType, CitizenCard};
+    use card_host::issue::{ProfileFile, TransportKey, fixtures};
+    let world = World::new(backend).await;
+    let images = tempfile::tempdir().expect("temporary directory");
+    let transport = TransportKey::load(&fixtures::test_transport_key()).expect("TEST transport key");
+    let station =
+        clearing::personalise::Personaliser::new(images.path(), hsm_sim::keystore::TEST_TRANSPORT_KEY, &transport)
+            .expect("station");
+    let api = serve(state(&world).await.with_personaliser(station)).await;
+    let profiles = ProfileFile::load(&fixtures::cardholders()).expect("profiles");
+    let holder = profiles.cardholder(2).expect("profile");
+    let mut personalisation = serde_json::to_value(holder).expect("json");
+    let personalisation = personalisation.as_object_mut().expect("object");
+    for issued_elsewhere in ["name", "citizen_id", "card_type", "application_serial"] {
+        personalisation.remove(issued_elsewhere);
+    }
+    let mut body = serde_json::json!({
+        "card_serial": "3100000077770001",
+        "card_type": 2,
+        "key_set": "card",
+        "citizen_id": holder.citizen_id,
+        "name": holder.name,
+        "initial_balance_fen": 1_234,
+        "personalisation": personalisation,
+    });
+
+    // A PIN of the wrong type is refused naming the object, and the value is not echoed.
+    let mut wrong = body.clone();
+    wrong["personalisation"]["pin"] = Value::from(123_456);
+    let (status, error) =
+        http(&api, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), wrong.to_string().as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("personalisation")), "{error}");
+    assert!(!error.to_string().contains("123456"), "{error}");
+    let mut wrong = body.clone();
+    wrong["personalisation"]["sex"] = "x".into();
+    let (status, error) =
+        http(&api, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), wrong.to_string().as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("personalisation.sex")), "{error}");
+
+    let (status, issued) =
+        http(&api, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), body.to_string().as_bytes()).await;
+    assert_eq!(status, 201, "{issued}");
+    let image = issued["card_image"].as_str().expect("the image's path");
+    let card = CitizenCard::open(std::path::Path::new(image)).expect("the image opens");
+    assert_eq!(card.image().card_type, CardType::Student);
+    assert_eq!(card.image().purse.balance, Fen(1_234));
+    assert_eq!(card.image().serial.to_hex(), "3100000077770001");
+    let shadow = clearing::registry::shadow(world.db(), &card.image().serial).await.expect("recorded");
+    assert_eq!(shadow.balance_fen, 1_234);
+    // The same card again: 409, the image untouched.
+    let before = std::fs::read(image).expect("image");
+    let (status, _) = http(&api, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), body.to_string().as_bytes()).await;
+    assert_eq!(status, 409);
+    assert_eq!(std::fs::read(image).expect("image"), before);
+
+    // A server without a station records cards but does not personalise them.
+    let plain = start(&world).await;
+    body["card_serial"] = "3100000077770002".into();
+    let (status, error) =
+        http(&plain, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), body.to_string().as_bytes()).await;
+    assert_eq!(status, 503, "{error}");
+    body.as_object_mut().expect("object").remove("personalisation");
+    let (status, issued) =
+        http(&plain, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), body.to_string().as_bytes()).await;
+    assert_eq!((status, issued.get("card_image")), (201, None), "{issued}");
+});

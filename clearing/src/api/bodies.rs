@@ -222,6 +222,90 @@ pub struct IssueCardRequest {
     pub name: String,
     /// 0 to 100,000.
     pub initial_balance_fen: u32,
+    /// With it, the server also personalises the card: its keys derived in the
+    /// HSM, its image written by the personalisation station (503 on a server
+    /// without one). Without it, the card is only recorded (personalised
+    /// elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personalisation: Option<Personalisation>,
+}
+
+/// What a personalised card carries beyond its serial, type, holder's name and
+/// citizen ID (card-host's cardholder profile, `fixtures/profiles/cardholders.json`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Personalisation {
+    /// `male` or `female`.
+    pub sex: String,
+    /// Nationality (民族) code, 1 = Han.
+    pub nation: u8,
+    /// Six-digit region code of the birthplace.
+    pub birthplace: String,
+    /// `YYYY-MM-DD`.
+    pub birth_date: String,
+    pub social_security_number: String,
+    /// The 9-character social security card number printed on the card.
+    pub social_security_card_number: String,
+    /// Six-digit region code of the issuing region.
+    pub region: String,
+    /// 4 to 12 digits: written into the card, never stored or logged by clearing.
+    pub pin: String,
+    /// The medical profile: `patient_number`, `insurance_type` (`employee`,
+    /// `resident`, `retiree`), `insurance_region`, `blood_type`, `rh_negative`,
+    /// `allergies`.
+    pub medical: Value,
+}
+
+impl std::fmt::Debug for Personalisation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Identity data and the PIN stay out of logs.
+        f.write_str("Personalisation { .. }")
+    }
+}
+
+impl Personalisation {
+    /// The cardholder profile card-host issues from; a field that does not fit
+    /// is a 422 naming it (`personalisation.FIELD`).
+    pub fn cardholder(
+        &self,
+        serial: ApplicationSerial,
+        card_type: card_host::card::CardType,
+        name: &str,
+        citizen_id: &str,
+    ) -> Result<card_host::issue::Cardholder, ApiError> {
+        let medical = serde_json::from_value(self.medical.clone())
+            .map_err(|error| personalisation_refused(&error))
+            .map_err(|refused| ApiError::field("personalisation.medical", refused.message().to_owned()))?;
+        let sex = serde_json::from_value(Value::String(self.sex.clone()))
+            .map_err(|_| ApiError::field("personalisation.sex", "male or female"))?;
+        let holder = card_host::issue::Cardholder {
+            name: name.to_owned(),
+            sex,
+            nation: self.nation,
+            birthplace: self.birthplace.clone(),
+            birth_date: self.birth_date.clone(),
+            citizen_id: citizen_id.to_owned(),
+            social_security_number: self.social_security_number.clone(),
+            social_security_card_number: self.social_security_card_number.clone(),
+            region: self.region.clone(),
+            card_type,
+            application_serial: serial.to_hex(),
+            pin: self.pin.clone(),
+            medical,
+        };
+        Ok(holder)
+    }
+}
+
+/// A personalisation object that does not parse. serde's own message is kept
+/// only when it names a field and no value (a wrong-typed value could be the PIN).
+fn personalisation_refused(error: &serde_json::Error) -> ApiError {
+    let message = error.to_string();
+    if message.starts_with("missing field") || message.starts_with("unknown field") {
+        ApiError::field("personalisation", message)
+    } else {
+        ApiError::field("personalisation", "a field has the wrong type (see /openapi.json)")
+    }
 }
 
 /// A card to issue, parsed (the issue time is the server's).
@@ -233,12 +317,13 @@ pub struct IssueCard {
     pub citizen_id: String,
     pub name: String,
     pub initial_balance: Fen,
+    pub personalisation: Option<Personalisation>,
 }
 
 impl RequestBody for IssueCard {
     type Wire = IssueCardRequest;
     const FIELDS: &'static [&'static str] =
-        &["card_serial", "card_type", "key_set", "citizen_id", "name", "initial_balance_fen"];
+        &["card_serial", "card_type", "key_set", "citizen_id", "name", "initial_balance_fen", "personalisation"];
 
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let map = object(body, Self::FIELDS)?;
@@ -249,6 +334,12 @@ impl RequestBody for IssueCard {
             citizen_id: short_text(&map, "citizen_id")?,
             name: short_text(&map, "name")?,
             initial_balance: Fen(small(&map, "initial_balance_fen", u64::from(TOPUP_FEN_MAX))? as u32),
+            personalisation: match map.get("personalisation") {
+                None | Some(Value::Null) => None,
+                Some(value) => {
+                    Some(serde_json::from_value(value.clone()).map_err(|error| personalisation_refused(&error))?)
+                }
+            },
         })
     }
 }
@@ -384,6 +475,7 @@ impl From<&IssueCard> for IssueCardRequest {
             citizen_id: body.citizen_id.clone(),
             name: body.name.clone(),
             initial_balance_fen: body.initial_balance.0,
+            personalisation: body.personalisation.clone(),
         }
     }
 }
