@@ -249,7 +249,11 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, Error> {
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await?;
         admin.close().await;
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if std::env::var_os("CLEARING_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("kept {}", work.display());
+    }
     let hsm_rate = sample.len() as f64 / hsm_seconds;
     let run_day_rate = summary.records as f64 / run_day_seconds;
     Ok(BenchReport {

@@ -115,6 +115,34 @@ impl Db {
         AnyPoolOptions::new().max_connections(1).connect(url).await.map_err(Error::Database)
     }
 
+    /// A pool to read from while this one writes: PostgreSQL's pool has
+    /// connections enough (the same pool, not to be closed apart); SQLite's one
+    /// writer gets a reading connection beside it, to close after use (WAL
+    /// readers see the last commit and never block it).
+    pub async fn reader(&self) -> Result<Db, Error> {
+        match self.dialect {
+            Dialect::Postgres => Ok(self.clone()),
+            Dialect::Sqlite => {
+                let options = (*self.pool.connect_options()).clone();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+                    .after_connect(|connection, _| {
+                        Box::pin(async move {
+                            connection
+                                .execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+                    .map_err(Error::Database)?;
+                Ok(Db { pool, dialect: self.dialect })
+            }
+        }
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

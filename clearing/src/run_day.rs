@@ -199,9 +199,6 @@ pub struct RunStats {
 /// A pending record as read back, with its fields as types.
 struct Pending {
     transaction_id: i64,
-    terminal_id: String,
-    batch_id: String,
-    record_index: i64,
     kind: RecordKind,
     serial: ApplicationSerial,
     counter: i64,
@@ -232,9 +229,6 @@ impl Pending {
             .ok_or_else(|| Error::Inconsistent("tac".into()))?;
         Ok(Pending {
             transaction_id: row.try_get("transaction_id")?,
-            terminal_id: row.try_get("terminal_id")?,
-            batch_id: row.try_get("batch_id")?,
-            record_index: row.try_get("record_index")?,
             kind: RecordKind::parse(&kind).ok_or_else(|| Error::Inconsistent(format!("kind {kind}")))?,
             serial: ApplicationSerial::parse_hex(&row.try_get::<String, _>("card_serial")?)
                 .map_err(inconsistent("card_serial"))?,
@@ -360,6 +354,71 @@ async fn load_cards(
     Ok(cards)
 }
 
+/// Clears the day's pending records, chunk after chunk in the clearing order.
+/// While a chunk is written, the next one (of other cards) is read, verified by
+/// the HSM and decided: pipelined, on a reading connection of its own. A pass
+/// ends when nothing is left after the cursor; a last pass from the start takes
+/// records that arrived behind it meanwhile.
+async fn clear_pending(
+    db: &Db,
+    hsm: &HsmClient,
+    options: &RunOptions,
+    reference: &Reference,
+    stats: &mut RunStats,
+    bar: &indicatif::ProgressBar,
+) -> Result<(), Error> {
+    let reader = db.reader().await?;
+    let mut number = 1;
+    let mut cursor: Option<Cursor> = None;
+    let mut next = prepare_chunk(&reader, hsm, options, reference, None, number).await?;
+    while stats.chunks < CHUNKS_MAX {
+        let Some(chunk) = next else {
+            if cursor.is_none() {
+                break;
+            }
+            // The pass is done: once more from the start, for late arrivals behind the cursor.
+            cursor = None;
+            next = prepare_chunk(&reader, hsm, options, reference, None, number).await?;
+            if next.is_none() {
+                break;
+            }
+            continue;
+        };
+        number += 1;
+        stats.tacs_verified += chunk.tacs_verified;
+        stats.hsm_micros += chunk.hsm_micros;
+        tracing::debug!(
+            chunk = number - 1,
+            records = chunk.records.len(),
+            select_micros = chunk.select_micros,
+            decided_micros = chunk.decided_micros,
+            hsm_micros = chunk.hsm_micros,
+            "chunk decided"
+        );
+        let after = chunk.cursor.clone();
+        let processed = if chunk.whole_cards {
+            let (written, prepared) = tokio::join!(
+                write_chunk(db, options, chunk, stats),
+                prepare_chunk(&reader, hsm, options, reference, Some(&after), number)
+            );
+            let processed = written?;
+            next = prepared?;
+            processed
+        } else {
+            let processed = write_chunk(db, options, chunk, stats).await?;
+            next = prepare_chunk(&reader, hsm, options, reference, Some(&after), number).await?;
+            processed
+        };
+        cursor = Some(after);
+        bar.inc(processed);
+    }
+    if db.dialect == crate::db::Dialect::Sqlite {
+        // Its own reading connection (see Db::reader).
+        reader.close().await;
+    }
+    Ok(())
+}
+
 /// Clears, settles and reports one day. Safe to run again, and to run again
 /// after being killed at any point: the totals come out the same.
 pub async fn run_day(db: &Db, hsm: &HsmClient, options: &RunOptions) -> Result<(DaySummary, RunStats), Error> {
@@ -390,13 +449,7 @@ pub async fn run_day(db: &Db, hsm: &HsmClient, options: &RunOptions) -> Result<(
     .execute(&db.pool)
     .await?;
     tracing::info!(day = %day, pending = pending_total, "clearing");
-    while stats.chunks < CHUNKS_MAX {
-        let processed = clear_chunk(db, hsm, options, &reference, &mut stats).await?;
-        if processed == 0 {
-            break;
-        }
-        bar.inc(processed);
-    }
+    clear_pending(db, hsm, options, &reference, &mut stats, &bar).await?;
     bar.finish_and_clear();
     stats.settlement_runs_added = settle(db, &day).await?;
     options.step(Step::SettlementCommitted);
@@ -409,40 +462,111 @@ pub async fn run_day(db: &Db, hsm: &HsmClient, options: &RunOptions) -> Result<(
     Ok((summary, stats))
 }
 
-/// Clears one chunk; returns how many records it processed (0: none left).
-async fn clear_chunk(
-    db: &Db,
+/// Where a chunk ends in the clearing order (card, card time, kind, counter, id):
+/// the next chunk starts after it.
+#[derive(Debug, Clone)]
+struct Cursor {
+    card_serial: String,
+    occurred_at: String,
+    kind: &'static str,
+    counter: i64,
+    transaction_id: i64,
+}
+
+/// A chunk read, verified by the HSM and decided; nothing of it written yet.
+struct Prepared {
+    records: Vec<Pending>,
+    outcomes: Vec<Result<String, (Reason, String)>>,
+    /// Records whose counter is behind the shadow account: a duplicate if the counter was cleared before.
+    possibly_spent: Vec<usize>,
+    cards: HashMap<String, CardState>,
+    cursor: Cursor,
+    /// The chunk holds every pending record of its cards up to the cursor's card,
+    /// and no record after the cursor is of those cards: the next chunk's cards
+    /// are others, so it may be read and decided while this one is written.
+    whole_cards: bool,
+    tacs_verified: u64,
+    hsm_micros: u64,
+    select_micros: u128,
+    decided_micros: u128,
+}
+
+/// Reads the next chunk after `after` (from the start with `None`), verifies
+/// its TACs and decides its records against the shadow accounts as read now.
+async fn prepare_chunk(
+    reader: &Db,
     hsm: &HsmClient,
     options: &RunOptions,
     reference: &Reference,
-    stats: &mut RunStats,
-) -> Result<u64, Error> {
+    after: Option<&Cursor>,
+    number: u64,
+) -> Result<Option<Prepared>, Error> {
     let day = options.day.to_string();
     let phase = std::time::Instant::now();
-    let rows = sqlx::query(
-        "SELECT transaction_id, terminal_id, batch_id, record_index, kind, card_serial, counter, balance_before,
-         amount_fen, transaction_type, terminal_number, terminal_serial, occurred_at, tac, received_at
-         FROM transactions WHERE business_day = $1 AND state = 'pending'
-         ORDER BY card_serial, occurred_at, kind, counter, transaction_id LIMIT $2",
-    )
-    .bind(&day)
-    .bind(options.chunk_records)
-    .fetch_all(&db.pool)
-    .await?;
+    let columns = "transaction_id, kind, card_serial, counter, balance_before, amount_fen, transaction_type,
+         terminal_number, terminal_serial, occurred_at, tac, received_at";
+    let order = "ORDER BY card_serial, occurred_at, kind, counter, transaction_id";
+    let rows = match after {
+        None => {
+            sqlx::query(&format!(
+                "SELECT {columns} FROM transactions WHERE business_day = $1 AND state = 'pending' {order} LIMIT $2"
+            ))
+            .bind(&day)
+            .bind(options.chunk_records)
+            .fetch_all(&reader.pool)
+            .await?
+        }
+        Some(cursor) => {
+            sqlx::query(&format!(
+                "SELECT {columns} FROM transactions WHERE business_day = $1 AND state = 'pending'
+                 AND (card_serial, occurred_at, kind, counter, transaction_id) > ($2, $3, $4, $5, $6) {order} LIMIT $7"
+            ))
+            .bind(&day)
+            .bind(&cursor.card_serial)
+            .bind(&cursor.occurred_at)
+            .bind(cursor.kind)
+            .bind(cursor.counter)
+            .bind(cursor.transaction_id)
+            .bind(options.chunk_records)
+            .fetch_all(&reader.pool)
+            .await?
+        }
+    };
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
-    let records = rows.iter().map(Pending::from_row).collect::<Result<Vec<_>, _>>()?;
+    let full = rows.len() as i64 == options.chunk_records;
+    let mut records = rows.iter().map(Pending::from_row).collect::<Result<Vec<_>, _>>()?;
+    drop(rows);
+    // A full chunk may stop inside its last card: leave that card to the next
+    // chunk, unless it is the only card (then the next chunk waits for this one).
+    let mut whole_cards = !full;
+    if full {
+        let last = records[records.len() - 1].serial;
+        let keep = records.iter().rposition(|r| r.serial != last).map_or(0, |i| i + 1);
+        if keep > 0 {
+            records.truncate(keep);
+            whole_cards = true;
+        }
+    }
+    let last = &records[records.len() - 1];
+    let cursor = Cursor {
+        card_serial: last.serial.to_hex(),
+        occurred_at: last.occurred_at.clone(),
+        kind: last.kind.as_str(),
+        counter: last.counter,
+        transaction_id: last.transaction_id,
+    };
     let select_micros = phase.elapsed().as_micros();
     let mut serials: Vec<String> = records.iter().map(|r| r.serial.to_hex()).collect();
     serials.dedup();
 
     // The shadow accounts, read before the HSM round; the transaction that
-    // writes them re-reads nothing, and the state guard below refuses to commit
-    // if another job cleared these records meanwhile.
+    // writes them re-reads nothing, and the state and account guards refuse to
+    // commit if another job cleared these records or moved these accounts meanwhile.
     let mut cards = {
-        let mut tx = db.pool.begin().await?;
-        let cards = load_cards(db.dialect, &mut tx, &serials).await?;
+        let mut tx = reader.pool.begin().await?;
+        let cards = load_cards(reader.dialect, &mut tx, &serials).await?;
         tx.commit().await?;
         cards
     };
@@ -456,6 +580,7 @@ async fn clear_chunk(
         }
     }
     let started = std::time::Instant::now();
+    let mut tacs_verified = 0;
     for (key_set, indices) in &by_key_set {
         let batch: Vec<TacRecord> = indices.iter().map(|&i| records[i].tac_record()).collect();
         let answers = hsm.verify_tacs(key_set, &batch).await?;
@@ -465,9 +590,9 @@ async fn clear_chunk(
         for (&index, verdict) in indices.iter().zip(answers) {
             verdicts[index] = Some(verdict);
         }
-        stats.tacs_verified += batch.len() as u64;
+        tacs_verified += batch.len() as u64;
     }
-    stats.hsm_micros += started.elapsed().as_micros() as u64;
+    let hsm_micros = started.elapsed().as_micros() as u64;
 
     // Decide each record in order, moving the in-memory shadow accounts.
     let mut outcomes: Vec<Result<String, (Reason, String)>> = Vec::with_capacity(records.len());
@@ -493,9 +618,27 @@ async fn clear_chunk(
         }
         outcomes.push(outcome);
     }
-
     let decided_micros = phase.elapsed().as_micros();
-    options.step(Step::ChunkDecided(stats.chunks + 1));
+    options.step(Step::ChunkDecided(number));
+    Ok(Some(Prepared {
+        records,
+        outcomes,
+        possibly_spent,
+        cards,
+        cursor,
+        whole_cards,
+        tacs_verified,
+        hsm_micros,
+        select_micros,
+        decided_micros,
+    }))
+}
+
+/// Writes a decided chunk in one transaction; returns how many records it cleared or quarantined.
+async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut RunStats) -> Result<u64, Error> {
+    let phase = std::time::Instant::now();
+    let day = options.day.to_string();
+    let Prepared { records, mut outcomes, possibly_spent, cards, .. } = chunk;
     let mut tx = db.pool.begin().await?;
     // The day's next chunk number (also a row lock: one clearing job per day at a time on PostgreSQL).
     let chunk_number: i64 = sqlx::query_scalar(
@@ -544,19 +687,21 @@ async fn clear_chunk(
                 ));
             }
             Err((reason, detail)) => {
-                sqlx::query(
+                // The record's batch and place are copied from its row.
+                let done = sqlx::query(
                     "INSERT INTO quarantine (terminal_id, batch_id, record_index, transaction_id, business_day, reason, detail)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     SELECT terminal_id, batch_id, record_index, transaction_id, $2, $3, $4 FROM transactions
+                     WHERE transaction_id = $1",
                 )
-                .bind(&record.terminal_id)
-                .bind(&record.batch_id)
-                .bind(record.record_index)
                 .bind(record.transaction_id)
                 .bind(&day)
                 .bind(reason.as_str())
                 .bind(detail)
                 .execute(&mut *tx)
                 .await?;
+                if done.rows_affected() != 1 {
+                    return Err(Error::Inconsistent(format!("transaction {} vanished", record.transaction_id)));
+                }
                 let done = sqlx::query(
                     "UPDATE transactions SET state = 'quarantined' WHERE transaction_id = $1 AND state = 'pending'",
                 )
@@ -642,10 +787,8 @@ async fn clear_chunk(
     tracing::debug!(
         chunk = stats.chunks,
         records = records.len(),
-        select_micros,
-        decided_micros,
-        committed_micros = phase.elapsed().as_micros(),
-        "chunk cleared"
+        written_micros = phase.elapsed().as_micros(),
+        "chunk written"
     );
     stats.records_processed += records.len() as u64;
     Ok(records.len() as u64)
