@@ -43,8 +43,9 @@ impl KioskProcess {
             .expect("terminal kiosk");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("the screen's address");
-        let url =
-            line.trim().strip_prefix("screen ").unwrap_or_else(|| panic!("not the screen line: {line:?}")).to_owned();
+        let Some(url) = line.trim().strip_prefix("screen ").map(str::to_owned) else {
+            panic!("terminal kiosk did not serve its screen ({:?}); its standard error is above", child.wait());
+        };
         KioskProcess { child, url }
     }
 
@@ -168,10 +169,11 @@ fn a_citizen_tops_up_pays_a_bill_and_pulls_the_card_at_the_kiosk_screen() {
     assert_eq!(card_balance(&rig), Fen(5_766));
 
     // Pulled before the card saw INITIALIZE (a bill's card APDUs: SELECT, READ
-    // BINARY, INITIALIZE, DEBIT): nothing was charged, and the page says so.
+    // BINARY to check it is the card shown, SELECT, READ BINARY, INITIALIZE,
+    // DEBIT): nothing was charged, and the page says so.
     let control = rig.card().control();
     pay_bill(&browser, "gas", "555", "8");
-    control.tear_at(Tear { apdu: 3, point: TearPoint::BeforeCommand });
+    control.tear_at(Tear { apdu: 5, point: TearPoint::BeforeCommand });
     browser.find("#amount-pay").expect("pay").click().expect("pay");
     browser.wait_for_text("#message", "卡已移走，未扣款").expect("nothing charged");
     browser.wait_for_text("#view-idle", "请插入市民卡").expect("idle with the message");
@@ -184,7 +186,7 @@ fn a_citizen_tops_up_pays_a_bill_and_pulls_the_card_at_the_kiosk_screen() {
     // Pulled after the card carried DEBIT out, before its answer: the page
     // cannot know and asks for the card; the card's proof then decides.
     pay_bill(&browser, "gas", "555", "8");
-    control.tear_at(Tear { apdu: 4, point: TearPoint::AfterCommand });
+    control.tear_at(Tear { apdu: 6, point: TearPoint::AfterCommand });
     browser.find("#amount-pay").expect("pay").click().expect("pay");
     browser.wait_for_text("#message", "请重新插入同一张卡").expect("asks for the card again");
     browser.wait_for_text("#view-idle", "请插入市民卡").expect("idle with the message");
