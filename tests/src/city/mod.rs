@@ -195,7 +195,12 @@ fn plan(people: &[Person], errands: usize, rng: &mut StdRng) -> Plan {
     let lost = (1..people.len())
         .find(|&n| people[n].card_type == CardType::Ordinary && n % PCSCD_LINE_EVERY != 0)
         .unwrap_or(1);
-    let torn = if lost == PCSCD_LINE_EVERY { 2 * PCSCD_LINE_EVERY } else { PCSCD_LINE_EVERY }.min(people.len() - 1);
+    // The torn purchase's rider rides route 1 from home.
+    let torn = (1..people.len()).filter(|&n| n != lost).find(|&n| n % PCSCD_LINE_EVERY == 0).unwrap_or(if lost == 1 {
+        2
+    } else {
+        1
+    });
     let commutes: Vec<Commute> = (0..people.len())
         .map(|n| {
             if n == lost {

@@ -133,6 +133,8 @@ pub struct CityReport {
     pub opening_fen: u64,
     pub routes: Vec<RouteLine>,
     pub pcscd: Option<PcscdLine>,
+    /// The terminals that read in-process.
+    pub in_process: Vec<String>,
     pub journeys: u64,
     pub kiosks: KioskStats,
     pub counters: CounterStats,
@@ -232,20 +234,29 @@ impl fmt::Display for CityReport {
         match &self.pcscd {
             Some(p) => writeln!(
                 f,
-                "readers    route {} validator {} through pcscd + vpcd: {} card presentations, {} APDUs through pcscd; all other terminals in-process",
-                p.route, p.terminal, p.presentations, p.apdus
+                "readers    route {} validator {} through pcscd + vpcd: {} card presentations, {} APDUs through pcscd;\n           in-process: {}",
+                p.route,
+                p.terminal,
+                p.presentations,
+                p.apdus,
+                self.in_process.join(", ")
             )?,
-            None => writeln!(f, "readers    every terminal in-process")?,
+            None => writeln!(f, "readers    every terminal in-process: {}", self.in_process.join(", "))?,
         }
-        writeln!(f, "buses      {} journeys, {} taps:", self.journeys, self.taps())?;
+        writeln!(f, "buses      {} journeys, {} taps", self.journeys, self.taps())?;
+        writeln!(
+            f,
+            "           {:<5} {:<12} {:<12} {:>6} {:>6} {:>7} {:>9} {:>11} {:>9} {:>7}  refused",
+            "route", "terminal", "tariff", "flat", "tap-in", "tap-out", "fares", "concessions", "transfers", "again"
+        )?;
         for r in &self.routes {
             let s = &r.stats;
             writeln!(
                 f,
-                "  route {:<2} {} {:<17} {:>4} flat {:>4} tap-in {:>4} tap-out  {:>8} yuan  {} concessions, {} transfers, {} already paid, refused: {}{}",
+                "           {:<5} {:<12} {:<12} {:>6} {:>6} {:>7} {:>9} {:>11} {:>9} {:>7}  {}{}",
                 r.route,
                 r.terminal,
-                r.tariff,
+                r.tariff.trim_start_matches("bus-"),
                 s.flat,
                 s.tap_ins,
                 s.tap_outs,
@@ -254,7 +265,7 @@ impl fmt::Display for CityReport {
                 s.transfers,
                 s.already_paid,
                 count_map(&s.refused),
-                if r.through_pcscd { "  [pcscd]" } else { "" }
+                if r.through_pcscd { "  [through pcscd]" } else { "" }
             )?;
         }
         let k = &self.kiosks;
@@ -574,6 +585,14 @@ pub fn assemble(inputs: Inputs<'_>) -> Result<CityReport, CityError> {
             stats: bus.stats.clone(),
         })
         .collect();
+    let mut in_process: Vec<String> = day
+        .buses
+        .iter()
+        .filter(|bus| !bus.through_pcscd())
+        .map(|bus| format!("route {} ({})", bus.spec.route, bus.spec.terminal.number))
+        .collect();
+    in_process.extend(day.kiosks.iter().map(|desk| format!("kiosk {}", desk.device.spec.number)));
+    in_process.extend(day.counters.iter().map(|desk| format!("counter {}", desk.device.spec.number)));
     Ok(CityReport {
         seed: inputs.options.seed,
         mode: inputs.options.mode,
@@ -584,6 +603,7 @@ pub fn assemble(inputs: Inputs<'_>) -> Result<CityReport, CityError> {
         opening_fen,
         routes,
         pcscd,
+        in_process,
         journeys: day.journeys,
         kiosks: day.kiosk_stats.clone(),
         counters: day.counter_stats.clone(),
