@@ -866,7 +866,7 @@ async fn replace_card(
     _token: Token<Issuers>,
     Params(path): Params<CardPath>,
     Body(request): Body<ReplaceCard>,
-) -> Result<Json<crate::registry::Replacement>, Fails<(NotFound, Conflict, Unprocessable)>> {
+) -> Result<Json<ReplacedCard>, Fails<(NotFound, Conflict, Unprocessable, Unavailable)>> {
     let old = serial_from_path(&path.serial)?;
     let new = crate::registry::ReplacementCard {
         serial: request.serial,
@@ -874,7 +874,45 @@ async fn replace_card(
         key_set: request.key_set,
         issued_at: CardDateTime::now_utc(),
     };
-    Ok(Json(crate::registry::replace_card(&state.db, &old, &new).await?))
+    let Some(personalisation) = request.personalisation else {
+        let replacement = crate::registry::replace_card(&state.db, &old, &new).await?;
+        return Ok(Json(ReplacedCard::from((replacement, None))));
+    };
+    let station = state
+        .personaliser
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server does not personalise cards"))?;
+    let key = state
+        .citizen_key
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this server does not issue cards"))?;
+    let card_type = card_host::card::CardType::from_code(new.card_type)
+        .ok_or_else(|| ApiError::field("card_type", "not a card type code (1 to 5)"))?;
+    // The name comes from clearing's records; the station fills it in.
+    let holder = personalisation.cardholder.cardholder(new.serial, card_type, "-", &personalisation.citizen_id)?;
+    let (replacement, personalised) = station.replace(&state.db, &state.hsm, &key, &old, &new, &holder).await?;
+    Ok(Json(ReplacedCard::from((replacement, Some(personalised.image.display().to_string())))))
+}
+
+/// The answer to a replacement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplacedCard {
+    pub balance_moved_fen: i64,
+    /// The blacklist version that lists the old card.
+    pub blacklist_version: i64,
+    /// The new card's image, when the request asked for personalisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_image: Option<String>,
+}
+
+impl From<(crate::registry::Replacement, Option<String>)> for ReplacedCard {
+    fn from((replacement, card_image): (crate::registry::Replacement, Option<String>)) -> Self {
+        ReplacedCard {
+            balance_moved_fen: replacement.balance_moved_fen,
+            blacklist_version: replacement.blacklist_version,
+            card_image,
+        }
+    }
 }
 
 async fn day_summary(

@@ -15,15 +15,15 @@
 
 use std::path::{Path, PathBuf};
 
-use card_host::card::CardType;
+use card_host::card::{CardImage, CardKeys, CardType};
 use card_host::crypto::Key16;
 use card_host::issue::{self, Cardholder, IssueOptions, TransportKey};
-use card_host::model::ApplicationSerial;
+use card_host::model::{ApplicationSerial, Fen};
 use hsm_sim::{HsmClient, KeyAlgorithm};
 
 use crate::db::Db;
 use crate::error::Error;
-use crate::registry::{self, CitizenIdKey, NewCard};
+use crate::registry::{self, CitizenIdKey, NewCard, Replacement, ReplacementCard};
 
 /// The card image files a personalisation station writes, by serial.
 pub const IMAGE_EXTENSION: &str = "card";
@@ -94,27 +94,11 @@ impl Personaliser {
             None => holder.serial().map_err(|error| Error::invalid("application_serial", error.to_string()))?,
         };
         let card_type = options.card_type.unwrap_or(holder.card_type);
-        let path = self.image_path(&serial);
-        // Check everything that can be checked before anything is recorded.
-        let wrapped =
-            hsm.derive_card_keys(key_set, serial, &self.transport_label).await.map_err(|error| match error.code() {
-                Some(hsm_sim::ErrorCode::KeyNotFound) => Error::invalid("key_set", "the HSM holds no such key set"),
-                _ => Error::Hsm(error),
-            })?;
-        let keys = wrapped.unwrap(&self.transport_key, self.transport_algorithm).map_err(|code| {
-            Error::Config(format!(
-                "the card keys do not open under transport key {} ({code}): the station and the HSM hold different keys",
-                self.transport_label
-            ))
-        })?;
         let options = IssueOptions { serial: Some(serial), card_type: Some(card_type), ..options.clone() };
-        let image = issue::build_image(holder, keys, &options).map_err(|error| match error {
-            issue::IssueError::Field { field, reason } => Error::invalid(field, reason),
-            other => Error::invalid("cardholder", other.to_string()),
-        })?;
-        if path.exists() {
-            return Err(Error::Conflict(format!("a card image for {} exists already", serial.masked())));
-        }
+        // Check everything that can be checked before anything is recorded.
+        let keys = self.card_keys(hsm, key_set, serial).await?;
+        let image = build(holder, keys.clone(), &options)?;
+        self.check_free(&serial)?;
         let card = NewCard {
             serial,
             card_type: card_type.code(),
@@ -125,9 +109,82 @@ impl Personaliser {
             issued_at: options.issued_at,
         };
         registry::issue_card(db, citizen_key, &card).await?;
-        card_host::storage::create(&path, &image, false)
-            .map_err(|error| Error::File { path: path.display().to_string(), source: std::io::Error::other(error) })?;
+        self.write(&serial, &image)?;
         tracing::info!(card = %serial.masked(), ?card_type, "card personalised");
-        Ok(Personalised { serial, card_type, image: path })
+        Ok(Personalised { serial, card_type, image: self.image_path(&serial) })
     }
+
+    /// Replaces card `old` (lost or damaged) with a new card personalised for
+    /// the same cardholder (`holder.citizen_id` must be theirs; the name is the
+    /// one clearing holds): the old card's shadow balance moves to the new card,
+    /// whose image is written holding exactly that balance.
+    pub async fn replace(
+        &self,
+        db: &Db,
+        hsm: &HsmClient,
+        citizen_key: &CitizenIdKey,
+        old: &ApplicationSerial,
+        new: &ReplacementCard,
+        holder: &Cardholder,
+    ) -> Result<(Replacement, Personalised), Error> {
+        let card_type = CardType::from_code(new.card_type)
+            .ok_or_else(|| Error::invalid("card_type", "not a card type code (1 to 5)"))?;
+        let name = registry::cardholder_name(db, citizen_key, old, &holder.citizen_id).await?;
+        let holder = Cardholder { name, ..holder.clone() };
+        let keys = self.card_keys(hsm, &new.key_set, new.serial).await?;
+        let mut options = IssueOptions {
+            serial: Some(new.serial),
+            card_type: Some(card_type),
+            issued_at: new.issued_at,
+            ..IssueOptions::default()
+        };
+        // The profile is checked before the replacement is recorded.
+        build(&holder, keys.clone(), &options)?;
+        self.check_free(&new.serial)?;
+        let replacement = registry::replace_card(db, old, new).await?;
+        options.initial_balance = u32::try_from(replacement.balance_moved_fen)
+            .map(Fen)
+            .map_err(|_| Error::Inconsistent(format!("card {} has a negative balance", old.masked())))?;
+        let image = build(&holder, keys, &options)?;
+        self.write(&new.serial, &image)?;
+        tracing::info!(old = %old.masked(), new = %new.serial.masked(), "replacement card personalised");
+        Ok((replacement, Personalised { serial: new.serial, card_type, image: self.image_path(&new.serial) }))
+    }
+
+    /// The card's keys: derived in the HSM under the transport key, opened here.
+    async fn card_keys(&self, hsm: &HsmClient, key_set: &str, serial: ApplicationSerial) -> Result<CardKeys, Error> {
+        let wrapped =
+            hsm.derive_card_keys(key_set, serial, &self.transport_label).await.map_err(|error| match error.code() {
+                Some(hsm_sim::ErrorCode::KeyNotFound) => Error::invalid("key_set", "the HSM holds no such key set"),
+                _ => Error::Hsm(error),
+            })?;
+        wrapped.unwrap(&self.transport_key, self.transport_algorithm).map_err(|code| {
+            Error::Config(format!(
+                "the card keys do not open under transport key {} ({code}): the station and the HSM hold different keys",
+                self.transport_label
+            ))
+        })
+    }
+
+    fn check_free(&self, serial: &ApplicationSerial) -> Result<(), Error> {
+        if self.image_path(serial).exists() {
+            return Err(Error::Conflict(format!("a card image for {} exists already", serial.masked())));
+        }
+        Ok(())
+    }
+
+    fn write(&self, serial: &ApplicationSerial, image: &CardImage) -> Result<(), Error> {
+        let path = self.image_path(serial);
+        card_host::storage::create(&path, image, false)
+            .map_err(|error| Error::File { path: path.display().to_string(), source: std::io::Error::other(error) })
+    }
+}
+
+/// The card image of `holder` with `keys`; a profile field that does not fit is
+/// refused by name.
+fn build(holder: &Cardholder, keys: CardKeys, options: &IssueOptions) -> Result<CardImage, Error> {
+    issue::build_image(holder, keys, options).map_err(|error| match error {
+        issue::IssueError::Field { field, reason } => Error::invalid(field, reason),
+        other => Error::invalid("cardholder", other.to_string()),
+    })
 }

@@ -146,6 +146,30 @@ impl std::fmt::Debug for CitizenIdKey {
     }
 }
 
+/// The name of the cardholder of `card`, when `citizen_id` is theirs (checked
+/// against the stored hash): a replacement card is personalised only for the
+/// person the old card was issued to.
+pub async fn cardholder_name(
+    db: &Db,
+    key: &CitizenIdKey,
+    card: &ApplicationSerial,
+    citizen_id: &str,
+) -> Result<String, Error> {
+    let row = sqlx::query(
+        "SELECT h.citizen_id_hash, h.name FROM cards c JOIN cardholders h ON h.cardholder_id = c.cardholder_id
+         WHERE c.card_serial = $1",
+    )
+    .bind(card.to_hex())
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("card {} with a cardholder", card.masked())))?;
+    let stored: Vec<u8> = row.try_get("citizen_id_hash")?;
+    if ring::hmac::verify(&key.0, citizen_id.as_bytes(), &stored).is_err() {
+        return Err(Error::invalid("citizen_id", format!("not the cardholder of card {}", card.masked())));
+    }
+    Ok(row.try_get("name")?)
+}
+
 /// A citizen ID shown to operators: the first 3 and the last 2 characters.
 pub fn mask_citizen_id(citizen_id: &str) -> String {
     let characters: Vec<char> = citizen_id.chars().collect();

@@ -590,6 +590,29 @@ both!(the_issuer_personalises_cards_through_the_api, |backend: Backend| async mo
     assert_eq!(status, 409);
     assert_eq!(std::fs::read(image).expect("image"), before);
 
+    // The card is lost: a replacement for the same person (proved by citizen ID)
+    // is personalised holding the moved balance; another person's ID is refused
+    // and changes nothing.
+    let mut replace = serde_json::json!({
+        "new_card_serial": "3100000077770009",
+        "card_type": 2,
+        "key_set": "card",
+        "personalisation": { "citizen_id": "110101199003074514", "cardholder": personalisation.clone() },
+    });
+    let path = "/v1/issuer/cards/3100000077770001/replace";
+    let (status, error) = http(&api, "POST", path, &bearer(ISSUER_TOKEN), replace.to_string().as_bytes()).await;
+    assert_eq!((status, error["field"].as_str()), (422, Some("citizen_id")), "{error}");
+    assert_eq!(clearing::registry::shadow(world.db(), &card.image().serial).await.expect("old").status, "active");
+    replace["personalisation"]["citizen_id"] = holder.citizen_id.clone().into();
+    let (status, replaced) = http(&api, "POST", path, &bearer(ISSUER_TOKEN), replace.to_string().as_bytes()).await;
+    assert_eq!((status, &replaced["balance_moved_fen"]), (200, &Value::from(1_234)), "{replaced}");
+    let new_card = CitizenCard::open(std::path::Path::new(replaced["card_image"].as_str().expect("image")))
+        .expect("the new image opens");
+    assert_eq!(new_card.image().purse.balance, Fen(1_234));
+    assert_eq!(new_card.image().serial.to_hex(), "3100000077770009");
+    assert_eq!(clearing::registry::shadow(world.db(), &card.image().serial).await.expect("old").status, "replaced");
+    assert_eq!(clearing::ledger::total(world.db()).await.expect("ledger"), 0);
+
     // A server without a station records cards but does not personalise them.
     let plain = start(&world).await;
     body["card_serial"] = "3100000077770002".into();

@@ -297,6 +297,14 @@ impl Personalisation {
     }
 }
 
+/// The optional `personalisation` object of an issue or replace body.
+fn optional_personalisation<T: serde::de::DeserializeOwned>(map: &Map<String, Value>) -> Result<Option<T>, ApiError> {
+    match map.get("personalisation") {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => serde_json::from_value(value.clone()).map(Some).map_err(|error| personalisation_refused(&error)),
+    }
+}
+
 /// A personalisation object that does not parse. serde's own message is kept
 /// only when it names a field and no value (a wrong-typed value could be the PIN).
 fn personalisation_refused(error: &serde_json::Error) -> ApiError {
@@ -334,12 +342,7 @@ impl RequestBody for IssueCard {
             citizen_id: short_text(&map, "citizen_id")?,
             name: short_text(&map, "name")?,
             initial_balance: Fen(small(&map, "initial_balance_fen", u64::from(TOPUP_FEN_MAX))? as u32),
-            personalisation: match map.get("personalisation") {
-                None | Some(Value::Null) => None,
-                Some(value) => {
-                    Some(serde_json::from_value(value.clone()).map_err(|error| personalisation_refused(&error))?)
-                }
-            },
+            personalisation: optional_personalisation(&map)?,
         })
     }
 }
@@ -353,6 +356,26 @@ pub struct ReplaceCardRequest {
     pub card_type: u8,
     /// 1 to 100 characters.
     pub key_set: String,
+    /// With it, the server also personalises the new card, holding the
+    /// balance moved from the old one (503 on a server without a station).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personalisation: Option<ReplacementPersonalisation>,
+}
+
+/// The new card's profile: the cardholder proves who they are with their
+/// citizen ID (it must be the old card's holder's); the name is clearing's.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacementPersonalisation {
+    /// The old card's holder's citizen ID (checked against its hash, never stored again).
+    pub citizen_id: String,
+    pub cardholder: Personalisation,
+}
+
+impl std::fmt::Debug for ReplacementPersonalisation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplacementPersonalisation { .. }")
+    }
 }
 
 /// A replacement card, parsed.
@@ -361,11 +384,12 @@ pub struct ReplaceCard {
     pub serial: ApplicationSerial,
     pub card_type: u8,
     pub key_set: String,
+    pub personalisation: Option<ReplacementPersonalisation>,
 }
 
 impl RequestBody for ReplaceCard {
     type Wire = ReplaceCardRequest;
-    const FIELDS: &'static [&'static str] = &["new_card_serial", "card_type", "key_set"];
+    const FIELDS: &'static [&'static str] = &["new_card_serial", "card_type", "key_set", "personalisation"];
 
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let map = object(body, Self::FIELDS)?;
@@ -373,6 +397,7 @@ impl RequestBody for ReplaceCard {
             serial: serial(&map, "new_card_serial")?,
             card_type: small(&map, "card_type", u64::from(u8::MAX))? as u8,
             key_set: short_text(&map, "key_set")?,
+            personalisation: optional_personalisation(&map)?,
         })
     }
 }
@@ -486,6 +511,7 @@ impl From<&ReplaceCard> for ReplaceCardRequest {
             new_card_serial: body.serial.to_hex(),
             card_type: body.card_type,
             key_set: body.key_set.clone(),
+            personalisation: body.personalisation.clone(),
         }
     }
 }
