@@ -4,10 +4,11 @@
 //! The PSAM stays in its reader for the terminal's whole life, but the reader
 //! may fail: reset, the PSAM taken out and put back, pcscd restarted. After a
 //! reader error the session is opened again (terminal number read and checked
-//! to be the same PSAM, application selected) before the next command; a
-//! command the reader did not carry out ([`ReaderError::CardReset`]) is tried
-//! once more when that is safe (INIT SAM FOR PURCHASE, DIVERSIFY), never CREDIT
-//! SAM FOR PURCHASE, whose check needs the state INIT SAM left in the PSAM.
+//! to be the same PSAM, application selected) before the next command. A
+//! command whose repetition is harmless (INIT SAM FOR PURCHASE: at worst a
+//! terminal serial is used up; DIVERSIFY) is sent again once on the re-opened
+//! session; CREDIT SAM FOR PURCHASE never is, as its check needs the state INIT
+//! SAM left in the PSAM: the caller learns the MAC2 was not checked.
 
 use card_host::TerminalNumber;
 use card_host::apdu::Command;
@@ -57,9 +58,13 @@ impl<'a> PsamSession<'a> {
     /// Opens the session again after a reader error; the PSAM must be the same.
     fn reopen(&mut self) -> Result<(), CardError> {
         self.stale = true;
-        let (terminal, key_index) = Self::select(&mut self.session).inspect_err(|error| {
-            tracing::warn!(%error, "PSAM not back yet");
-        })?;
+        // A reader that has just reconnected refuses the first command with
+        // CardReset without carrying it out: then once more.
+        let selected = match Self::select(&mut self.session) {
+            Err(CardError::Reader(ReaderError::CardReset)) => Self::select(&mut self.session),
+            other => other,
+        };
+        let (terminal, key_index) = selected.inspect_err(|error| tracing::warn!(%error, "PSAM not back yet"))?;
         if terminal != self.terminal {
             tracing::error!(expected = %self.terminal, found = %terminal, "another PSAM in the reader");
             return Err(ReaderError::CardChanged.into());
@@ -77,14 +82,15 @@ impl<'a> PsamSession<'a> {
     }
 
     /// Sends a PSAM command that must succeed, opening the session again first
-    /// if its reader failed; `retry`: a command the reader refused without
-    /// carrying it out is sent again once on the re-opened session.
+    /// if its reader failed; `retry`: the command is harmless to repeat, so
+    /// after a reader error it is sent again once on the re-opened session.
     fn command(&mut self, name: &'static str, command: &Command, retry: bool) -> Result<Vec<u8>, CardError> {
         if self.stale {
             self.reopen()?;
         }
         let mut outcome = self.session.ok(name, command);
-        if retry && matches!(outcome, Err(CardError::Reader(ReaderError::CardReset))) {
+        if retry && matches!(outcome, Err(CardError::Reader(_))) {
+            tracing::warn!(command = name, "PSAM reader failed: opening the PSAM session again");
             self.reopen()?;
             outcome = self.session.ok(name, command);
         }

@@ -276,3 +276,193 @@ fn a_day_on_a_bus_route_through_pcscd_clears_with_no_quarantine() {
         started.elapsed()
     );
 }
+
+/// The card and the journal agree: one completed row per card debit, the same money.
+fn assert_card_agrees(card: &Path, journal: &Journal) -> u64 {
+    let image = image(card);
+    let counts = journal.counts().expect("counts");
+    assert_eq!(counts.intents, 0, "every intent settled");
+    assert_eq!(u64::from(image.purse.offline_counter), counts.completed, "one journal row per card debit");
+    assert_eq!(image.purse.spent_total, counts.completed_fen, "the money matches");
+    counts.completed
+}
+
+/// The PSAM leaves its reader (slot 1, through pcscd) in the middle of a tap,
+/// at INIT SAM FOR PURCHASE and at CREDIT SAM FOR PURCHASE, before and after
+/// the PSAM acts, and comes back: the validator reconnects to it and opens the
+/// PSAM session again without a restart; the rider's next tap is charged only
+/// if the torn one was not. Also the PSAM taken out and back between taps.
+#[test]
+fn psam_reader_fault_mid_tap_reconnects_and_never_charges_twice() {
+    use card_host::vpcd::{Tear, TearPoint};
+    use system_tests::psam_reader;
+    use terminal::reader::pcsc::PcscSlot;
+    let mut rig = Rig::new(BUS);
+    let card = rig.serve_card(0, OPENING);
+    let tariff = Tariff::load(&issue::fixtures::directory().join("tariffs/bus-flat.toml")).expect("tariff");
+    let journal = Journal::open(&rig.directory.path().join("journal.sqlite")).expect("journal");
+    let settings = BusSettings { route: ROUTE, station: 1, dedup_window_seconds: 10 };
+    let validator =
+        Validator::new(settings, tariff, Blacklist::empty(), journal, Duration::from_secs(86_400)).expect("validator");
+    let mut slot = PcscSlot::connect(&psam_reader(), Duration::from_secs(10)).expect("PSAM reader");
+    let mut psam = PsamSession::open(CardSession::new(&mut slot)).expect("PSAM");
+    let psam_back = |rig: &Rig| {
+        wait_for_reader(&psam_reader(), false);
+        rig.psam().control().insert();
+        wait_for_reader(&psam_reader(), true);
+    };
+    let at = |minute: u64| CardDateTime::new(2026, 11, 25, 8, 0, 0).expect("valid").unix_seconds() + minute * 60;
+    let at = |minute: u64, second: u64| CardDateTime::from_unix_seconds(at(minute) + second).expect("time");
+
+    let mut expected = OPENING.0;
+    let mut minute = 0;
+    // PSAM APDUs of a flat-fare tap: INIT SAM FOR PURCHASE (1), CREDIT SAM FOR PURCHASE (2).
+    for (apdu, point) in [
+        (1, TearPoint::BeforeCommand),
+        (1, TearPoint::AfterCommand),
+        (2, TearPoint::BeforeCommand),
+        (2, TearPoint::AfterCommand),
+    ] {
+        minute += 1;
+        // A session left stale by the previous round opens first: 3 APDUs
+        // (READ BINARY terminal number, SELECT, READ BINARY key index).
+        let reopening = if psam.is_stale() { 3 } else { 0 };
+        rig.psam().control().tear_at(Tear { apdu: apdu + reopening, point });
+        let mut channel = rig.card_channel();
+        let torn = validator.tap(&mut channel, &mut psam, at(minute, 0));
+        channel.disconnect();
+        assert!(
+            matches!(&torn, Tap::Refused { reason: Refusal::TerminalFault(_), .. }),
+            "PSAM torn at APDU {apdu} {point:?}: {torn}"
+        );
+        let debited = apdu == 2;
+        if debited {
+            expected -= 200;
+        }
+        assert_eq!(image(&card).purse.balance, Fen(expected), "PSAM torn at APDU {apdu} {point:?}: {torn}");
+        psam_back(&rig);
+
+        // The rider taps again two seconds later: the same validator, the PSAM back.
+        let mut channel = rig.card_channel();
+        let again = validator.tap(&mut channel, &mut psam, at(minute, 2));
+        channel.disconnect();
+        println!("PSAM torn at APDU {apdu} {point:?}: {torn} / {again}");
+        if debited {
+            // Let through by the dedup window: the PSAM is not needed.
+            assert!(matches!(again, Tap::AlreadyPaid { .. }), "not charged again: {again}");
+        } else {
+            assert!(matches!(again, Tap::Paid { .. }), "{again}");
+            assert!(!psam.is_stale(), "the PSAM session is open again");
+            expected -= 200;
+        }
+        assert_eq!(image(&card).purse.balance, Fen(expected), "PSAM torn at APDU {apdu} {point:?}: charged once");
+        assert_eq!(assert_card_agrees(&card, validator.journal()), minute);
+    }
+
+    // The PSAM taken out and put back between two taps: the next tap reconnects
+    // and is charged once.
+    rig.psam().control().remove();
+    psam_back(&rig);
+    minute += 1;
+    let mut channel = rig.card_channel();
+    let tap = validator.tap(&mut channel, &mut psam, at(minute, 0));
+    channel.disconnect();
+    assert!(matches!(tap, Tap::Paid { .. }), "after the PSAM came back: {tap}");
+    expected -= 200;
+    assert_eq!(image(&card).purse.balance, Fen(expected));
+    assert_eq!(assert_card_agrees(&card, validator.journal()), minute);
+}
+
+/// A running `terminal bus` process (PC/SC readers): the PSAM taken out and
+/// put back between two riders, then torn away at CREDIT SAM FOR PURCHASE in
+/// the middle of a tap and put back. The process never restarts: it reconnects
+/// and opens the PSAM session again; the rider whose tap was torn after the
+/// card's DEBIT is let through at the next tap, not charged again.
+#[test]
+fn a_running_validator_process_gets_its_psam_back() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    use card_host::vpcd::{Tear, TearPoint};
+    use system_tests::{psam_reader, terminal_binary};
+    let mut rig = Rig::new(BUS);
+    let config = rig.directory.path().join("bus.toml");
+    let journal_path = rig.directory.path().join("journal.sqlite");
+    std::fs::write(
+        &config,
+        format!(
+            "[bus]\nroute = 42\ntariff = {:?}\ndedup_window_seconds = 600\n[journal]\npath = {journal_path:?}\n\
+             [reader]\nkind = \"pcsc\"\ncard = {:?}\npsam = {:?}\n",
+            issue::fixtures::directory().join("tariffs/bus-flat.toml"),
+            card_reader(),
+            psam_reader()
+        ),
+    )
+    .expect("config");
+    let first = rig.serve_card(0, OPENING);
+    /// Killed if the test fails half-way.
+    struct Process(std::process::Child);
+    impl Drop for Process {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Process(
+        Command::new(terminal_binary())
+            .args(["bus", "--taps", "4", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("terminal bus"),
+    );
+    let (send, lines) = std::sync::mpsc::channel();
+    let stdout = child.0.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
+    });
+    let line = || {
+        let line = lines.recv_timeout(Duration::from_secs(20)).expect("a line from terminal bus");
+        println!("{line}");
+        line
+    };
+    let psam_back = |rig: &Rig| {
+        wait_for_reader(&psam_reader(), false);
+        rig.psam().control().insert();
+        wait_for_reader(&psam_reader(), true);
+    };
+
+    let mut out = vec![line()];
+    // Between two riders the PSAM is taken out and put back.
+    rig.psam().control().remove();
+    psam_back(&rig);
+    let second = rig.serve_card(1, OPENING);
+    out.push(line());
+    // The third rider: the PSAM is torn away at CREDIT SAM FOR PURCHASE, after
+    // the card's DEBIT.
+    rig.psam().control().tear_at(Tear { apdu: 2, point: TearPoint::BeforeCommand });
+    let third = rig.serve_card(3, OPENING);
+    out.push(line());
+    psam_back(&rig);
+    // The rider presents the card again: let through, not charged again.
+    rig.card().control().remove();
+    wait_for_reader(&card_reader(), false);
+    rig.card().control().insert();
+    out.push(line());
+    assert!(child.0.wait().expect("wait").success(), "terminal bus ran its 4 taps without a restart");
+    assert!(out[0].starts_with("PAID 2.00 yuan balance 48.00 card ************0001"), "{}", out[0]);
+    assert!(out[1].starts_with("PAID 1.00 yuan (student -1.00) balance 49.00 card ************0002"), "{}", out[1]);
+    assert!(out[2].starts_with("REFUSED terminal fault: MAC2 not checked"), "{}", out[2]);
+    assert!(out[3].starts_with("ALREADY PAID 1.00 yuan"), "{}", out[3]);
+    assert!(out[3].ends_with("card ************0004"), "{}", out[3]);
+    rig.stop_card();
+    let journal = Journal::open(&journal_path).expect("journal");
+    assert_eq!(image(&first).purse.balance, Fen(4_800));
+    assert_eq!(image(&second).purse.balance, Fen(4_900));
+    assert_eq!(image(&third).purse.balance, Fen(4_900), "the torn tap's DEBIT, once: {}", out[2]);
+    let counts = journal.counts().expect("counts");
+    assert_eq!((counts.intents, counts.completed, counts.completed_fen), (0, 3, 400));
+}
