@@ -251,6 +251,18 @@ impl CardDateTime {
         Self::from_unix_seconds(seconds).unwrap_or(CardDateTime { date: [0x19, 0x70, 0x01, 0x01], time: [0; 3] })
     }
 
+    /// The local date and time now, `offset_minutes` east of UTC (480 is China
+    /// Standard Time): the clock cards, terminals and the issuer's host share.
+    pub fn now_at_offset(offset_minutes: i32) -> Self {
+        let utc =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+        let local = i64::try_from(utc).unwrap_or(i64::MAX).saturating_add(i64::from(offset_minutes) * 60);
+        u64::try_from(local)
+            .ok()
+            .and_then(|seconds| Self::from_unix_seconds(seconds).ok())
+            .unwrap_or_else(Self::now_utc)
+    }
+
     /// The calendar year, month and day.
     pub fn ymd(&self) -> (u16, u8, u8) {
         let d = self.date;
@@ -341,6 +353,17 @@ mod tests {
         assert!(Fen::parse_yuan("1.005").is_err());
         assert!(Fen::parse_yuan("-1").is_err());
         assert!(Fen::parse_yuan("99999999").is_err());
+    }
+
+    #[test]
+    fn local_time_is_the_offset_east_of_utc() {
+        // Bracket the call with UTC readings: the local clock lies 8 hours ahead of both.
+        let before = CardDateTime::now_utc().unix_seconds();
+        let china = CardDateTime::now_at_offset(480).unix_seconds();
+        let after = CardDateTime::now_utc().unix_seconds();
+        assert!((before + 8 * 3600..=after + 8 * 3600).contains(&china));
+        let west = CardDateTime::now_at_offset(-300).unix_seconds();
+        assert!(west + 5 * 3600 >= before && west + 5 * 3600 <= CardDateTime::now_utc().unix_seconds());
     }
 
     #[test]

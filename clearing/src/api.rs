@@ -124,6 +124,9 @@ pub struct Metrics {
     internal_errors: AtomicU64,
 }
 
+/// China Standard Time, UTC+8: the offset cards and terminals use by default.
+pub const UTC_OFFSET_MINUTES_DEFAULT: i32 = 480;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -136,6 +139,10 @@ pub struct AppState {
     /// The card personalisation station; without it the server only records
     /// cards personalised elsewhere.
     pub personaliser: Option<Arc<crate::personalise::Personaliser>>,
+    /// Local time's offset east of UTC, in minutes: the date-times the server
+    /// gives cards (a top-up's), loss reports and issue times are local, as the
+    /// terminals' are (`utc_offset_minutes` in their configuration).
+    pub utc_offset_minutes: i32,
 }
 
 impl AppState {
@@ -147,7 +154,19 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             citizen_key: None,
             personaliser: None,
+            utc_offset_minutes: UTC_OFFSET_MINUTES_DEFAULT,
         }
+    }
+
+    /// Local time at another offset than China Standard Time's.
+    pub fn with_utc_offset_minutes(mut self, minutes: i32) -> AppState {
+        self.utc_offset_minutes = minutes;
+        self
+    }
+
+    /// The local date and time now.
+    pub fn now(&self) -> CardDateTime {
+        CardDateTime::now_at_offset(self.utc_offset_minutes)
     }
 
     pub fn with_personaliser(mut self, personaliser: crate::personalise::Personaliser) -> AppState {
@@ -530,7 +549,7 @@ async fn authorise_topup(
             }
             stored_date_time(&row.try_get::<String, _>("host_date_time")?)?
         }
-        _ => CardDateTime::now_utc(),
+        _ => state.now(),
     };
     let load = LoadAuthorisation {
         serial: request.serial,
@@ -797,7 +816,7 @@ async fn report_loss(
     Params(path): Params<CardPath>,
 ) -> Result<Json<LossReported>, Fails<(NotFound, Unprocessable)>> {
     let serial = serial_from_path(&path.serial)?;
-    let version = crate::registry::report_loss(&state.db, &serial, &CardDateTime::now_utc()).await?;
+    let version = crate::registry::report_loss(&state.db, &serial, &state.now()).await?;
     Ok(Json(LossReported { blacklist_version: version }))
 }
 
@@ -839,7 +858,7 @@ async fn issue_card(
             serial: Some(request.serial),
             card_type: Some(card_type),
             initial_balance: request.initial_balance,
-            issued_at: CardDateTime::now_utc(),
+            issued_at: state.now(),
             ..card_host::issue::IssueOptions::default()
         };
         let issued = station.issue(&state.db, &state.hsm, &key, &request.key_set, &holder, &options).await?;
@@ -855,7 +874,7 @@ async fn issue_card(
         citizen_id: request.citizen_id,
         name: request.name,
         initial_balance: request.initial_balance,
-        issued_at: CardDateTime::now_utc(),
+        issued_at: state.now(),
     };
     crate::registry::issue_card(&state.db, &key, &card).await?;
     Ok(Created(IssuedCard { card_serial: card.serial.to_hex(), card_image: None }))
@@ -872,7 +891,7 @@ async fn replace_card(
         serial: request.serial,
         card_type: request.card_type,
         key_set: request.key_set,
-        issued_at: CardDateTime::now_utc(),
+        issued_at: state.now(),
     };
     let Some(personalisation) = request.personalisation else {
         let replacement = crate::registry::replace_card(&state.db, &old, &new).await?;

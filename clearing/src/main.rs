@@ -45,6 +45,10 @@ enum Command {
         /// The transport key's label in the HSM.
         #[arg(long, default_value = hsm_sim::keystore::TEST_TRANSPORT_KEY)]
         transport_key_label: String,
+        /// Local time's offset east of UTC, in minutes, as the terminals' (480: China Standard Time).
+        #[arg(long, default_value_t = clearing::api::UTC_OFFSET_MINUTES_DEFAULT,
+              value_parser = clap::value_parser!(i32).range(-840..=840))]
+        utc_offset_minutes: i32,
     },
     /// Clears a simulated day end to end and reports the rates (docs/benchmarks.md).
     Bench {
@@ -135,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             card_images,
             transport_key_file,
             transport_key_label,
+            utc_offset_minutes,
         } => {
             let db = Db::connect(&database).await?;
             let hsm = HsmClient::connect(ClientConfig::new(hsm)).await.context("connecting to the HSM")?;
@@ -146,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
             eprintln!("clearing API on http://{}", listener.local_addr()?);
-            let mut state = clearing::api::AppState::new(db, hsm, tokens);
+            let mut state = clearing::api::AppState::new(db, hsm, tokens).with_utc_offset_minutes(utc_offset_minutes);
             if let Some(path) = citizen_id_key_file {
                 let secret = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
                 anyhow::ensure!(secret.len() >= 16, "the citizen ID key must be at least 16 bytes");

@@ -624,3 +624,23 @@ both!(the_issuer_personalises_cards_through_the_api, |backend: Backend| async mo
         http(&plain, "POST", "/v1/issuer/cards", &bearer(ISSUER_TOKEN), body.to_string().as_bytes()).await;
     assert_eq!((status, issued.get("card_image")), (201, None), "{issued}");
 });
+
+both!(a_loss_is_listed_from_local_time_as_cards_record_it, |backend: Backend| async move {
+    // Cards and terminals write local time (China Standard Time here): a loss
+    // listed in UTC would quarantine the 8 hours of genuine records before it.
+    let world = World::new(backend).await;
+    let card = world.issue(1, 1_000).await;
+    let api = start(&world).await;
+    let path = format!("/v1/issuer/cards/{}/loss", card.serial.to_hex());
+    let before = CardDateTime::now_at_offset(api::UTC_OFFSET_MINUTES_DEFAULT).unix_seconds();
+    let (status, _) = http(&api, "POST", &path, &bearer(ISSUER_TOKEN), b"{}").await;
+    let after = CardDateTime::now_at_offset(api::UTC_OFFSET_MINUTES_DEFAULT).unix_seconds();
+    assert_eq!(status, 200);
+    let listed: String = sqlx::query_scalar("SELECT listed_at FROM blacklist WHERE card_serial = $1")
+        .bind(card.serial.to_hex())
+        .fetch_one(&world.db().pool)
+        .await
+        .expect("listed");
+    let listed = CardDateTime::from_slice(&hex::decode(listed).expect("hex")).expect("date-time").unix_seconds();
+    assert!((before..=after).contains(&listed), "listed at {listed}, local time was {before}..={after}");
+});

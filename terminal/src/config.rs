@@ -372,11 +372,7 @@ impl Config {
 
     /// The local date and time now, as sent to cards.
     pub fn now(&self) -> card_host::CardDateTime {
-        let utc =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
-        let offset = i64::from(self.utc_offset_minutes) * 60;
-        let local = u64::try_from(i64::try_from(utc).unwrap_or(i64::MAX).saturating_add(offset)).unwrap_or(0);
-        card_host::CardDateTime::from_unix_seconds(local).unwrap_or_else(|_| card_host::CardDateTime::now_utc())
+        card_host::CardDateTime::now_at_offset(self.utc_offset_minutes)
     }
 }
 
