@@ -196,6 +196,16 @@ pub struct CardDateTime {
     time: [u8; 3],
 }
 
+/// The days of a month of the Gregorian calendar.
+fn days_in_month(year: u16, month: u8) -> u8 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 impl CardDateTime {
     pub fn from_bytes(date: &[u8], time: &[u8]) -> Result<Self, ValueError> {
         let date: [u8; 4] = fixed("date", date)?;
@@ -206,8 +216,9 @@ impl CardDateTime {
         if !is_bcd(&time) {
             return Err(ValueError::NotBcd { what: "time", hex: hex::encode_upper(time) });
         }
+        let year = u16::from(bcd_value(date[0])) * 100 + u16::from(bcd_value(date[1]));
         let (month, day) = (bcd_value(date[2]), bcd_value(date[3]));
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
             return Err(ValueError::OutOfRange { what: "date", hex: hex::encode_upper(date) });
         }
         let (hour, minute, second) = (bcd_value(time[0]), bcd_value(time[1]), bcd_value(time[2]));
@@ -353,6 +364,18 @@ mod tests {
         assert!(Fen::parse_yuan("1.005").is_err());
         assert!(Fen::parse_yuan("-1").is_err());
         assert!(Fen::parse_yuan("99999999").is_err());
+    }
+
+    #[test]
+    fn a_date_is_a_day_of_its_month() {
+        assert!(CardDateTime::new(2026, 2, 28, 0, 0, 0).is_ok());
+        assert!(CardDateTime::new(2026, 2, 29, 0, 0, 0).is_err());
+        assert!(CardDateTime::new(2028, 2, 29, 0, 0, 0).is_ok());
+        assert!(CardDateTime::new(2100, 2, 29, 0, 0, 0).is_err());
+        assert!(CardDateTime::new(2000, 2, 29, 0, 0, 0).is_ok());
+        assert!(CardDateTime::new(2026, 2, 30, 0, 0, 0).is_err());
+        assert!(CardDateTime::new(2026, 4, 31, 0, 0, 0).is_err());
+        assert!(CardDateTime::new(2026, 12, 31, 23, 59, 59).is_ok());
     }
 
     #[test]
