@@ -106,6 +106,17 @@ fn journal_commit(directory: &Path) -> (Duration, Duration) {
     (write, complete)
 }
 
+/// The floor under any journal call: an empty statement through its connection.
+fn journal_round_trip(directory: &Path) -> Duration {
+    let journal = Journal::open(&directory.join("round-trip.sqlite")).expect("journal");
+    let count = 2_000;
+    median_per_operation(count, || {
+        for _ in 0..count {
+            journal.round_trip().expect("SELECT 1");
+        }
+    })
+}
+
 fn memory_card(directory: &Path, profile: usize) -> CitizenCard {
     let (path, _) = issue_card(directory, profile, BALANCE);
     let image = card_host::storage::load(&path).expect("image");
@@ -130,6 +141,7 @@ fn main() {
 
     let (write, complete) = journal_commit(path);
     let (cpu_write, cpu_complete) = journal_commit(memory_directory.path());
+    let journal_floor = journal_round_trip(memory_directory.path());
 
     // In-process, cards in memory, journal on tmpfs: the terminal's own CPU
     // (with SQLite's and the software card's).
@@ -179,6 +191,10 @@ fn main() {
         "journal commit on tmpfs (no fsync cost: CPU and sqlx's hand-offs): intent {:.0} µs, completion {:.0} µs",
         micros(cpu_write),
         micros(cpu_complete)
+    );
+    println!(
+        "journal round trip (SELECT 1 through the same connection: sqlx's hand-off to its SQLite thread): {:.1} µs",
+        micros(journal_floor)
     );
     println!();
     println!("| path | bare round trip | paid tap (8 round trips, 2 journal commits) | tap ÷ (8 × bare) |");

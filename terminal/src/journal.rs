@@ -243,6 +243,14 @@ impl Journal {
         self.unresolved_cards.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// One empty statement (`SELECT 1`) through the journal's connection: the
+    /// floor under every journal call (sqlx's hand-off to its SQLite worker
+    /// thread and back), which the bus benchmark reports beside the commits.
+    pub fn round_trip(&self) -> Result<(), JournalError> {
+        self.runtime.block_on(sqlx::query("SELECT 1").fetch_one(&mut *self.connection()))?;
+        Ok(())
+    }
+
     /// Whether `card` has an unresolved intent (from memory, no query).
     pub fn has_unresolved(&self, card: &ApplicationSerial) -> bool {
         self.unresolved_cards().contains_key(card)
