@@ -227,8 +227,11 @@ fn run_kiosk_screen(
     psam: &mut PsamSession<'_>,
 ) -> anyhow::Result<()> {
     use terminal::screen::{InProcessSlot, Screen, ScreenSettings};
-    let settings =
-        ScreenSettings { topup_amounts_fen: screen.topup_amounts_fen.clone(), terminal: psam.terminal_number() };
+    let settings = ScreenSettings {
+        topup_amounts_fen: screen.topup_amounts_fen.clone(),
+        terminal: psam.terminal_number(),
+        blacklist: config.blacklist.as_ref().map(|blacklist| blacklist.path.clone()),
+    };
     let clock = config.clone();
     let screen = Screen::bind(screen.address()?, kiosk, settings, Box::new(move || clock.now()))?;
     let handle = screen.handle();
@@ -240,6 +243,7 @@ fn run_kiosk_screen(
             (Box::new(slot.clone()), Some(slot))
         }
     };
+    spawn_kiosk_rounds(config);
     println!("screen http://{}/", screen.address());
     std::io::stdout().flush()?;
     std::thread::spawn(move || {
@@ -265,6 +269,38 @@ fn run_kiosk_screen(
     });
     screen.run(&mut *station, psam)?;
     Ok(())
+}
+
+/// A kiosk with a screen has no `confirm` and `upload` commands: a thread of
+/// its own, on its own journal connection, confirms the loads clearing has not
+/// taken, uploads the journal and refreshes the blacklist file (which the
+/// screen's worker reads again) at start and every `upload_interval_seconds`.
+fn spawn_kiosk_rounds(config: &Config) {
+    let Some(clearing) = &config.clearing else { return };
+    if clearing.upload_interval_seconds == 0 {
+        return;
+    }
+    let interval = Duration::from_secs(clearing.upload_interval_seconds);
+    let config = config.clone();
+    std::thread::spawn(move || {
+        loop {
+            let confirm = || -> anyhow::Result<u64> {
+                let Some(clearing) = &config.clearing else { return Ok(0) };
+                let kiosk = terminal::kiosk::Kiosk::new(Journal::open(&config.journal.path)?, clearing.client()?);
+                Ok(kiosk.confirm_pending()?)
+            };
+            match confirm() {
+                Ok(0) => {}
+                Ok(confirmed) => tracing::info!(confirmed, "loads confirmed at clearing"),
+                Err(error) => tracing::error!(%error, "load confirmation round"),
+            }
+            match upload_round(&config) {
+                Ok((line, _)) => tracing::info!("{line}"),
+                Err(error) => tracing::error!(%error, "upload round"),
+            }
+            std::thread::sleep(interval);
+        }
+    });
 }
 
 /// What a command of the kiosk's or counter's stdin loop answers.

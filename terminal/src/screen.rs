@@ -71,6 +71,8 @@ pub const CONNECT_WAIT: Duration = Duration::from_millis(500);
 /// How long the idle page keeps telling what happened to an operation the
 /// card's removal interrupted.
 pub const REMOVAL_MESSAGE_TIME: Duration = Duration::from_secs(120);
+/// How often the worker looks at the blacklist file while no card is in.
+pub const BLACKLIST_CHECK: Duration = Duration::from_secs(1);
 /// The largest request body.
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024;
 /// Transactions the card page lists (the card keeps 10).
@@ -321,6 +323,9 @@ pub struct ScreenSettings {
     pub topup_amounts_fen: Vec<u32>,
     /// The kiosk's terminal number, printed on receipts.
     pub terminal: TerminalNumber,
+    /// The blacklist file (`[blacklist] path`), read again by the worker when
+    /// it changes while no card is in (the uploader rewrites it from clearing).
+    pub blacklist: Option<std::path::PathBuf>,
 }
 
 /// The screen: its HTTP server running (on a runtime of its own), and the
@@ -363,7 +368,18 @@ impl Screen {
         let (state, state_out) = watch::channel(shown.clone());
         let handle = ScreenHandle { commands: commands_in, state: state_out };
         runtime.spawn(serve(listener, handle.clone()));
-        let worker = Worker { kiosk, settings, clock, commands, state, shown, serial: None, message_until: None };
+        let worker = Worker {
+            kiosk,
+            settings,
+            clock,
+            commands,
+            state,
+            shown,
+            serial: None,
+            message_until: None,
+            blacklist_checked: None,
+            blacklist_modified: None,
+        };
         tracing::info!(%address, "kiosk screen served");
         Ok(Screen { address, handle, worker, runtime })
     }
@@ -400,6 +416,9 @@ struct Worker {
     serial: Option<card_host::ApplicationSerial>,
     /// When the idle page drops the message of an operation the removal interrupted.
     message_until: Option<Instant>,
+    /// When the blacklist file was last looked at, and its modification time then.
+    blacklist_checked: Option<Instant>,
+    blacklist_modified: Option<std::time::SystemTime>,
 }
 
 impl Worker {
@@ -411,6 +430,9 @@ impl Worker {
     fn run(&mut self, station: &mut dyn CardStation, psam: &mut PsamSession<'_>) {
         let mut present = false;
         loop {
+            if !present {
+                self.refresh_blacklist();
+            }
             if present {
                 match self.commands.recv_timeout(SLOT_POLL) {
                     Ok(Command::Request(request, reply)) => {
@@ -452,6 +474,30 @@ impl Worker {
                 }
                 self.expire_message();
             }
+        }
+    }
+
+    /// Reads the blacklist file again if it changed (at most every
+    /// [`BLACKLIST_CHECK`]); the kiosk keeps the newer version.
+    fn refresh_blacklist(&mut self) {
+        let Some(path) = &self.settings.blacklist else { return };
+        if self.blacklist_checked.is_some_and(|at| at.elapsed() < BLACKLIST_CHECK) {
+            return;
+        }
+        self.blacklist_checked = Some(Instant::now());
+        let modified = std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok();
+        if modified.is_none() || modified == self.blacklist_modified {
+            return;
+        }
+        self.blacklist_modified = modified;
+        match crate::blacklist::Blacklist::load(path) {
+            Ok(list) => {
+                let version = list.version();
+                if self.kiosk.update_blacklist(list) {
+                    tracing::info!(version, "blacklist updated");
+                }
+            }
+            Err(error) => tracing::error!(%error, "blacklist not read; keeping the one in use"),
         }
     }
 

@@ -6,6 +6,7 @@
 //! get a 4xx naming the field.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,14 +48,16 @@ struct Served {
 }
 
 impl Served {
-    fn start(station: impl CardStation + Send + 'static, clearing_url: &str, blacklist: Option<Blacklist>) -> Served {
+    /// With `blacklist`, the blacklist file the worker reads (and reads again when it changes).
+    fn start(station: impl CardStation + Send + 'static, clearing_url: &str, blacklist: Option<&Path>) -> Served {
         let directory = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal");
-        let mut kiosk = Kiosk::new(journal, shop_client(clearing_url));
-        if let Some(blacklist) = blacklist {
-            kiosk.update_blacklist(blacklist);
-        }
-        let settings = ScreenSettings { topup_amounts_fen: vec![1_000, 2_000, 5_000, 10_000], terminal: SHOP };
+        let kiosk = Kiosk::new(journal, shop_client(clearing_url));
+        let settings = ScreenSettings {
+            topup_amounts_fen: vec![1_000, 2_000, 5_000, 10_000],
+            terminal: SHOP,
+            blacklist: blacklist.map(Path::to_path_buf),
+        };
         let screen =
             Screen::bind("127.0.0.1:0".parse().expect("address"), kiosk, settings, Box::new(CardDateTime::now_utc))
                 .expect("bind the screen");
@@ -287,17 +290,22 @@ fn clearing_unreachable_and_a_blacklisted_card_are_told_plainly() {
     let slot = InProcessSlot::new(vec![reader], Some(0));
     // A port nobody listens on: clearing is down.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
-    let served = Served::start(slot.clone(), &format!("http://{dead}"), None);
+    let blacklist = directory.path().join("blacklist.toml");
+    let served = Served::start(slot.clone(), &format!("http://{dead}"), Some(&blacklist));
     served.wait_phase("card");
     let state = served.post_ok("/api/topup", json!({ "amount_fen": 2_000 }));
     assert_eq!(message_code(&state), "topup_unavailable", "{state}");
     assert!(state["message"]["zh"].as_str().is_some_and(|zh| zh.contains("暂时无法充值")), "{state}");
     assert!(!state["message"].to_string().contains("127.0.0.1"), "no internals on the page: {state}");
     assert_eq!((balance(&state), card_balance(&slot)), (1_000, Fen(1_000)));
-    drop(served);
 
-    let blacklist = Blacklist::new(3, [serial]).expect("blacklist");
-    let served = Served::start(slot.clone(), &format!("http://{dead}"), Some(blacklist));
+    // The card is reported lost: the uploader writes the blacklist file while
+    // the kiosk runs; the worker reads it once no card is in.
+    slot.remove();
+    served.wait_phase("idle");
+    Blacklist::new(3, [serial]).expect("blacklist").save(&blacklist).expect("blacklist file");
+    std::thread::sleep(terminal::screen::BLACKLIST_CHECK * 2);
+    assert!(slot.present(0));
     let state = served.wait_phase("card");
     assert_eq!(message_code(&state), "blacklisted", "{state}");
     assert_eq!(state["card"]["money_allowed"], false);

@@ -107,9 +107,9 @@ fn a_citizen_tops_up_pays_a_bill_and_pulls_the_card_at_the_kiosk_screen() {
     std::fs::write(
         &config,
         format!(
-            // UTC, as clearing's host date-time for loads.
-            "utc_offset_minutes = 0\n[journal]\npath = {:?}\n[clearing]\nurl = \"http://{clearing_address}\"\n\
-             terminal_id = \"310000000902\"\ndevice_key = {key:?}\n[screen]\nlisten = \"127.0.0.1:0\"\n\
+            // China Standard Time (the default), as clearing's host date-time for loads.
+            "[journal]\npath = {:?}\n[clearing]\nurl = \"http://{clearing_address}\"\n\
+             terminal_id = \"310000000902\"\ndevice_key = {key:?}\nupload_interval_seconds = 1\n[screen]\nlisten = \"127.0.0.1:0\"\n\
              [reader]\nkind = \"pcsc\"\ncard = {:?}\npsam = {:?}\n",
             rig.directory.path().join("journal.sqlite"),
             card_reader(),
@@ -208,5 +208,17 @@ fn a_citizen_tops_up_pays_a_bill_and_pulls_the_card_at_the_kiosk_screen() {
     assert_eq!(message.text().expect("banner text"), "", "no message left after a plain removal");
     assert!(!browser.body_text().expect("page text").contains("49.66"), "no balance left on the page");
     shot("10-idle-again.png");
+
+    // No upload command with a screen: the kiosk's own thread uploads the two
+    // paid bills; run-day clears them and the load, nothing in quarantine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while clearing.count("SELECT COUNT(*) FROM transactions") < 2 {
+        assert!(std::time::Instant::now() < deadline, "the kiosk did not upload its bills");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     kiosk.stop();
+    let day = clearing.run_day(&card_host::CardDateTime::now_at_offset(480));
+    assert_eq!((day.cleared, day.quarantined), (3, 0), "the load and the two bills: {day:?}");
+    let shadow = clearing.runtime.block_on(clearing::registry::shadow(&clearing.db, &serial)).expect("shadow");
+    assert_eq!(shadow.balance_fen, 4_966, "clearing's shadow account equals the card");
 }
