@@ -1175,7 +1175,12 @@ async fn dismiss(State(handle): State<ScreenHandle>, body: Bytes) -> ApiResult {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-store")], body).into_response()
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'"),
+    ];
+    (headers, body).into_response()
 }
 
 /// The page and its API.
@@ -1190,7 +1195,34 @@ pub fn router(handle: ScreenHandle) -> Router {
         .route("/api/name", post(name))
         .route("/api/dismiss", post(dismiss))
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .layer(axum::middleware::from_fn(guard))
         .with_state(handle)
+}
+
+/// Refuses what a page of another site could make the kiosk's browser send:
+/// a `Host` other than a loopback name (DNS rebinding) gets 403, a POST whose
+/// body is not declared JSON (a cross-site form needs no preflight) 415.
+async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("");
+    let name = host.rsplit_once(':').map_or(host, |(name, _port)| name);
+    if !matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
+        return ApiError::field(StatusCode::FORBIDDEN, "Host", "Host: the screen answers on its loopback address only")
+            .into_response();
+    }
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|kind| kind.to_str().ok())
+        .is_some_and(|kind| kind.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if request.method() == axum::http::Method::POST && !json {
+        return ApiError::field(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+            "Content-Type: application/json bodies only",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn serve(listener: tokio::net::TcpListener, handle: ScreenHandle) {

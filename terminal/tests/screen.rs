@@ -277,6 +277,26 @@ fn malformed_bodies_get_a_4xx_naming_the_field() {
         .send(&vec![b' '; 64 * 1024][..])
         .expect("POST");
     assert_eq!(response.status().as_u16(), 413, "{:?}", response.body_mut().read_to_string());
+    // What another site could make the kiosk's browser send: a form's body
+    // (no preflight) and a rebound host name.
+    let mut response = served
+        .agent
+        .post(&format!("http://{}/api/topup", served.address))
+        .header("Content-Type", "text/plain")
+        .send(r#"{"amount_fen": 100}"#)
+        .expect("POST");
+    let answer = response.body_mut().read_to_string().expect("body");
+    assert_eq!(response.status().as_u16(), 415, "{answer}");
+    assert!(answer.contains("Content-Type"), "{answer}");
+    let mut response = served
+        .agent
+        .get(&format!("http://{}/api/state", served.address))
+        .header("Host", "kiosk.attacker.example")
+        .call()
+        .expect("GET");
+    let answer = response.body_mut().read_to_string().expect("body");
+    assert_eq!(response.status().as_u16(), 403, "{answer}");
+    assert!(answer.contains("\"field\":\"Host\""), "{answer}");
     // Nothing reached the card.
     assert_eq!(served.wait_phase("card")["card"]["balance_fen"], 1_000);
 }
