@@ -494,8 +494,8 @@ fn terminal_kiosk_and_upload_processes_talk_to_clearing() {
     std::fs::write(
         &config,
         format!(
-            // UTC, as clearing's host date-time for loads (the fixture default is China's +8 h).
-            "utc_offset_minutes = 0\n[journal]\npath = {:?}\n[blacklist]\npath = {:?}\n[clearing]\nurl = \"http://{address}\"\n\
+            // China Standard Time (the default), as clearing's host date-time for loads.
+            "[journal]\npath = {:?}\n[blacklist]\npath = {:?}\n[clearing]\nurl = \"http://{address}\"\n\
              terminal_id = \"310000000902\"\ndevice_key = {:?}\n[reader]\nkind = \"in_process\"\ncards = [{:?}]\n\
              psam = {:?}\n",
             directory.path().join("journal.sqlite"),
@@ -514,7 +514,7 @@ fn terminal_kiosk_and_upload_processes_talk_to_clearing() {
     assert!(out.contains("uploaded 1 records"), "{out}");
     assert_eq!(CitizenCard::open(&card_path).expect("card").image().purse.balance, Fen(1_380));
 
-    let day = clearing.run_day(&CardDateTime::now_utc());
+    let day = clearing.run_day(&CardDateTime::now_at_offset(480));
     assert_eq!((day.cleared, day.quarantined), (2, 0), "the load and the bill: {day:?}");
 
     // The card is reported lost: `terminal upload` brings the blacklist file up to date.
