@@ -1116,6 +1116,15 @@ impl Fields {
             .as_str()
             .ok_or_else(|| ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, name, format!("{name}: a string")))
     }
+
+    /// A text field taken out of the body (a PIN: into a zeroized buffer, no copy left here).
+    fn take_secret(&mut self, name: &'static str) -> Result<Zeroizing<String>, ApiError> {
+        match self.0.remove(name) {
+            Some(Value::String(text)) => Ok(Zeroizing::new(text)),
+            Some(_) => Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, name, format!("{name}: a string"))),
+            None => Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, name, format!("{name}: missing"))),
+        }
+    }
 }
 
 type ApiResult = Result<axum::Json<ScreenState>, ApiError>;
@@ -1158,9 +1167,7 @@ async fn bill(State(handle): State<ScreenHandle>, body: Bytes) -> ApiResult {
 
 async fn name(State(handle): State<ScreenHandle>, body: Bytes) -> ApiResult {
     let body = Zeroizing::new(body.to_vec());
-    let fields = Fields::parse(&body, &["pin"])?;
-    let pin = Zeroizing::new(fields.text("pin")?.to_owned());
-    drop(fields);
+    let pin = Fields::parse(&body, &["pin"])?.take_secret("pin")?;
     if card_host::card::pin_from_digits(&pin).is_none() {
         return Err(ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, "pin", "pin: 4 to 12 digits"));
     }
