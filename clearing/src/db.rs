@@ -40,6 +40,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "settle_by_chunk", include_str!("../migrations/sqlite/0003_settle_by_chunk.sql")),
     (4, "quarantine_releases", include_str!("../migrations/sqlite/0004_quarantine_releases.sql")),
     (5, "topup_void", include_str!("../migrations/sqlite/0005_topup_void.sql")),
+    (6, "pending_index", include_str!("../migrations/sqlite/0006_pending_index.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
@@ -47,6 +48,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "settle_by_chunk", include_str!("../migrations/postgres/0003_settle_by_chunk.sql")),
     (4, "quarantine_releases", include_str!("../migrations/postgres/0004_quarantine_releases.sql")),
     (5, "topup_void", include_str!("../migrations/postgres/0005_topup_void.sql")),
+    (6, "pending_index", include_str!("../migrations/postgres/0006_pending_index.sql")),
 ];
 
 fn migrator(dialect: Dialect) -> Migrator {
