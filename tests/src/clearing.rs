@@ -102,21 +102,37 @@ impl Clearing {
     /// [`Clearing::serve`] with `tokens` (operators, the issuer) and the
     /// TEST-ONLY citizen ID key, so the issuer API issues cards.
     pub fn serve_with(&self, tokens: Tokens) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
-        self.runtime.block_on(async {
-            let hsm = HsmClient::connect(ClientConfig::new(self.hsm_address.to_string())).await.expect("HSM client");
-            let state =
-                AppState::new(self.db.clone(), hsm, tokens).with_citizen_key(CitizenIdKey::new(TEST_CITIZEN_ID_KEY));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let address = listener.local_addr().expect("address");
-            (address, tokio::spawn(clearing::api::serve(listener, state)))
-        })
+        self.serve_state(tokens, None)
     }
 
-    /// Serves the HTTP API on a fresh port; the task ends when aborted.
-    pub fn serve(&self) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+    /// [`Clearing::serve_with`] and a personalisation station: the issuer API
+    /// also derives each card's keys in the HSM (under the TEST transport key)
+    /// and writes its image into `images`.
+    pub fn serve_personalising(
+        &self,
+        tokens: Tokens,
+        images: &std::path::Path,
+    ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let transport = card_host::issue::TransportKey::load(&card_host::issue::fixtures::test_transport_key())
+            .expect("TEST transport key in fixtures/");
+        let station =
+            clearing::personalise::Personaliser::new(images, hsm_sim::keystore::TEST_TRANSPORT_KEY, &transport)
+                .expect("personalisation station");
+        self.serve_state(tokens, Some(station))
+    }
+
+    fn serve_state(
+        &self,
+        tokens: Tokens,
+        station: Option<clearing::personalise::Personaliser>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
         self.runtime.block_on(async {
             let hsm = HsmClient::connect(ClientConfig::new(self.hsm_address.to_string())).await.expect("HSM client");
-            let state = AppState::new(self.db.clone(), hsm, Tokens::default());
+            let mut state =
+                AppState::new(self.db.clone(), hsm, tokens).with_citizen_key(CitizenIdKey::new(TEST_CITIZEN_ID_KEY));
+            if let Some(station) = station {
+                state = state.with_personaliser(station);
+            }
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let address = listener.local_addr().expect("address");
             (address, tokio::spawn(clearing::api::serve(listener, state)))

@@ -36,6 +36,7 @@ fn assert_invariants(report: &CityReport) {
     assert!(report.lost_card_refused(), "the lost card refused after the loss: {:?}", report.loss);
     assert!(report.torn_counted_once(), "the torn purchase once: {:?}", report.torn);
     assert!(report.torn.pulled && report.torn.resolution == "Proof", "{:?}", report.torn);
+    assert_eq!(report.torn.charged.0, 200, "an adult's flat fare, once: {:?}", report.torn);
     let expected: BTreeMap<String, u64> =
         [("blacklisted_card".to_owned(), 1), ("duplicate".to_owned(), 1)].into_iter().collect();
     assert_eq!(report.quarantine_reasons(), expected, "quarantined as planned");

@@ -1,22 +1,20 @@
 //! The day's clock.
 //!
 //! The simulated day runs from 06:00 to 22:00 ("sim time", seconds after
-//! midnight). Cards are given a date-time on **clearing's time base (UTC)**, and
-//! always later than anything clearing itself stamped for the card: clearing
-//! stamps an online load (and a loss report) with its own real UTC clock, and
-//! run-day takes a card's records in the order of their card time
-//! (`ORDER BY card_serial, occurred_at, kind, counter`), so a fare given a card
-//! time before the load that paid for it would break the card's balance
-//! continuity. The terminals' own default clock is local time
-//! (`utc_offset_minutes`, +8 h): on that base a day's loads (UTC) and fares
-//! (local) interleave wrongly, land on two dates, and a tap before a loss
-//! report lands after it (`docs/demo.md`).
+//! midnight). Cards are given local date-times (China Standard Time, UTC+8:
+//! [`clearing::api::UTC_OFFSET_MINUTES_DEFAULT`], the terminals' default too),
+//! the base clearing stamps an online load, a loss report and an issue with,
+//! and the date of which is the business day ([`clearing::BusinessDay::of`]).
 //!
-//! So the top-ups happen first, for real (the kiosk hour), and the day's card
-//! times then run from a minute after the real time on: 06:00 is that moment,
-//! and the day keeps its length unless the UTC date has too little left, when
-//! it is compressed by a factor that keeps every interval the fares depend on
-//! long enough ([`COMPRESSION_MIN_PERMILLE`]).
+//! Clearing stamps a load with its own real clock, and run-day takes a card's
+//! records in the order of their card time (`ORDER BY card_serial,
+//! occurred_at, kind, counter`): a fare given a card time before the load that
+//! paid for it would break the card's balance continuity. So the top-ups
+//! happen first, for real (the kiosk hour), and the day's card times run from a
+//! minute after the real local time on: 06:00 is that moment, and the day keeps
+//! its length unless the local date has too little left, when it is compressed
+//! by a factor that keeps every interval the fares depend on long enough
+//! ([`COMPRESSION_MIN_PERMILLE`]).
 
 use card_host::CardDateTime;
 
@@ -37,7 +35,7 @@ pub const COMPRESSION_MIN_PERMILLE: u64 = 70;
 /// Why the day cannot be laid on the UTC date now.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "it is {now} UTC: too close to midnight to lay a whole day on one UTC business day (clearing's time base); run again after 00:00 UTC"
+    "it is {now} local time (UTC+8): too close to midnight to lay a whole day on one business day; run again after midnight"
 )]
 pub struct NoRoom {
     pub now: String,
@@ -46,21 +44,21 @@ pub struct NoRoom {
 /// The mapping of sim time to card time.
 #[derive(Debug, Clone, Copy)]
 pub struct DayClock {
-    /// Unix seconds (UTC) of the business day's midnight.
+    /// The business day's midnight (local time, as card seconds).
     midnight: u64,
     /// Sim seconds become `permille / 1000` card seconds.
     permille: u64,
-    /// The card time of 06:00 (UTC unix seconds).
+    /// The card time of 06:00 (local time, as card seconds).
     start: u64,
 }
 
 impl DayClock {
-    /// The day starts a minute from the real time now.
+    /// The day starts a minute from the real local time now.
     pub fn start() -> Result<DayClock, NoRoom> {
-        DayClock::starting_after(CardDateTime::now_utc().unix_seconds())
+        DayClock::starting_after(now().unix_seconds())
     }
 
-    /// The day starts [`LEAD_SECONDS`] after `now` (UTC unix seconds).
+    /// The day starts [`LEAD_SECONDS`] after `now` (local time, as card seconds).
     pub fn starting_after(now: u64) -> Result<DayClock, NoRoom> {
         let midnight = now - now % 86_400;
         let start = now + LEAD_SECONDS;
@@ -91,6 +89,11 @@ impl DayClock {
     }
 }
 
+/// The local time now, as clearing and the terminals give it to cards.
+pub fn now() -> CardDateTime {
+    CardDateTime::now_at_offset(clearing::api::UTC_OFFSET_MINUTES_DEFAULT)
+}
+
 /// `HH:MM` of sim time.
 pub fn hhmm(sim: u32) -> String {
     format!("{:02}:{:02}", sim / 3600, sim % 3600 / 60)
@@ -101,7 +104,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_day_stays_on_its_utc_date_after_now_and_in_order() {
+    fn the_day_stays_on_its_date_after_now_and_in_order() {
         let midnight = CardDateTime::new(2026, 11, 25, 0, 0, 0).expect("valid").unix_seconds();
         for hour in [0, 7, 12, 20, 22] {
             let now = midnight + hour * 3600;

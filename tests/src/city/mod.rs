@@ -195,12 +195,13 @@ fn plan(people: &[Person], errands: usize, rng: &mut StdRng) -> Plan {
     let lost = (1..people.len())
         .find(|&n| people[n].card_type == CardType::Ordinary && n % PCSCD_LINE_EVERY != 0)
         .unwrap_or(1);
-    // The torn purchase's rider rides route 1 from home.
-    let torn = (1..people.len()).filter(|&n| n != lost).find(|&n| n % PCSCD_LINE_EVERY == 0).unwrap_or(if lost == 1 {
-        2
-    } else {
-        1
-    });
+    // The torn purchase's rider rides route 1 from home and pays a full fare.
+    let candidates = || (1..people.len()).filter(|&n| n != lost && n % PCSCD_LINE_EVERY == 0);
+    let fallback = if lost == 1 { 2 } else { 1 };
+    let torn = candidates()
+        .find(|&n| people[n].card_type == CardType::Ordinary)
+        .or_else(|| candidates().next())
+        .unwrap_or(fallback);
     let commutes: Vec<Commute> = (0..people.len())
         .map(|n| {
             if n == lost {
@@ -474,36 +475,35 @@ pub fn run(options: &CityOptions, note: &mut dyn FnMut(&str)) -> Result<CityRepo
     }
     let mut clock = DayClock::start()?;
     let clearing = Clearing::start_on(options.postgres.as_deref());
-    let (api, tokens) = Api::new(String::new(), &mut rng);
-    let (address, server) = clearing.serve_with(tokens);
-    let base = format!("http://{address}");
-    let api = Api { base: base.clone(), ..api };
     let directory = tempfile::tempdir().map_err(|error| CityError::step("a working directory", error))?;
     let cards_directory = directory.path().join("cards");
-    std::fs::create_dir_all(&cards_directory).map_err(|error| CityError::step("the card directory", error))?;
+    let (api, tokens) = Api::new(String::new(), &mut rng);
+    let (address, server) = clearing.serve_personalising(tokens, &cards_directory);
+    let base = format!("http://{address}");
+    let api = Api { base: base.clone(), ..api };
     note(&format!(
-        "clearing on {} at {base}, in-process HSM; business day {} (UTC){}",
+        "clearing on {} at {base}, in-process HSM; business day {} (local time, UTC+8){}",
         clearing.database(),
         clearing::BusinessDay::of(&clock.business_day()),
         if clock.compression_permille() < 1000 {
-            format!(", the day compressed to {}‰ to fit the UTC date", clock.compression_permille())
+            format!(", the day compressed to {}‰ to fit the date", clock.compression_permille())
         } else {
             String::new()
         }
     ));
 
     // Issuance.
-    let issuer = Issuer::new(&clearing.runtime, &clearing.hsm, &api, &mut rng)?;
+    let issuer = Issuer { api: &api, images: &cards_directory };
     let issuing = bar(options.progress, options.cards as u64, "issuing");
     let mut people = Vec::with_capacity(options.cards);
     for n in 0..options.cards {
         let opening = Fen(rng.random_range(0..=16) * 500);
-        people.push(issuer.issue(n, &mut rng, &cards_directory, opening)?);
+        people.push(issuer.issue(n, &mut rng, opening)?);
         issuing.inc(1);
     }
     issuing.finish_and_clear();
     note(&format!(
-        "issued {} cards through POST /v1/issuer/cards (keys derived in the HSM, images in {})",
+        "issued {} cards through POST /v1/issuer/cards with personalisation: keys derived in the HSM, images written by clearing's station into {}",
         people.len(),
         cards_directory.display()
     ));
@@ -593,11 +593,7 @@ pub fn run(options: &CityOptions, note: &mut dyn FnMut(&str)) -> Result<CityRepo
         None => tear(&mut day, torn, torn_sim)?,
     };
     the_day.finish_and_clear();
-    note(&format!(
-        "the day ran from {} to {} (card time on clearing's UTC base)",
-        hhmm(clock::DAY_START),
-        hhmm(clock::DAY_END)
-    ));
+    note(&format!("the day ran from {} to {} (card time: local, UTC+8)", hhmm(clock::DAY_START), hhmm(clock::DAY_END)));
 
     // Evening: upload, a batch sent twice, a record replayed in a batch of its own.
     day.fleet.upload_round(&mut uploads)?;

@@ -1,16 +1,16 @@
 //! The city's people and their cards: fictional cardholders generated from the
 //! seed (valid GB 11643 citizen IDs; names, numbers and PINs made up), card
-//! types mixed, each card's keys derived in the HSM (`ZA`, under a transport
-//! key of this run) and its image written by card-host's issuance, then the card
-//! registered with clearing through the issuer API (`POST /v1/issuer/cards`).
+//! types mixed, each issued through clearing's issuer API
+//! (`POST /v1/issuer/cards` with its personalisation): clearing derives the
+//! card's keys in the HSM (under the TEST transport key), writes the image
+//! through card-host's issuance into the card directory, and opens the card's
+//! shadow account with its opening balance.
 
 use std::path::{Path, PathBuf};
 
 use card_host::card::{CardType, CitizenCard};
-use card_host::crypto::Key16;
-use card_host::issue::{self, Cardholder, IssueOptions, ProfileFile, Sex};
-use card_host::{ApplicationSerial, CardDateTime, Fen};
-use hsm_sim::{HsmClient, KeyAlgorithm, KeyType};
+use card_host::issue::{self, Cardholder, ProfileFile, Sex};
+use card_host::{ApplicationSerial, Fen};
 use rand::Rng;
 use rand::rngs::StdRng;
 
@@ -18,8 +18,6 @@ use super::CityError;
 
 /// The HSM key set the cards are issued under (the TEST key set of a fresh HSM).
 pub const KEY_SET: &str = hsm_sim::keystore::TEST_SET_TRIPLE_DES;
-/// The label of this run's transport key in the HSM.
-pub const TRANSPORT_KEY: &str = "city.transport";
 
 const SURNAMES: [&str; 20] = [
     "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "林", "罗",
@@ -110,52 +108,26 @@ fn cardholder(n: usize, rng: &mut StdRng, template: &Cardholder) -> (Cardholder,
     (holder, card_type)
 }
 
-/// The issuer's side: the HSM, its transport key and the clearing API.
+/// The issuer's side: clearing's issuer API with its personalisation station.
 pub struct Issuer<'a> {
-    pub runtime: &'a tokio::runtime::Runtime,
-    pub hsm: &'a HsmClient,
     pub api: &'a super::Api,
-    transport: Key16,
+    /// Where the station writes the images.
+    pub images: &'a Path,
 }
 
-impl<'a> Issuer<'a> {
-    /// Loads this run's transport key (TEST ONLY: drawn from the seed, held in
-    /// clear by the issuing station) into the HSM.
-    pub fn new(
-        runtime: &'a tokio::runtime::Runtime,
-        hsm: &'a HsmClient,
-        api: &'a super::Api,
-        rng: &mut StdRng,
-    ) -> Result<Issuer<'a>, CityError> {
-        let transport = Key16::from_bytes(rng.random());
-        runtime
-            .block_on(hsm.import_clear_key(TRANSPORT_KEY, KeyType::Transport, KeyAlgorithm::TripleDes, &transport))
-            .map_err(|error| CityError::step("load the transport key into the HSM", error))?;
-        Ok(Issuer { runtime, hsm, api, transport })
-    }
-
-    /// Issues person `n`: keys from the HSM, the image into `directory`, the
-    /// card registered with clearing with `opening` on it.
-    pub fn issue(&self, n: usize, rng: &mut StdRng, directory: &Path, opening: Fen) -> Result<Person, CityError> {
+impl Issuer<'_> {
+    /// Issues person `n` through `POST /v1/issuer/cards` with their
+    /// personalisation: clearing derives the card's keys in the HSM, writes the
+    /// image through card-host's issuance and records the card with `opening`.
+    pub fn issue(&self, n: usize, rng: &mut StdRng, opening: Fen) -> Result<Person, CityError> {
         let profiles = ProfileFile::load(&issue::fixtures::cardholders())
             .map_err(|error| CityError::step("read the fixture cardholders", error))?;
         let template = &profiles.cardholders[n % profiles.cardholders.len()];
         let (holder, card_type) = cardholder(n, rng, template);
         let serial = holder.serial().map_err(|error| CityError::step("a generated serial", error))?;
-        let wrapped = self
-            .runtime
-            .block_on(self.hsm.derive_card_keys(KEY_SET, serial, TRANSPORT_KEY))
-            .map_err(|error| CityError::step("derive the card keys in the HSM", error))?;
-        let keys = wrapped
-            .unwrap(&self.transport, KeyAlgorithm::TripleDes)
-            .map_err(|error| CityError::step("unwrap the card keys", format!("{error:?}")))?;
-        let options =
-            IssueOptions { initial_balance: opening, issued_at: CardDateTime::now_utc(), ..IssueOptions::default() };
-        let image = issue::build_image(&holder, keys, &options)
-            .map_err(|error| CityError::step("build the card image", error))?;
-        let path = directory.join(format!("{}.card", serial.to_hex()));
-        card_host::storage::create(&path, &image, true)
-            .map_err(|error| CityError::step("write the card image", error))?;
+        let field = |error: serde_json::Error| CityError::step("a personalisation field", error);
+        let sex = serde_json::to_value(holder.sex).map_err(field)?;
+        let medical = serde_json::to_value(&holder.medical).map_err(field)?;
         let body = serde_json::json!({
             "card_serial": serial.to_hex(),
             "card_type": card_type.code(),
@@ -163,9 +135,24 @@ impl<'a> Issuer<'a> {
             "citizen_id": holder.citizen_id,
             "name": holder.name,
             "initial_balance_fen": opening.0,
+            "personalisation": {
+                "sex": sex,
+                "nation": holder.nation,
+                "birthplace": holder.birthplace,
+                "birth_date": holder.birth_date,
+                "social_security_number": holder.social_security_number,
+                "social_security_card_number": holder.social_security_card_number,
+                "region": holder.region,
+                "pin": holder.pin,
+                "medical": medical,
+            },
         });
         self.api.post_issuer("/v1/issuer/cards", &body)?;
-        Ok(Person { holder, serial, card_type, image: path, opening })
+        let image = self.images.join(format!("{}.{}", serial.to_hex(), clearing::personalise::IMAGE_EXTENSION));
+        if !image.exists() {
+            return Err(CityError::step("issue a card", format!("no image at {}", image.display())));
+        }
+        Ok(Person { holder, serial, card_type, image, opening })
     }
 }
 
