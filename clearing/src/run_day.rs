@@ -355,31 +355,32 @@ async fn load_cards(
     serials: &[String],
 ) -> Result<HashMap<String, CardState>, Error> {
     let mut cards = HashMap::new();
-    for part in serials.chunks(crate::ingest::INSERT_ROWS_MAX) {
-        let sql = format!(
-            "SELECT card_serial, key_set, balance_fen, offline_counter, online_counter FROM cards
-             WHERE card_serial IN ({})",
-            crate::db::list_placeholders(dialect, part.len(), 1)
+    // The serials as one parameter (see `ids_param`), one statement.
+    let list = match dialect {
+        crate::db::Dialect::Sqlite => Value::from(serials).to_string(),
+        crate::db::Dialect::Postgres => format!("{{{}}}", serials.join(",")),
+    };
+    let sql = format!(
+        "SELECT card_serial, key_set, balance_fen, offline_counter, online_counter FROM cards WHERE card_serial {}",
+        match dialect {
+            crate::db::Dialect::Sqlite => "IN (SELECT value FROM json_each(?))".to_owned(),
+            crate::db::Dialect::Postgres => "= ANY(CAST($1 AS TEXT[]))".to_owned(),
+        }
+    );
+    for row in sqlx::query(&sql).bind(list).fetch_all(&mut **tx).await? {
+        let (balance_fen, offline_counter, online_counter): (i64, i64, i64) =
+            (row.try_get("balance_fen")?, row.try_get("offline_counter")?, row.try_get("online_counter")?);
+        cards.insert(
+            row.try_get("card_serial")?,
+            CardState {
+                key_set: row.try_get("key_set")?,
+                balance_fen,
+                offline_counter,
+                online_counter,
+                changed: false,
+                read: (balance_fen, offline_counter, online_counter),
+            },
         );
-        let mut query = sqlx::query(&sql);
-        for serial in part {
-            query = query.bind(serial.clone());
-        }
-        for row in query.fetch_all(&mut **tx).await? {
-            let (balance_fen, offline_counter, online_counter): (i64, i64, i64) =
-                (row.try_get("balance_fen")?, row.try_get("offline_counter")?, row.try_get("online_counter")?);
-            cards.insert(
-                row.try_get("card_serial")?,
-                CardState {
-                    key_set: row.try_get("key_set")?,
-                    balance_fen,
-                    offline_counter,
-                    online_counter,
-                    changed: false,
-                    read: (balance_fen, offline_counter, online_counter),
-                },
-            );
-        }
     }
     Ok(cards)
 }
