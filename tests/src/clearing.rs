@@ -99,6 +99,12 @@ impl Clearing {
         }
     }
 
+    /// Serves the HTTP API on a fresh port (no operator or issuer tokens); the
+    /// task ends when aborted. The terminal tests' clearing.
+    pub fn serve(&self) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+        self.serve_with(Tokens::default())
+    }
+
     /// [`Clearing::serve`] with `tokens` (operators, the issuer) and the
     /// TEST-ONLY citizen ID key, so the issuer API issues cards.
     pub fn serve_with(&self, tokens: Tokens) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
