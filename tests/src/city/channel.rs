@@ -7,7 +7,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use card_host::SmartCard;
 use card_host::card::CitizenCard;
@@ -313,6 +312,3 @@ impl Drop for Presented<'_> {
         }
     }
 }
-
-/// How long pcscd takes to see a presentation, for the summary.
-pub const PRESENTATION_TIME_MIN: Duration = vpcd::REMOVAL_TIME_MIN;

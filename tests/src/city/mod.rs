@@ -19,7 +19,6 @@ pub mod population;
 pub mod report;
 pub mod transit;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use card_host::Fen;
@@ -698,6 +697,3 @@ fn replay(bus: &Bus) -> Result<report::Replay, CityError> {
         amount: row.entry.amount,
     })
 }
-
-/// Counts per key, for the summary.
-pub type Tally = BTreeMap<String, u64>;
