@@ -6,6 +6,7 @@
 //! GET RESPONSE) and wrong-Le answers (`6Cxx`) are handled in exactly one place,
 //! [`exchange`], and can be switched off.
 
+pub mod fuzzing;
 pub mod in_process;
 pub mod pcsc;
 pub mod pn532;

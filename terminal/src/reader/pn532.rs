@@ -68,6 +68,9 @@ pub struct Pn532Options {
     /// The most APDU bytes per InDataExchange, 1 to [`DATA_EXCHANGE_CHUNK_MAX`];
     /// less makes the driver chain shorter APDUs (for tests).
     pub chunk_max: usize,
+    /// How long the line must stay quiet after a broken frame before a NACK,
+    /// and when draining it ([`NACK_QUIET`]).
+    pub quiet: Duration,
 }
 
 impl Default for Pn532Options {
@@ -76,6 +79,7 @@ impl Default for Pn532Options {
             ack_timeout: Duration::from_millis(500),
             answer_timeout: Duration::from_secs(3),
             chunk_max: DATA_EXCHANGE_CHUNK_MAX,
+            quiet: NACK_QUIET,
         }
     }
 }
@@ -365,11 +369,11 @@ impl<P: Read + Write> Pn532Reader<P> {
         }
     }
 
-    /// Reads and drops whatever the line holds until it is quiet for [`NACK_QUIET`].
+    /// Reads and drops whatever the line holds until it is quiet for [`Pn532Options::quiet`].
     fn drain_line(&mut self) -> Result<(), ReaderError> {
         let mut dropped = 0usize;
         loop {
-            match self.read_frame(Instant::now() + NACK_QUIET)? {
+            match self.read_frame(Instant::now() + self.options.quiet)? {
                 None => break,
                 Some(_) if dropped < STRAY_FRAMES_MAX => dropped += 1,
                 Some(_) => break,
@@ -453,7 +457,7 @@ impl<P: Read + Write> Pn532Reader<P> {
         let mut nacks = 0;
         let mut broken_at: Option<Instant> = None;
         loop {
-            let wait_until = broken_at.map_or(deadline, |at| (at + NACK_QUIET).min(deadline));
+            let wait_until = broken_at.map_or(deadline, |at| (at + self.options.quiet).min(deadline));
             match self.read_frame(wait_until)? {
                 Some(Ok(Frame::Information(answer))) if is_answer(&answer, code) => {
                     return Ok(answer.parameters().to_vec());
@@ -618,6 +622,7 @@ mod tests {
             ack_timeout: Duration::from_millis(30),
             answer_timeout: Duration::from_millis(200),
             chunk_max: DATA_EXCHANGE_CHUNK_MAX,
+            quiet: NACK_QUIET,
         };
         let mut reader = Pn532Reader::with_options(Script::new(replies), options);
         reader.drain = false;
