@@ -74,6 +74,8 @@ fn city_day_through_pcscd() {
     let pcscd = report.pcscd.as_ref().expect("route 1 through pcscd");
     assert!(pcscd.presentations >= 3 && pcscd.apdus > 10 * pcscd.presentations, "{pcscd:?}");
     assert!(report.torn.through_pcscd, "the tear through vpcd");
+    let in_process = day(&options(Mode::InProcess, false));
+    assert_eq!(totals(&report), totals(&in_process), "the same seed gives the same totals in either mode");
 }
 
 #[test]

@@ -366,6 +366,12 @@ impl fmt::Display for CityReport {
             yuan(d.fee_fen),
             yuan(d.net_fen)
         )?;
+        writeln!(
+            f,
+            "           settlement file {} signed by the HSM ({}…)",
+            d.settlement_file,
+            d.settlement_signature.chars().take(16).collect::<String>()
+        )?;
         writeln!(f, "quarantine {} records:", self.quarantined.len())?;
         for q in &self.quarantined {
             writeln!(
