@@ -26,6 +26,8 @@ use terminal::reader::InProcess;
 const BUS: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x01]);
 const SHOP: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x02]);
 const HOSPITAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x03]);
+/// Clearing's local time (the terminals' default too): the business day of now.
+const LOCAL_OFFSET_MINUTES: i32 = clearing::api::UTC_OFFSET_MINUTES_DEFAULT;
 /// How long a test waits for a line from a terminal process.
 const LINE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -193,7 +195,7 @@ fn write_bus_config(directory: &Path, link: &Path, psam: &Path, address: std::ne
     std::fs::write(
         &config,
         format!(
-            "utc_offset_minutes = 0\n[bus]\nroute = 42\ntariff = {:?}\ndedup_window_seconds = 600\n\
+            "[bus]\nroute = 42\ntariff = {:?}\ndedup_window_seconds = 600\n\
              [journal]\npath = {:?}\n[clearing]\nurl = \"http://{address}\"\nterminal_id = \"310000000901\"\n\
              device_key = {:?}\nupload_interval_seconds = 0\n\
              [reader]\nkind = \"pn532\"\ndevice = {link:?}\npsam_image = {psam:?}\n",
@@ -250,7 +252,7 @@ fn bus_validator_on_a_pn532_taps_uploads_and_clears() {
     let line = upload.line();
     assert!(line.starts_with("uploaded 3 records"), "{line}");
     assert!(upload.finish());
-    let day = clearing.run_day(&CardDateTime::now_utc());
+    let day = clearing.run_day(&CardDateTime::now_at_offset(LOCAL_OFFSET_MINUTES));
     assert_eq!((day.records, day.cleared, day.quarantined), (3, 3, 0), "{day:?}");
     assert_eq!(day.purchases_fen, 300);
     assert_shadows_match(&clearing, &paths);
@@ -272,7 +274,7 @@ fn kiosk_on_a_pn532_tops_up_and_pays_a_bill_that_clear() {
     std::fs::write(
         &config,
         format!(
-            "utc_offset_minutes = 0\n[journal]\npath = {:?}\n[clearing]\nurl = \"http://{address}\"\n\
+            "[journal]\npath = {:?}\n[clearing]\nurl = \"http://{address}\"\n\
              terminal_id = \"310000000902\"\ndevice_key = {:?}\n\
              [reader]\nkind = \"pn532\"\ndevice = {link:?}\npsam_reader = {:?}\n",
             directory.path().join("journal.sqlite"),
@@ -303,7 +305,7 @@ fn kiosk_on_a_pn532_tops_up_and_pays_a_bill_that_clear() {
     let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("journal");
     assert!(journal.unconfirmed_loads().expect("loads").is_empty(), "the load was confirmed");
     assert_eq!(clearing.count("SELECT COUNT(*) FROM topups WHERE state = 'confirmed'"), 1);
-    let day = clearing.run_day(&CardDateTime::now_utc());
+    let day = clearing.run_day(&CardDateTime::now_at_offset(LOCAL_OFFSET_MINUTES));
     assert_eq!((day.cleared, day.quarantined, day.loads_fen, day.purchases_fen), (2, 0, 500, 120), "{day:?}");
     assert_shadows_match(&clearing, &[&card_path]);
 }
@@ -333,7 +335,7 @@ fn counter_on_a_pn532_reads_the_patient_and_takes_a_co_payment() {
     std::fs::write(
         &config,
         format!(
-            "utc_offset_minutes = 0\n[counter]\nhospital = \"310000000903\"\ndepartment = 12\n[journal]\npath = {:?}\n\
+            "[counter]\nhospital = \"310000000903\"\ndepartment = 12\n[journal]\npath = {:?}\n\
              [clearing]\nurl = \"http://{address}\"\nterminal_id = \"310000000903\"\ndevice_key = {:?}\n\
              [reader]\nkind = \"pn532\"\ndevice = {link:?}\npsam_image = {psam:?}\n",
             directory.path().join("journal.sqlite"),
@@ -361,7 +363,7 @@ fn counter_on_a_pn532_reads_the_patient_and_takes_a_co_payment() {
 
     assert_eq!(image(&card_path).purse.balance, Fen(3_450));
     assert_eq!(assert_cards_agree_with_journal(&[&card_path], &directory.path().join("journal.sqlite")), 1_550);
-    let day = clearing.run_day(&CardDateTime::now_utc());
+    let day = clearing.run_day(&CardDateTime::now_at_offset(LOCAL_OFFSET_MINUTES));
     assert_eq!((day.cleared, day.quarantined, day.purchases_fen), (1, 0, 1_550), "{day:?}");
     assert_shadows_match(&clearing, &[&card_path]);
 }
