@@ -124,8 +124,7 @@ pub struct Metrics {
     internal_errors: AtomicU64,
 }
 
-/// China Standard Time, UTC+8: the offset cards and terminals use by default.
-pub const UTC_OFFSET_MINUTES_DEFAULT: i32 = 480;
+pub use crate::clock::UTC_OFFSET_MINUTES_DEFAULT;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -139,10 +138,10 @@ pub struct AppState {
     /// The card personalisation station; without it the server only records
     /// cards personalised elsewhere.
     pub personaliser: Option<Arc<crate::personalise::Personaliser>>,
-    /// Local time's offset east of UTC, in minutes: the date-times the server
-    /// gives cards (a top-up's), loss reports and issue times are local, as the
-    /// terminals' are (`utc_offset_minutes` in their configuration).
-    pub utc_offset_minutes: i32,
+    /// Local time: the date-times the server gives cards (a top-up's), loss
+    /// reports and issue times are local, as the terminals' are
+    /// (`utc_offset_minutes` in their configuration).
+    pub clock: crate::clock::Clock,
 }
 
 impl AppState {
@@ -154,19 +153,24 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             citizen_key: None,
             personaliser: None,
-            utc_offset_minutes: UTC_OFFSET_MINUTES_DEFAULT,
+            clock: crate::clock::Clock::default(),
         }
     }
 
     /// Local time at another offset than China Standard Time's.
-    pub fn with_utc_offset_minutes(mut self, minutes: i32) -> AppState {
-        self.utc_offset_minutes = minutes;
+    pub fn with_utc_offset_minutes(self, minutes: i32) -> AppState {
+        self.with_clock(crate::clock::Clock::System { utc_offset_minutes: minutes })
+    }
+
+    /// Another clock (a simulation's).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> AppState {
+        self.clock = clock;
         self
     }
 
     /// The local date and time now.
     pub fn now(&self) -> CardDateTime {
-        CardDateTime::now_at_offset(self.utc_offset_minutes)
+        self.clock.now()
     }
 
     pub fn with_personaliser(mut self, personaliser: crate::personalise::Personaliser) -> AppState {

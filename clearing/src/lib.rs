@@ -3,6 +3,7 @@
 pub mod api;
 pub mod batch;
 pub mod bench;
+pub mod clock;
 pub mod db;
 pub mod error;
 pub mod fuzzing;

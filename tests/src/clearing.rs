@@ -108,34 +108,37 @@ impl Clearing {
     /// [`Clearing::serve`] with `tokens` (operators, the issuer) and the
     /// TEST-ONLY citizen ID key, so the issuer API issues cards.
     pub fn serve_with(&self, tokens: Tokens) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
-        self.serve_state(tokens, None)
+        self.serve_state(tokens, None, clearing::clock::Clock::default())
     }
 
     /// [`Clearing::serve_with`] and a personalisation station: the issuer API
     /// also derives each card's keys in the HSM (under the TEST transport key)
-    /// and writes its image into `images`.
+    /// and writes its image into `images`; the server's local time is `clock`.
     pub fn serve_personalising(
         &self,
         tokens: Tokens,
         images: &std::path::Path,
+        clock: clearing::clock::Clock,
     ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
         let transport = card_host::issue::TransportKey::load(&card_host::issue::fixtures::test_transport_key())
             .expect("TEST transport key in fixtures/");
         let station =
             clearing::personalise::Personaliser::new(images, hsm_sim::keystore::TEST_TRANSPORT_KEY, &transport)
                 .expect("personalisation station");
-        self.serve_state(tokens, Some(station))
+        self.serve_state(tokens, Some(station), clock)
     }
 
     fn serve_state(
         &self,
         tokens: Tokens,
         station: Option<clearing::personalise::Personaliser>,
+        clock: clearing::clock::Clock,
     ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
         self.runtime.block_on(async {
             let hsm = HsmClient::connect(ClientConfig::new(self.hsm_address.to_string())).await.expect("HSM client");
-            let mut state =
-                AppState::new(self.db.clone(), hsm, tokens).with_citizen_key(CitizenIdKey::new(TEST_CITIZEN_ID_KEY));
+            let mut state = AppState::new(self.db.clone(), hsm, tokens)
+                .with_citizen_key(CitizenIdKey::new(TEST_CITIZEN_ID_KEY))
+                .with_clock(clock);
             if let Some(station) = station {
                 state = state.with_personaliser(station);
             }

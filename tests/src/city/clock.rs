@@ -1,75 +1,46 @@
 //! The day's clock.
 //!
-//! The simulated day runs from 06:00 to 22:00 ("sim time", seconds after
-//! midnight). Cards are given local date-times (China Standard Time, UTC+8:
-//! [`clearing::api::UTC_OFFSET_MINUTES_DEFAULT`], the terminals' default too),
-//! the base clearing stamps an online load, a loss report and an issue with,
-//! and the date of which is the business day ([`clearing::BusinessDay::of`]).
-//!
-//! Clearing stamps a load with its own real clock, and run-day takes a card's
-//! records in the order of their card time (`ORDER BY card_serial,
-//! occurred_at, kind, counter`): a fare given a card time before the load that
-//! paid for it would break the card's balance continuity. So the top-ups
-//! happen first, for real (the kiosk hour), and the day's card times run from a
-//! minute after the real local time on: 06:00 is that moment, and the day keeps
-//! its length unless the local date has too little left, when it is compressed
-//! by a factor that keeps every interval the fares depend on long enough
-//! ([`COMPRESSION_MIN_PERMILLE`]).
+//! The city runs on simulated time: one business day (today's local date,
+//! China Standard Time, UTC+8 — [`clearing::api::UTC_OFFSET_MINUTES_DEFAULT`],
+//! the terminals' default too), whose card times are that date's midnight plus
+//! the sim time. Cards are issued at 04:00, the kiosks' morning top-ups run
+//! from 05:00, riders from 06:00 to 22:00. Clearing runs on the same time: the
+//! demo serves it with a [`SimulatedClock`] that it sets before each call whose
+//! date-time clearing chooses (a top-up's, which goes into the card, a loss
+//! report's, an issue's), so every record lands in the day's order whatever the
+//! real time of day, and the same seed gives the same day.
 
 use card_host::CardDateTime;
+use clearing::clock::SimulatedClock;
 
-/// The day starts at 06:00 and ends at 22:00 (sim time, seconds after midnight).
+/// Cards are issued at 04:00, the morning top-ups start at 05:00, the day runs
+/// from 06:00 to 22:00 (sim time, seconds after midnight).
+pub const ISSUE_AT: u32 = 4 * 3600;
+pub const TOP_UPS_FROM: u32 = 5 * 3600;
 pub const DAY_START: u32 = 6 * 3600;
 pub const DAY_END: u32 = 22 * 3600;
 /// The card is reported lost at 12:30.
 pub const LOSS_AT: u32 = 12 * 3600 + 1800;
-/// Real seconds between the moment the clock starts and the day's 06:00, and
-/// kept free at the end for run-day, so the day stays on one UTC date.
-pub const LEAD_SECONDS: u64 = 60;
-pub const RUN_MARGIN_SECONDS: u64 = 900;
-/// The least compression that keeps the intervals fares depend on (a transfer
-/// boarded more than a minute after its window opened, 15 sim-minutes; a ride
-/// longer than the validators' dedup window) and so keeps the totals of a seed.
-pub const COMPRESSION_MIN_PERMILLE: u64 = 70;
 
-/// Why the day cannot be laid on the UTC date now.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "it is {now} local time (UTC+8): too close to midnight to lay a whole day on one business day; run again after midnight"
-)]
-pub struct NoRoom {
-    pub now: String,
-}
-
-/// The mapping of sim time to card time.
-#[derive(Debug, Clone, Copy)]
+/// The mapping of sim time to card time, and clearing's simulated clock.
+#[derive(Debug, Clone)]
 pub struct DayClock {
     /// The business day's midnight (local time, as card seconds).
     midnight: u64,
-    /// Sim seconds become `permille / 1000` card seconds.
-    permille: u64,
-    /// The card time of 06:00 (local time, as card seconds).
-    start: u64,
+    clearing: SimulatedClock,
 }
 
 impl DayClock {
-    /// The day starts a minute from the real local time now.
-    pub fn start() -> Result<DayClock, NoRoom> {
-        DayClock::starting_after(now().unix_seconds())
+    /// The day of today's local date.
+    pub fn today() -> DayClock {
+        let now = CardDateTime::now_at_offset(clearing::api::UTC_OFFSET_MINUTES_DEFAULT).unix_seconds();
+        DayClock::of_midnight(now - now % 86_400)
     }
 
-    /// The day starts [`LEAD_SECONDS`] after `now` (local time, as card seconds).
-    pub fn starting_after(now: u64) -> Result<DayClock, NoRoom> {
-        let midnight = now - now % 86_400;
-        let start = now + LEAD_SECONDS;
-        let length = u64::from(DAY_END - DAY_START);
-        let room = (midnight + 86_400).saturating_sub(start + RUN_MARGIN_SECONDS);
-        let permille = (room * 1000 / length).min(1000);
-        if permille < COMPRESSION_MIN_PERMILLE {
-            let at = CardDateTime::from_unix_seconds(now).map(|at| at.to_string()).unwrap_or_default();
-            return Err(NoRoom { now: at });
-        }
-        Ok(DayClock { midnight, permille, start })
+    /// The day that starts at `midnight` (local time, as card seconds).
+    pub fn of_midnight(midnight: u64) -> DayClock {
+        let at = CardDateTime::from_unix_seconds(midnight).expect("a date after 1970");
+        DayClock { midnight, clearing: SimulatedClock::new(at) }
     }
 
     /// The business day's date as card time (midnight).
@@ -77,21 +48,20 @@ impl DayClock {
         CardDateTime::from_unix_seconds(self.midnight).expect("a date after 1970")
     }
 
-    /// How much of a real second a sim second is, in thousandths (1000: none).
-    pub fn compression_permille(&self) -> u64 {
-        self.permille
-    }
-
-    /// The card time of sim time `sim` (seconds after midnight, from 06:00).
+    /// The card time of sim time `sim` (seconds after midnight).
     pub fn at(&self, sim: u32) -> CardDateTime {
-        let seconds = self.start + u64::from(sim.saturating_sub(DAY_START)) * self.permille / 1000;
-        CardDateTime::from_unix_seconds(seconds).expect("a date after 1970")
+        CardDateTime::from_unix_seconds(self.midnight + u64::from(sim.min(86_399))).expect("a date after 1970")
     }
-}
 
-/// The local time now, as clearing and the terminals give it to cards.
-pub fn now() -> CardDateTime {
-    CardDateTime::now_at_offset(clearing::api::UTC_OFFSET_MINUTES_DEFAULT)
+    /// The clock clearing is served with.
+    pub fn clearing_clock(&self) -> clearing::clock::Clock {
+        clearing::clock::Clock::Simulated(self.clearing.clone())
+    }
+
+    /// Sets clearing's clock to sim time `sim`.
+    pub fn set_clearing(&self, sim: u32) {
+        self.clearing.set(self.at(sim));
+    }
 }
 
 /// `HH:MM` of sim time.
@@ -104,17 +74,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_day_stays_on_its_date_after_now_and_in_order() {
+    fn the_day_is_one_date_in_order_and_clearing_follows_it() {
         let midnight = CardDateTime::new(2026, 11, 25, 0, 0, 0).expect("valid").unix_seconds();
-        for hour in [0, 7, 12, 20, 22] {
-            let now = midnight + hour * 3600;
-            let clock = DayClock::starting_after(now).expect("room");
-            let (first, loss, last) = (clock.at(DAY_START), clock.at(LOSS_AT), clock.at(DAY_END));
-            assert!(first.unix_seconds() > now, "hour {hour}");
-            assert_eq!(last.ymd(), (2026, 11, 25), "hour {hour}");
-            assert!(first < loss && loss < last);
-        }
-        assert_eq!(DayClock::starting_after(midnight + 3600).expect("room").compression_permille(), 1000);
-        assert!(DayClock::starting_after(midnight + 86_400 - 1800).is_err(), "half an hour to midnight");
+        let clock = DayClock::of_midnight(midnight);
+        let (issue, first, loss, last) =
+            (clock.at(ISSUE_AT), clock.at(DAY_START), clock.at(LOSS_AT), clock.at(DAY_END));
+        assert!(issue < first && first < loss && loss < last);
+        assert_eq!((issue.ymd(), last.ymd()), ((2026, 11, 25), (2026, 11, 25)));
+        assert_eq!(
+            clock.at(LOSS_AT).to_string(),
+            CardDateTime::new(2026, 11, 25, 12, 30, 0).expect("valid").to_string()
+        );
+        let clearing = clock.clearing_clock();
+        clock.set_clearing(LOSS_AT);
+        assert_eq!(clearing.now(), loss);
+        assert_eq!(clock.at(30 * 3600).ymd(), (2026, 11, 25), "never past the date");
     }
 }

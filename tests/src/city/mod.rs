@@ -31,7 +31,7 @@ use terminal::bus::Tap;
 use terminal::kiosk::Utility;
 use terminal::upload::{BatchDocument, UploadSummary};
 
-use self::clock::{DayClock, LOSS_AT, hhmm};
+use self::clock::{DayClock, ISSUE_AT, LOSS_AT, TOP_UPS_FROM, hhmm};
 use self::counters::{COUNTERS, CounterDesk, CounterStats};
 use self::kiosks::{KIOSKS, KioskDesk, KioskStats};
 use self::population::{Issuer, Person};
@@ -52,8 +52,6 @@ pub const PCSCD_LINE_EVERY: usize = 12;
 pub enum CityError {
     #[error("{what}: {detail}")]
     Step { what: &'static str, detail: String },
-    #[error(transparent)]
-    Clock(#[from] clock::NoRoom),
     #[error("--{option}: {reason}")]
     Option { option: &'static str, reason: String },
 }
@@ -300,8 +298,6 @@ struct Day<'a> {
     counter_stats: CounterStats,
     journeys: u64,
     rng: StdRng,
-    /// Clearing's clock (UTC unix seconds) when the kiosk hour ended.
-    kiosk_hour_end: u64,
 }
 
 /// Top-ups stay below the purse's maximum balance.
@@ -406,11 +402,7 @@ impl Day<'_> {
     /// cleared as blacklisted later), then every terminal refreshes and refuses it.
     fn lose(&mut self, lost: usize, api: &Api, uploads: &mut UploadSummary) -> Result<LossStory, CityError> {
         let person = &self.people[lost];
-        // Clearing's clock has one-second steps and lists the card from the
-        // second of the report: a second after the morning's top-ups.
-        while card_host::CardDateTime::now_utc().unix_seconds() <= self.kiosk_hour_end {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        self.clock.set_clearing(LOSS_AT);
         let answer =
             api.post_issuer(&format!("/v1/issuer/cards/{}/loss", person.serial.to_hex()), &serde_json::json!({}))?;
         let version = answer["blacklist_version"].as_i64().unwrap_or(0);
@@ -418,6 +410,7 @@ impl Day<'_> {
         let late = self.fleet.buses[route].tap(person, 3, self.clock.at(LOSS_AT + 600))?;
         self.fleet.upload_round(uploads)?;
         let kiosk = self.kiosk_for(lost);
+        self.clock.set_clearing(LOSS_AT + 2400);
         let topped_up = self.fleet.kiosks[kiosk].top_up(person, Fen(5_000), &mut self.kiosk_stats)?;
         let desk = lost % self.fleet.counters.len();
         let co_paid = self.fleet.counters[desk].visit(
@@ -472,26 +465,22 @@ pub fn run(options: &CityOptions, note: &mut dyn FnMut(&str)) -> Result<CityRepo
             .block_on(clearing::Db::connect_plain(url))
             .map_err(|error| CityError::step("connect to PostgreSQL", error))?;
     }
-    let mut clock = DayClock::start()?;
+    let clock = DayClock::today();
     let clearing = Clearing::start_on(options.postgres.as_deref());
     let directory = tempfile::tempdir().map_err(|error| CityError::step("a working directory", error))?;
     let cards_directory = directory.path().join("cards");
     let (api, tokens) = Api::new(String::new(), &mut rng);
-    let (address, server) = clearing.serve_personalising(tokens, &cards_directory);
+    let (address, server) = clearing.serve_personalising(tokens, &cards_directory, clock.clearing_clock());
     let base = format!("http://{address}");
     let api = Api { base: base.clone(), ..api };
     note(&format!(
-        "clearing on {} at {base}, in-process HSM; business day {} (local time, UTC+8){}",
+        "clearing on {} at {base}, in-process HSM; business day {} on simulated local time (UTC+8), clearing's clock following it",
         clearing.database(),
         clearing::BusinessDay::of(&clock.business_day()),
-        if clock.compression_permille() < 1000 {
-            format!(", the day compressed to {}‰ to fit the date", clock.compression_permille())
-        } else {
-            String::new()
-        }
     ));
 
     // Issuance.
+    clock.set_clearing(ISSUE_AT);
     let issuer = Issuer { api: &api, images: &cards_directory };
     let issuing = bar(options.progress, options.cards as u64, "issuing");
     let mut people = Vec::with_capacity(options.cards);
@@ -549,22 +538,22 @@ pub fn run(options: &CityOptions, note: &mut dyn FnMut(&str)) -> Result<CityRepo
         commutes: &commutes,
         riders: vec![Rider::default(); people.len()],
         fleet,
-        clock,
+        clock: clock.clone(),
         kiosk_stats: KioskStats::default(),
         counter_stats: CounterStats::default(),
         journeys: 0,
-        kiosk_hour_end: 0,
         rng: StdRng::seed_from_u64(options.seed ^ 0x5eed_c17e),
     };
-    // The kiosk hour: top-ups first, for real (clearing stamps them with its own clock).
+    // The kiosk hour, 05:00 to 06:00: each person tops up what their day may
+    // cost; clearing's clock steps through the hour (it dates each load).
     let hour = bar(options.progress, people.len() as u64, "kiosk hour");
+    let spacing = (3600 / needs.len().max(1)).max(1) as u32;
     for (person, need) in needs.iter().enumerate() {
+        day.clock.set_clearing(TOP_UPS_FROM + (person as u32).saturating_mul(spacing).min(3599));
         day.kiosk_hour(person, *need)?;
         hour.inc(1);
     }
     hour.finish_and_clear();
-    day.kiosk_hour_end = card_host::CardDateTime::now_utc().unix_seconds();
-    day.clock = DayClock::start()?;
     let mut uploads = UploadSummary::default();
     let the_day = bar(options.progress, errands.len() as u64 + 2, "the day");
     let (morning, afternoon): (Vec<Planned>, Vec<Planned>) = errands.into_iter().partition(|p| p.sim < LOSS_AT);
@@ -573,7 +562,6 @@ pub fn run(options: &CityOptions, note: &mut dyn FnMut(&str)) -> Result<CityRepo
         the_day.inc(1);
     }
     let loss = day.lose(lost, &api, &mut uploads)?;
-    clock = day.clock;
     the_day.inc(1);
     let mut torn_story = None;
     let torn_sim = 17 * 3600 + 1500;
