@@ -41,6 +41,9 @@ pub const CHUNK_RECORDS_MAX: i64 = 5_000;
 pub const LATE_UPLOAD_SECONDS_MAX: i64 = 7 * 86_400;
 /// The most chunks in one run (a bound on the loop: 5 × 10⁹ records).
 pub const CHUNKS_MAX: u64 = 1_000_000;
+/// SQLite: WAL pages between checkpoints while run-day clears (64 MiB), and SQLite's default.
+const CLEARING_WAL_CHECKPOINT_PAGES: u32 = 16_384;
+const SQLITE_WAL_CHECKPOINT_PAGES_DEFAULT: u32 = 1_000;
 /// The HSM key label that signs settlement files.
 pub const SIGNING_KEY_DEFAULT: &str = "settlement.signing";
 
@@ -402,6 +405,12 @@ async fn clear_pending(
     bar: &indicatif::ProgressBar,
 ) -> Result<(), Error> {
     let reader = db.reader().await?;
+    if db.dialect == crate::db::Dialect::Sqlite {
+        // Checkpoint the WAL every 64 MiB instead of every 4 MiB while clearing:
+        // each checkpoint syncs, and at 4 MiB one came every few chunks
+        // (200,000 records: 119k -> 129k records/s). Back to SQLite's default after.
+        sqlx::query(&format!("PRAGMA wal_autocheckpoint = {CLEARING_WAL_CHECKPOINT_PAGES}")).execute(&db.pool).await?;
+    }
     let mut number = 1;
     let mut cursor: Option<Cursor> = None;
     let mut next = prepare_chunk(&reader, hsm, options, reference, None, number).await?;
@@ -450,6 +459,9 @@ async fn clear_pending(
     if db.dialect == crate::db::Dialect::Sqlite {
         // Its own reading connection (see Db::reader).
         reader.close().await;
+        sqlx::query(&format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_CHECKPOINT_PAGES_DEFAULT}"))
+            .execute(&db.pool)
+            .await?;
     }
     Ok(())
 }
