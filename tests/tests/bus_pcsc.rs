@@ -89,25 +89,6 @@ fn bus_tap_torn_at_every_apdu_is_settled_through_the_journal_via_pcscd() {
     }
 }
 
-/// The `terminal` binary beside this test, brought up to date first (cargo
-/// builds only this package's targets for its tests).
-fn terminal_binary() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let binary = card_host_binary().with_file_name("terminal");
-    let release = binary.parent().is_some_and(|profile| profile.ends_with("release"));
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
-        command.args(["build", "--quiet", "-p", "terminal", "--bin", "terminal"]);
-        if release {
-            command.arg("--release");
-        }
-        assert!(command.status().expect("cargo build").success(), "cargo build -p terminal");
-    });
-    assert!(binary.exists(), "{} is missing", binary.display());
-    binary
-}
-
 /// A `terminal bus` process over the vpcd readers, killed when dropped.
 struct TerminalProcess(Child);
 

@@ -16,7 +16,7 @@ use card_host::vpcd::TearPoint;
 use card_host::{CardDateTime, Fen, TerminalNumber};
 use clearing::registry;
 use system_tests::clearing::{Clearing, serial_and_type};
-use system_tests::{issue_card, issue_psam};
+use system_tests::{issue_card, issue_psam, terminal_binary};
 use terminal::blacklist::Blacklist;
 use terminal::bus::{BusSettings, Tap, Validator};
 use terminal::journal::Journal;
@@ -437,29 +437,6 @@ fn a_load_whose_confirmation_could_not_reach_clearing_is_confirmed_later() {
     assert_eq!((day.cleared, day.quarantined, day.loads_fen), (1, 0, 2_000), "{day:?}");
     let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
     assert_eq!(shadow.balance_fen, 3_000);
-}
-
-/// The `terminal` binary, brought up to date first (as `bus_pcsc` does).
-fn terminal_binary() -> std::path::PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let profile = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-        .map(|directory| if directory.ends_with("deps") { directory.join("..") } else { directory })
-        .expect("the target directory");
-    let release = profile.canonicalize().is_ok_and(|profile| profile.ends_with("release"));
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = std::process::Command::new(cargo);
-        command.args(["build", "--quiet", "-p", "terminal", "--bin", "terminal"]);
-        if release {
-            command.arg("--release");
-        }
-        assert!(command.status().expect("cargo build").success(), "cargo build -p terminal");
-    });
-    let binary = profile.join("terminal");
-    assert!(binary.exists(), "{} is missing", binary.display());
-    binary
 }
 
 /// Runs `terminal MODE --config FILE` with `input` on standard input; its standard output.
