@@ -329,10 +329,16 @@ fn command_loop(mut handle: impl FnMut(&[&str]) -> anyhow::Result<Reply>) -> any
             continue;
         }
         let words: Vec<&str> = line.split_whitespace().collect();
-        match handle(&words)? {
-            Reply::Line(answer) => writeln!(out.lock(), "{answer}")?,
-            Reply::Nothing => {}
-            Reply::Quit => return Ok(()),
+        match handle(&words) {
+            Ok(Reply::Line(answer)) => writeln!(out.lock(), "{answer}")?,
+            Ok(Reply::Nothing) => {}
+            Ok(Reply::Quit) => return Ok(()),
+            // A command that failed (no card presented, a reader gone) is
+            // told and the desk stays open for the next one.
+            Err(error) => {
+                tracing::warn!("{error:#}");
+                writeln!(out.lock(), "ERROR {error:#}")?;
+            }
         }
     }
 }

@@ -294,6 +294,14 @@ fn kiosk_on_a_pn532_tops_up_and_pays_a_bill_that_clear() {
     // The last 10 transactions follow the balance: the bill and the load.
     assert!(kiosk.line().contains("#1"));
     assert!(kiosk.line().contains("#"));
+    // No card in the field: the kiosk says so and stays open for the next citizen.
+    served.remove();
+    let refused = kiosk.command("balance");
+    assert!(refused.starts_with("ERROR no card presented"), "{refused}");
+    served.insert();
+    let balance = kiosk.command("balance");
+    assert!(balance.ends_with("balance 13.80"), "the kiosk still serves: {balance}");
+    assert!(kiosk.line().contains("#1") && kiosk.line().contains("#"));
     let uploaded = kiosk.command("upload");
     assert!(uploaded.starts_with("uploaded 1 records"), "{uploaded}");
     kiosk.command_quit();
