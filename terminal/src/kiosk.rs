@@ -236,6 +236,21 @@ impl Kiosk {
         }
     }
 
+    /// Tells clearing a load never reached the card (POST /v1/topups/void), so
+    /// its authorisation no longer holds the card's online counter. Best effort:
+    /// a failure is logged (clearing keeps the authorisation, which a retry of
+    /// the same top-up gets again).
+    fn void_at_clearing(&self, row: &LoadRow) {
+        let void = crate::upload::TopupVoid {
+            card_serial: row.entry.card.to_hex(),
+            online_counter: row.entry.online_counter,
+            date_time: hex::encode(row.entry.at.to_bytes()),
+        };
+        if let Err(error) = self.client.void_load(&void) {
+            tracing::warn!(id = row.id, card = %row.entry.card.masked(), %error, "clearing did not take the void");
+        }
+    }
+
     /// Confirms every completed load clearing has not taken; how many it took.
     pub fn confirm_pending(&self) -> Result<u64, KioskError> {
         let mut confirmed = 0;
@@ -261,6 +276,7 @@ impl Kiosk {
                 None => {
                     let row = intent.void(&self.journal)?;
                     tracing::info!(id = row.id, card = %card.masked(), "load never reached the card; voided");
+                    self.void_at_clearing(&row);
                     settled.push(Settled::Voided(row));
                 }
             }

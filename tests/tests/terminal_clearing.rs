@@ -242,6 +242,15 @@ fn kiosk_top_up_torn_at_every_apdu_then_a_bill_agree_with_card_journal_and_clear
         assert!(completed.iter().all(|row| row.confirmed), "{what}: every load confirmed");
         let confirmed = clearing.count("SELECT COUNT(*) FROM topups WHERE state = 'confirmed'");
         assert_eq!(confirmed, i64::try_from(completed.len()).expect("small"), "{what}: clearing has each load once");
+        // A load the card never got is voided at clearing too (its counter free for the next top-up).
+        if let Some(last) = loads.iter().max_by_key(|row| row.id).filter(|row| row.tac.is_none()) {
+            let voided = clearing.count(&format!(
+                "SELECT COUNT(*) FROM topups WHERE card_serial = '{}' AND online_counter = {} AND state = 'voided'",
+                last.entry.card.to_hex(),
+                last.entry.online_counter
+            ));
+            assert_eq!(voided, 1, "{what}: clearing voided the load the card never got");
+        }
     };
     for point in [TearPoint::BeforeCommand, TearPoint::AfterCommand] {
         for apdu in 1.. {
