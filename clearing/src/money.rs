@@ -1,4 +1,4 @@
-//! Money in clearing: amounts arrive from cards as integer fen ([`Fen`]) and are
+//! Money in clearing: amounts arrive from cards as integer fen ([`Fen`](card_host::model::Fen)) and are
 //! stored as integer fen; arithmetic that can produce fractions of a fen (fees)
 //! is done in [`rust_decimal::Decimal`] and rounded by one stated rule:
 //!
