@@ -329,3 +329,20 @@ pub mod bench {
         })
     }
 }
+
+/// The cards' images and the terminal's journal agree: every intent settled,
+/// one completed row per card debit, the same money. Returns the journal's counts.
+pub fn assert_cards_agree_with_journal(
+    cards: &[&Path],
+    journal: &terminal::journal::Journal,
+) -> terminal::journal::Counts {
+    let counts = journal.counts().expect("journal counts");
+    assert_eq!(counts.intents, 0, "every intent settled");
+    let images: Vec<card_host::card::CardImage> =
+        cards.iter().map(|path| card_host::storage::load(path).expect("card image")).collect();
+    let debits: u64 = images.iter().map(|image| u64::from(image.purse.offline_counter)).sum();
+    let spent: u64 = images.iter().map(|image| image.purse.spent_total).sum();
+    assert_eq!(debits, counts.completed, "one journal row per card debit");
+    assert_eq!(spent, counts.completed_fen, "the money matches");
+    counts
+}

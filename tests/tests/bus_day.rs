@@ -18,7 +18,7 @@ use card_host::vpcd::{Control, SLOT0_PORT};
 use card_host::{ApplicationSerial, CardDateTime, Fen, SmartCard, TerminalNumber};
 use clearing::registry;
 use system_tests::clearing::Clearing;
-use system_tests::{Rig, ServedCard, card_reader, master_keys, wait_for_reader};
+use system_tests::{Rig, ServedCard, assert_cards_agree_with_journal, card_reader, master_keys, wait_for_reader};
 use terminal::CardSession;
 use terminal::blacklist::Blacklist;
 use terminal::bus::{Boarding, BusSettings, Refusal, Tap, Validator};
@@ -277,16 +277,6 @@ fn a_day_on_a_bus_route_through_pcscd_clears_with_no_quarantine() {
     );
 }
 
-/// The card and the journal agree: one completed row per card debit, the same money.
-fn assert_card_agrees(card: &Path, journal: &Journal) -> u64 {
-    let image = image(card);
-    let counts = journal.counts().expect("counts");
-    assert_eq!(counts.intents, 0, "every intent settled");
-    assert_eq!(u64::from(image.purse.offline_counter), counts.completed, "one journal row per card debit");
-    assert_eq!(image.purse.spent_total, counts.completed_fen, "the money matches");
-    counts.completed
-}
-
 /// The PSAM leaves its reader (slot 1, through pcscd) in the middle of a tap,
 /// at INIT SAM FOR PURCHASE and at CREDIT SAM FOR PURCHASE, before and after
 /// the PSAM acts, and comes back: the validator reconnects to it and opens the
@@ -356,7 +346,7 @@ fn psam_reader_fault_mid_tap_reconnects_and_never_charges_twice() {
             expected -= 200;
         }
         assert_eq!(image(&card).purse.balance, Fen(expected), "PSAM torn at APDU {apdu} {point:?}: charged once");
-        assert_eq!(assert_card_agrees(&card, validator.journal()), minute);
+        assert_eq!(assert_cards_agree_with_journal(&[&card], validator.journal()).completed, minute);
     }
 
     // The PSAM taken out and put back between two taps: the next tap reconnects
@@ -370,7 +360,7 @@ fn psam_reader_fault_mid_tap_reconnects_and_never_charges_twice() {
     assert!(matches!(tap, Tap::Paid { .. }), "after the PSAM came back: {tap}");
     expected -= 200;
     assert_eq!(image(&card).purse.balance, Fen(expected));
-    assert_eq!(assert_card_agrees(&card, validator.journal()), minute);
+    assert_eq!(assert_cards_agree_with_journal(&[&card], validator.journal()).completed, minute);
 }
 
 /// A running `terminal bus` process (PC/SC readers): the PSAM taken out and

@@ -33,16 +33,6 @@ fn at(seconds_after_eight: u64) -> CardDateTime {
     CardDateTime::from_unix_seconds(base + seconds_after_eight).expect("valid")
 }
 
-/// The card and the journal agree: one completed row per card debit, the same money.
-fn assert_agree(card_image: &Path, journal: &Journal) -> u64 {
-    let image: card_host::card::CardImage = card_host::storage::load(card_image).expect("card image");
-    let counts = journal.counts().expect("counts");
-    assert_eq!(counts.intents, 0, "every intent settled");
-    assert_eq!(u64::from(image.purse.offline_counter), counts.completed, "one journal row per card debit");
-    assert_eq!(image.purse.spent_total, counts.completed_fen, "the money matches");
-    counts.completed
-}
-
 #[test]
 fn bus_tap_torn_at_every_apdu_is_settled_through_the_journal_via_pcscd() {
     let mut rig = Rig::new(TERMINAL);
@@ -84,7 +74,7 @@ fn bus_tap_torn_at_every_apdu_is_settled_through_the_journal_via_pcscd() {
             expected = Fen(expected.0 - FARE.0);
             let image: card_host::card::CardImage = card_host::storage::load(&card_path).expect("image");
             assert_eq!(image.purse.balance, expected, "torn at APDU {apdu} {point:?}: charged exactly once");
-            assert_eq!(assert_agree(&card_path, validator.journal()), minute);
+            assert_eq!(assert_cards_agree_with_journal(&[&card_path], validator.journal()).completed, minute);
         }
     }
 }
@@ -156,7 +146,11 @@ fn terminal_process_crashed_mid_purchase_then_restarted_via_pcscd() {
         assert!(output.starts_with(after_restart), "{point}: {output}");
         rig.stop_card();
         let journal = Journal::open(&journal_path).expect("journal");
-        assert_eq!(assert_agree(&card_path, &journal), 1, "{point}: charged exactly once");
+        assert_eq!(
+            assert_cards_agree_with_journal(&[&card_path], &journal).completed,
+            1,
+            "{point}: charged exactly once"
+        );
         let image = CitizenCard::open(&card_path).expect("image");
         assert_eq!(image.image().purse.balance, Fen(START.0 - FARE.0));
         total_debits += 1;
@@ -203,7 +197,7 @@ fn terminal_process_killed_at_random_moments_via_pcscd() {
     assert!(clean, "{output}");
     rig.stop_card();
     let journal = Journal::open(&journal_path).expect("journal");
-    let debits = assert_agree(&card_path, &journal);
+    let debits = assert_cards_agree_with_journal(&[&card_path], &journal).completed;
     println!(
         "seed {seed:#x}: {debits} debits after {KILL_TRIALS} kills, {left_open} left an intent open; last tap: {}",
         output.trim()
