@@ -73,6 +73,10 @@ fn every_field_mutated_is_kept_or_refused_by_name() {
         let mut extra = map.clone();
         extra.insert("x".repeat(100), json!(1));
         fuzzing::http_bodies(Value::Object(extra).to_string().as_bytes());
+        // An empty field name (found by the fuzzer: it was refused naming the field "").
+        let mut empty = map.clone();
+        empty.insert(String::new(), json!(1));
+        fuzzing::http_bodies(Value::Object(empty).to_string().as_bytes());
         // Every prefix of the bytes (cut JSON).
         let bytes = Value::Object(map).to_string().into_bytes();
         for end in 0..bytes.len() {

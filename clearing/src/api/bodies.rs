@@ -43,6 +43,9 @@ pub(crate) fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>
         return Err(ApiError::field("body", "must be a JSON object"));
     };
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        if unknown.is_empty() {
+            return Err(ApiError::field("body", "a field with an empty name"));
+        }
         let name: String = unknown.chars().take(40).collect();
         return Err(ApiError::field(&name, "unknown field"));
     }
