@@ -174,6 +174,15 @@ impl Clearing {
         self.runtime.block_on(sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.db.pool)).expect("count")
     }
 
+    /// Clearing's shadow account of each card equals its image's balance.
+    pub fn assert_shadows_match(&self, cards: &[&std::path::Path]) {
+        for path in cards {
+            let image: card_host::card::CardImage = card_host::storage::load(path).expect("card image");
+            let shadow = self.runtime.block_on(registry::shadow(&self.db, &image.serial)).expect("shadow");
+            assert_eq!(shadow.balance_fen, i64::from(image.purse.balance.0), "card {}", image.serial.masked());
+        }
+    }
+
     pub fn run_day(&self, at: &CardDateTime) -> clearing::DaySummary {
         let options = clearing::RunOptions::new(clearing::BusinessDay::of(at), self.out.path());
         let (summary, _) = self.runtime.block_on(clearing::run_day(&self.db, &self.hsm, &options)).expect("run-day");

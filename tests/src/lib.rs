@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod city;
 pub mod clearing;
+pub mod terminal_process;
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -8,20 +8,17 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use card_host::card::CardImage;
 use card_host::pn532::{Pty, frame::FRAME_LENGTH_MAX};
 use card_host::{CardDateTime, Fen, TerminalNumber};
-use clearing::registry;
 use system_tests::clearing::Clearing;
-use system_tests::{
-    Rig, assert_cards_agree_with_journal, card_host_binary, issue_card, issue_psam, psam_reader, terminal_binary,
-};
+use system_tests::terminal_process::TerminalProcess;
+use system_tests::{Rig, assert_cards_agree_with_journal, card_host_binary, issue_card, issue_psam, psam_reader};
 use terminal::journal::Journal;
 use terminal::reader::InProcess;
 
@@ -30,9 +27,6 @@ const SHOP: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x02]
 const HOSPITAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x03]);
 /// Clearing's local time (the terminals' default too): the business day of now.
 const LOCAL_OFFSET_MINUTES: i32 = clearing::api::UTC_OFFSET_MINUTES_DEFAULT;
-/// How long a test waits for a line from a terminal process.
-const LINE_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// A `card-host serve --card FILE --pn532 LINK` process: an emulated PN532 with
 /// the card in its field on a pty linked at LINK. Stopped with SIGTERM (the
 /// emulator removes the link) when dropped.
@@ -89,78 +83,6 @@ impl Drop for Pn532Card {
     }
 }
 
-/// A `terminal MODE --config FILE` process; its standard output line by line.
-struct TerminalProcess {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl TerminalProcess {
-    fn start(args: &[&str], config: &Path) -> TerminalProcess {
-        let mut child = Command::new(terminal_binary())
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("terminal");
-        let lines = read_lines(child.stdout.take().expect("stdout"));
-        TerminalProcess { child, lines }
-    }
-
-    fn line(&self) -> String {
-        match self.lines.recv_timeout(LINE_TIMEOUT) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => panic!("no line from the terminal within {LINE_TIMEOUT:?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("the terminal closed its output"),
-        }
-    }
-
-    /// Sends a command and returns the first line of its answer.
-    fn command(&mut self, command: &str) -> String {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{command}").expect("write");
-        stdin.flush().expect("flush");
-        self.line()
-    }
-
-    /// Waits for the process to exit by itself; whether it succeeded.
-    fn finish(mut self) -> bool {
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the terminal did not exit");
-    }
-}
-
-impl Drop for TerminalProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_lines(stdout: ChildStdout) -> Receiver<String> {
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
-}
-
 fn image(path: &Path) -> CardImage {
     card_host::storage::load(path).expect("card image")
 }
@@ -168,15 +90,6 @@ fn image(path: &Path) -> CardImage {
 /// The terminal's journal in the test's directory.
 fn journal_of(directory: &Path) -> Journal {
     Journal::open(&directory.join("journal.sqlite")).expect("journal")
-}
-
-/// Clearing's shadow account of each card equals its image's balance.
-fn assert_shadows_match(clearing: &Clearing, cards: &[&Path]) {
-    for path in cards {
-        let image = image(path);
-        let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &image.serial)).expect("shadow");
-        assert_eq!(shadow.balance_fen, i64::from(image.purse.balance.0), "card {}", image.serial.masked());
-    }
 }
 
 fn fixture(path: &str) -> PathBuf {
@@ -248,7 +161,7 @@ fn bus_validator_on_a_pn532_taps_uploads_and_clears() {
     let day = clearing.run_day(&CardDateTime::now_at_offset(LOCAL_OFFSET_MINUTES));
     assert_eq!((day.records, day.cleared, day.quarantined), (3, 3, 0), "{day:?}");
     assert_eq!(day.purchases_fen, 300);
-    assert_shadows_match(&clearing, &paths);
+    clearing.assert_shadows_match(&paths);
 }
 
 /// `terminal kiosk` with the card on a PN532 and the PSAM in vpcd's slot 1
@@ -325,16 +238,7 @@ fn kiosk_on_a_pn532_tops_up_and_pays_a_bill_that_clear() {
     assert_eq!(clearing.count("SELECT COUNT(*) FROM topups WHERE state = 'confirmed'"), 1);
     let day = clearing.run_day(&CardDateTime::now_at_offset(LOCAL_OFFSET_MINUTES));
     assert_eq!((day.cleared, day.quarantined, day.loads_fen, day.purchases_fen), (2, 0, 500, 120), "{day:?}");
-    assert_shadows_match(&clearing, &[&card_path]);
-}
-
-impl TerminalProcess {
-    /// `quit`, and the process ends cleanly.
-    fn command_quit(mut self) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "quit").expect("write");
-        assert!(self.finish(), "the terminal exits cleanly after quit");
-    }
+    clearing.assert_shadows_match(&[&card_path]);
 }
 
 /// `terminal counter` with the card on a PN532, the PSAM in-process: a wrong
@@ -383,7 +287,7 @@ fn counter_on_a_pn532_reads_the_patient_and_takes_a_co_payment() {
     assert_eq!(assert_cards_agree_with_journal(&[&card_path], &journal_of(directory.path())).completed_fen, 1_550);
     let day = clearing.run_day(&CardDateTime::now_at_offset(LOCAL_OFFSET_MINUTES));
     assert_eq!((day.cleared, day.quarantined, day.purchases_fen), (1, 0, 1_550), "{day:?}");
-    assert_shadows_match(&clearing, &[&card_path]);
+    clearing.assert_shadows_match(&[&card_path]);
 }
 
 /// Bytes a [`NoisyProxy`] put on the line.
