@@ -347,3 +347,42 @@ pub fn assert_cards_agree_with_journal(
     assert_eq!(spent, counts.completed_fen, "the money matches");
     counts
 }
+
+/// Stops pcscd (the process `pgrep -x pcscd` names, by its id) and starts it
+/// again, as an upgrade or an operator would; returns when pcscd lists the vpcd
+/// reader again. Served cards reconnect to vpcd by themselves (wait for their
+/// [`Control::insertions`] to move). The caller holds the [`ReaderLock`]: other
+/// tests must not see pcscd away. If this fails half-way pcscd is started anyway.
+pub fn restart_pcscd() {
+    /// Starts pcscd again if it is not back when dropped (a panic half-way).
+    struct StartAgain;
+    impl Drop for StartAgain {
+        fn drop(&mut self) {
+            if !vpcd_available() {
+                let _ = std::process::Command::new("pcscd").status();
+            }
+        }
+    }
+    let _start_again = StartAgain;
+    let running = || {
+        let output = std::process::Command::new("pgrep").args(["-x", "pcscd"]).output().expect("pgrep runs");
+        String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let pids = running();
+    assert!(!pids.is_empty(), "pcscd was running");
+    for pid in &pids {
+        let stopped = std::process::Command::new("kill").arg(pid).status().expect("kill runs");
+        assert!(stopped.success(), "pcscd {pid} stopped");
+    }
+    let deadline = std::time::Instant::now() + READER_TIMEOUT;
+    while !running().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "pcscd did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::process::Command::new("pcscd").status().expect("pcscd starts").success());
+    let deadline = std::time::Instant::now() + READER_TIMEOUT;
+    while !vpcd_available() {
+        assert!(std::time::Instant::now() < deadline, "the restarted pcscd does not list the vpcd reader");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
