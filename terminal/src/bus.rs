@@ -367,12 +367,11 @@ impl Validator {
             }
             Err(TransactionError::Card(error)) => Err(card_failure(card, &error)),
             Err(TransactionError::Torn { .. }) => Ok(Tap::PresentAgain { card }),
-            Err(TransactionError::Mac2Rejected { completed, source: source @ CardError::Reader(_) }) => {
+            Err(TransactionError::Mac2Unchecked { completed, source }) => {
                 // The card debited and the journal holds it, but the PSAM's
                 // reader failed before it checked MAC2 (clearing checks the
-                // TAC). Not let through now; remembered, so the rider's next tap
-                // is ALREADY PAID and never charged again.
-                tracing::warn!(card = %serial.masked(), id = completed.id, %source, "MAC2 not checked: PSAM reader failed");
+                // TAC; the warning is logged). Not let through now; remembered,
+                // so the rider's next tap is ALREADY PAID and never charged again.
                 self.remember(&completed, &now);
                 Ok(Tap::Refused {
                     card,

@@ -652,11 +652,12 @@ impl Worker {
                 });
                 let (message, receipt) = match outcome {
                     Ok(Ok(paid)) => (bill_paid(&paid, false), Some(self.bill_receipt(&paid))),
-                    Ok(Err(Failed::Kiosk(KioskError::Purchase(TransactionError::Mac2Rejected {
-                        completed, ..
-                    })))) => {
+                    Ok(Err(Failed::Kiosk(KioskError::Purchase(
+                        TransactionError::Mac2Rejected { completed, .. }
+                        | TransactionError::Mac2Unchecked { completed, .. },
+                    )))) => {
                         // The card debited (its TAC goes to clearing): the bill is paid.
-                        tracing::warn!(id = completed.id, "the PSAM rejected the card's MAC2 of a bill");
+                        tracing::warn!(id = completed.id, "the card's MAC2 of a bill was not accepted by the PSAM");
                         (bill_paid(&completed, false), Some(self.bill_receipt(&completed)))
                     }
                     Ok(Err(Failed::Kiosk(error))) => (self.failed(Operation::Bill, &error), None),

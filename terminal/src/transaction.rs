@@ -12,6 +12,7 @@ use card_host::responses::TransactionRecord;
 use crate::journal::{Completed, Entry, Intent, Journal, JournalError, Resolution, Voided};
 use crate::psam::PsamSession;
 use crate::purse::{PurchaseRequest, Purse};
+use crate::reader::ReaderError;
 use crate::session::CardError;
 
 /// Unresolved intents one presentation of a card settles at most.
@@ -74,14 +75,43 @@ pub enum TransactionError {
         #[source]
         source: CardError,
     },
-    /// The card debited but the PSAM rejected its MAC2: the debit is journaled
-    /// (clearing checks the TAC) but the terminal should not let the rider through.
+    /// The card debited but the PSAM rejected its MAC2 (a status word: a forged
+    /// or damaged card): the debit is journaled (clearing checks the TAC) but
+    /// the terminal should not let the rider through.
     #[error("the PSAM rejected the card's MAC2 (journal row {})", completed.id)]
     Mac2Rejected {
         completed: Box<Completed>,
         #[source]
         source: CardError,
     },
+    /// The card debited but the PSAM's reader failed before the PSAM answered
+    /// CREDIT SAM FOR PURCHASE (which is never sent twice): the MAC2 was not
+    /// checked. The debit is journaled (clearing checks the TAC); the terminal
+    /// decides whether the rider is let through.
+    #[error("MAC2 not checked: the PSAM's reader failed (journal row {})", completed.id)]
+    Mac2Unchecked {
+        completed: Box<Completed>,
+        #[source]
+        source: ReaderError,
+    },
+}
+
+/// Why the PSAM did not accept a debited card's MAC2: its reader failed (no
+/// answer: a fault of the terminal, logged as a warning naming the reader
+/// fault) or the PSAM answered with a status word (a MAC2 it rejects: an
+/// error). Logs it and returns the matching [`TransactionError`].
+fn mac2_not_accepted(completed: Completed, error: CardError) -> TransactionError {
+    let (card, id) = (completed.entry.card.masked(), completed.id);
+    match error {
+        CardError::Reader(source) => {
+            tracing::warn!(card = %card, id, reader_fault = %source, "MAC2 not checked: the PSAM's reader failed");
+            TransactionError::Mac2Unchecked { completed: Box::new(completed), source }
+        }
+        source => {
+            tracing::error!(card = %card, id, error = %source, "PSAM rejected MAC2");
+            TransactionError::Mac2Rejected { completed: Box::new(completed), source }
+        }
+    }
 }
 
 /// Where the purchase happens, for the journal.
@@ -149,9 +179,8 @@ pub fn purchase_for(
     assert_eq!(receipt.balance_before, intent.entry().balance_before);
     let completed = intent.complete(journal, receipt.tac, receipt.mac2, Resolution::Answer)?;
     crash_at(FailPoint::AfterComplete);
-    if let Err(source) = debited.verify(psam) {
-        tracing::error!(card = %card.masked(), id = completed.id, error = %source, "PSAM rejected MAC2");
-        return Err(TransactionError::Mac2Rejected { completed: Box::new(completed), source });
+    if let Err(error) = debited.verify(psam) {
+        return Err(mac2_not_accepted(completed, error));
     }
     Ok(completed)
 }
@@ -209,4 +238,58 @@ pub fn recover_card(purse: &mut Purse<'_>, journal: &Journal) -> Result<Vec<Reco
         settled.push(recover(purse, journal, intent)?);
     }
     Ok(settled)
+}
+
+#[cfg(test)]
+mod tests {
+    use card_host::status::StatusWord;
+    use card_host::{ApplicationSerial, CardDateTime, Fen, TerminalNumber, TransactionType};
+
+    use super::*;
+
+    fn completed() -> Completed {
+        Completed {
+            id: 7,
+            entry: Entry {
+                card: ApplicationSerial::parse_hex("3100000000010001").expect("serial"),
+                offline_counter: 3,
+                kind: TransactionType::CompoundPurchase,
+                amount: Fen(200),
+                balance_before: Fen(5_000),
+                terminal: TerminalNumber([0x31, 0, 0, 0, 0x09, 0x01]),
+                terminal_serial: 12,
+                at: CardDateTime::new(2026, 11, 25, 8, 0, 0).expect("valid"),
+                route: Some(42),
+                station: Some(1),
+                card_type: 0,
+                reference: None,
+            },
+            tac: [1; 4],
+            mac2: [2; 4],
+            resolution: Resolution::Answer,
+        }
+    }
+
+    #[test]
+    fn a_psam_reader_fault_is_an_unchecked_mac2_not_a_rejection() {
+        for fault in [ReaderError::CardRemoved, ReaderError::CardReset, ReaderError::Pcsc(::pcsc::Error::NoService)] {
+            let shown = fault.to_string();
+            let error = mac2_not_accepted(completed(), CardError::Reader(fault));
+            assert!(error.to_string().starts_with("MAC2 not checked: the PSAM's reader failed"), "{error}");
+            let TransactionError::Mac2Unchecked { completed, source } = error else { panic!("{shown}: {error:?}") };
+            assert_eq!((completed.id, source.to_string()), (7, shown), "the reader fault is kept");
+        }
+    }
+
+    #[test]
+    fn a_status_word_from_the_psam_is_a_rejected_mac2() {
+        let refused = CardError::Refused { command: "CREDIT SAM FOR PURCHASE", status: StatusWord::MacInvalid };
+        match mac2_not_accepted(completed(), refused) {
+            TransactionError::Mac2Rejected { completed, source } => {
+                assert_eq!(completed.id, 7);
+                assert_eq!(source.status(), Some(StatusWord::MacInvalid));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
