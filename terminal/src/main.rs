@@ -16,8 +16,8 @@ use terminal::bus::Validator;
 use terminal::config::{Config, PsamSource, ReaderConfig};
 use terminal::journal::Journal;
 use terminal::psam::PsamSession;
-use terminal::reader::pcsc::{PcscReaders, PcscSlot, PcscStation};
-use terminal::reader::{CardStation, InProcess, Pn532Device};
+use terminal::reader::pcsc::{PcscSlot, PcscStation};
+use terminal::reader::{CardStation, InProcess, Pn532Device, ReaderOutage};
 use terminal::tariff::Tariff;
 
 /// How long the validator waits for the PSAM at start.
@@ -88,15 +88,12 @@ fn main() -> anyhow::Result<()> {
 
 /// Where the kiosk's card is.
 enum KioskCards {
-    Pcsc {
-        readers: PcscReaders,
-        card: String,
-    },
     InProcess {
         readers: Vec<InProcess<CitizenCard>>,
         current: usize,
     },
-    /// A reader module (PN532) where cards are presented.
+    /// A reader where cards are presented: PC/SC (a new context after pcscd
+    /// restarted) or a PN532 module (opened again after its line failed).
     Station(Box<dyn CardStation>),
 }
 
@@ -104,12 +101,6 @@ impl KioskCards {
     /// Runs `operation` on the card now presented.
     fn with_card<T>(&mut self, operation: impl FnOnce(&mut dyn terminal::reader::Channel) -> T) -> anyhow::Result<T> {
         match self {
-            KioskCards::Pcsc { readers, card } => {
-                let mut channel = readers.connect(card, CARD_POLL).context("no card presented")?;
-                let result = operation(&mut channel);
-                channel.disconnect();
-                Ok(result)
-            }
             KioskCards::InProcess { readers, current } => {
                 let reader = readers.get_mut(*current).context("no such card")?;
                 Ok(operation(reader))
@@ -236,7 +227,6 @@ fn run_kiosk_screen(
     let screen = Screen::bind(screen.address()?, kiosk, settings, Box::new(move || clock.now()))?;
     let handle = screen.handle();
     let (mut station, in_process): (Box<dyn CardStation>, _) = match cards {
-        KioskCards::Pcsc { card, .. } => (Box::new(PcscStation::new(&card)), None),
         KioskCards::Station(station) => (station, None),
         KioskCards::InProcess { readers, .. } => {
             let slot = InProcessSlot::new(readers, None);
@@ -347,9 +337,8 @@ fn command_loop(mut handle: impl FnMut(&[&str]) -> anyhow::Result<Reply>) -> any
 fn open_readers(config: &Config) -> anyhow::Result<(KioskCards, Box<dyn terminal::reader::Channel>)> {
     Ok(match &config.reader {
         ReaderConfig::Pcsc { card, psam } => {
-            let readers = PcscReaders::establish().context("PC/SC")?;
             let psam_channel = PcscSlot::connect(psam, PSAM_WAIT).with_context(|| format!("PSAM in {psam:?}"))?;
-            (KioskCards::Pcsc { readers, card: card.clone() }, Box::new(psam_channel))
+            (KioskCards::Station(Box::new(PcscStation::new(card))), Box::new(psam_channel))
         }
         ReaderConfig::Pn532 { device, .. } => {
             (KioskCards::Station(Box::new(Pn532Device::new(device))), open_psam(config)?)
@@ -405,6 +394,7 @@ fn tap_loop(
     let mut done = 0u64;
     let more = |done: u64| taps.is_none_or(|limit| done < limit);
     let mut flagged_at = std::time::Instant::now();
+    let mut outage = ReaderOutage::default();
     while more(done) {
         blacklist.refresh(validator);
         if flagged_at.elapsed() >= FLAG_INTERVAL {
@@ -415,24 +405,31 @@ fn tap_loop(
         }
         let validator = &*validator;
         match terminal::reader::with_card(station, CARD_POLL, |card| validator.tap(card, psam, config.now())) {
-            Ok(None) => continue,
+            Ok(None) => {
+                outage.succeeded();
+                continue;
+            }
             Ok(Some(tap)) => {
+                outage.succeeded();
                 writeln!(out.lock(), "{tap}")?;
                 done += 1;
             }
             Err(error) => {
-                tracing::warn!(%error, "card reader; trying again");
+                outage.failed(&error);
                 std::thread::sleep(READER_RETRY);
                 continue;
             }
         }
-        // One presentation, one tap: wait until the card has left.
+        // One presentation, one tap: wait until the card has left. A reader
+        // that fails meanwhile (pcscd restarted) is waited on by `with_card`;
+        // a card still lying there then is read again, and the dedup window
+        // lets it through as already paid.
         while more(done) {
             match station.wait_empty(CARD_POLL) {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(error) => {
-                    tracing::warn!(%error, "card reader while waiting for the card to leave");
+                    outage.failed(&error);
                     break;
                 }
             }

@@ -103,3 +103,45 @@ fn a_running_validator_rides_out_a_pcscd_restart() {
     assert_eq!(counts.completed, 4, "four debits");
     println!("5 taps across a pcscd restart in {:?}", started.elapsed());
 }
+
+/// The hospital counter (`terminal counter`, commands on standard input) keeps
+/// its readers across a pcscd restart too: the first command after it reads the
+/// card (a new PC/SC context at once, not an error), and a co-payment opens the
+/// PSAM session again. Each visit's co-payment is charged once.
+#[test]
+fn a_running_counter_rides_out_a_pcscd_restart() {
+    const HOSPITAL: TerminalNumber = TerminalNumber([0x31, 0x00, 0x00, 0x00, 0x09, 0x03]);
+    let mut rig = Rig::new(HOSPITAL);
+    let card = rig.serve_card(0, OPENING);
+    let journal_path = rig.directory.path().join("journal.sqlite");
+    let config = rig.directory.path().join("counter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[counter]\nhospital = \"310000000903\"\ndepartment = 12\n[journal]\npath = {journal_path:?}\n\
+             [reader]\nkind = \"pcsc\"\ncard = {:?}\npsam = {:?}\n",
+            card_reader(),
+            psam_reader(),
+        ),
+    )
+    .expect("config");
+    let mut counter = TerminalProcess::start(&["counter"], &config);
+    let visit = counter.command("visit 123456 1 1550");
+    assert!(visit.ends_with("co-payment 15.50"), "{visit}");
+
+    let (psam_before, card_before) = (rig.psam().control().insertions(), rig.card().control().insertions());
+    restart_pcscd();
+    wait_reinserted(rig.psam().control(), psam_before, "PSAM");
+    wait_reinserted(rig.card().control(), card_before, "card");
+    let patient = counter.command("patient 123456");
+    assert!(patient.contains("patient P31000000001") && patient.contains("1 earlier visits"), "{patient}");
+    let visit = counter.command("visit 123456 1 1550");
+    assert!(visit.ends_with("co-payment 15.50"), "{visit}");
+    counter.command_quit();
+
+    rig.stop_card();
+    let purse = image(&card).purse;
+    assert_eq!((purse.offline_counter, purse.balance), (2, Fen(OPENING.0 - 2 * 1_550)), "two co-payments, once each");
+    let journal = Journal::open(&journal_path).expect("journal");
+    assert_eq!(assert_cards_agree_with_journal(&[&card], &journal).completed, 2);
+}

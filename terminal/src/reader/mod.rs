@@ -44,20 +44,47 @@ pub enum ReaderError {
     #[error("reader {0:?} not found")]
     UnknownReader(String),
     #[error("the card's answer is not a response APDU: {0}")]
-    Malformed(#[from] card_host::apdu::ApduError),
+    Malformed(card_host::apdu::ApduError),
     #[error("chained response exceeds {GET_RESPONSE_ROUNDS_MAX} rounds or {CHAINED_RESPONSE_MAX} bytes")]
     ChainTooLong,
     #[error("PC/SC: {0}")]
-    Pcsc(#[from] ::pcsc::Error),
+    Pcsc(::pcsc::Error),
     /// More than one card answered in a contactless reader's field: nothing is
     /// done with either; the rider must present one card only.
     #[error("{0} cards in the field: present one card only")]
     SeveralCards(u8),
     /// The serial line to a reader module failed.
     #[error("serial line: {0}")]
-    Serial(#[from] std::io::Error),
+    Serial(std::io::Error),
     #[error("PN532: {0}")]
-    Pn532(#[from] pn532::Pn532Error),
+    Pn532(pn532::Pn532Error),
+}
+
+// The causes above are told in the message and are not `source()`s, so that
+// an error chain printed whole (`{:#}`, an operator's ERROR line) names each
+// once.
+impl From<card_host::apdu::ApduError> for ReaderError {
+    fn from(error: card_host::apdu::ApduError) -> Self {
+        ReaderError::Malformed(error)
+    }
+}
+
+impl From<::pcsc::Error> for ReaderError {
+    fn from(error: ::pcsc::Error) -> Self {
+        ReaderError::Pcsc(error)
+    }
+}
+
+impl From<std::io::Error> for ReaderError {
+    fn from(error: std::io::Error) -> Self {
+        ReaderError::Serial(error)
+    }
+}
+
+impl From<pn532::Pn532Error> for ReaderError {
+    fn from(error: pn532::Pn532Error) -> Self {
+        ReaderError::Pn532(error)
+    }
 }
 
 /// One card in one reader: carries a command APDU's bytes to the card and its
@@ -103,6 +130,52 @@ pub fn with_card<T>(
         }
     })?;
     Ok(result)
+}
+
+/// How often a reader that keeps failing is told again in the log.
+pub const OUTAGE_REMINDER: Duration = Duration::from_secs(60);
+
+/// A reader outage told in the log when it begins, every [`OUTAGE_REMINDER`]
+/// while it lasts and when it ends, not at every retry: a validator whose
+/// pcscd is away for an hour tries again every 200 ms, and would otherwise
+/// write 18,000 warnings.
+#[derive(Debug, Default)]
+pub struct ReaderOutage {
+    /// When the outage began and when it was last told.
+    began: Option<(std::time::Instant, std::time::Instant)>,
+    failures: u64,
+}
+
+impl ReaderOutage {
+    /// A call on the reader failed.
+    pub fn failed(&mut self, error: &ReaderError) {
+        let now = std::time::Instant::now();
+        self.failures += 1;
+        match &mut self.began {
+            None => {
+                self.began = Some((now, now));
+                tracing::warn!(%error, "card reader failed; trying again until it is back");
+            }
+            Some((began, told)) if now.duration_since(*told) >= OUTAGE_REMINDER => {
+                *told = now;
+                tracing::warn!(%error, failures = self.failures, since = ?now.duration_since(*began), "card reader still failing");
+            }
+            Some(_) => tracing::debug!(%error, failures = self.failures, "card reader still failing"),
+        }
+    }
+
+    /// A call on the reader succeeded: an outage, if there was one, is over.
+    pub fn succeeded(&mut self) {
+        if let Some((began, _)) = self.began.take() {
+            tracing::info!(after = ?began.elapsed(), failures = self.failures, "card reader back");
+        }
+        self.failures = 0;
+    }
+
+    /// The calls failed in a row so far (0: the reader works).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
 }
 
 /// Whether [`exchange`] follows `61xx` and `6Cxx` by itself.
@@ -206,6 +279,27 @@ mod tests {
         let options = ExchangeOptions { get_response: false, resend_on_wrong_le: false };
         let response = exchange(&mut card, &Command::new(0, 0xB0, 0, 0).expect(16), options).expect("answer");
         assert_eq!(response.status(), StatusWord::BytesAvailable(0x10));
+    }
+
+    #[test]
+    fn a_pcsc_error_is_named_once_in_a_whole_chain() {
+        let error = anyhow::Error::from(crate::session::CardError::Reader(ReaderError::Pcsc(::pcsc::Error::NoService)))
+            .context("no card presented");
+        let shown = format!("{error:#}");
+        assert_eq!(shown.matches("resource manager is not running").count(), 1, "{shown}");
+    }
+
+    #[test]
+    fn an_outage_counts_failures_until_the_reader_is_back() {
+        let mut outage = ReaderOutage::default();
+        outage.succeeded();
+        assert_eq!(outage.failures(), 0);
+        for _ in 0..3 {
+            outage.failed(&ReaderError::UnknownReader("Virtual PCD 00 00".into()));
+        }
+        assert_eq!(outage.failures(), 3);
+        outage.succeeded();
+        assert_eq!(outage.failures(), 0);
     }
 
     #[test]

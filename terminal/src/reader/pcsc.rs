@@ -220,9 +220,12 @@ impl Channel for PcscSlot {
     }
 }
 
-/// A reader where riders present cards (the validator's, the kiosk's), as a
-/// [`CardStation`]: one exclusive connection per presentation; the PC/SC
-/// context is established again after pcscd went away.
+/// A reader where riders present cards (the validator's, the kiosk's, the
+/// counter's), as a [`CardStation`]: one exclusive connection per
+/// presentation. A PC/SC error other than a card gone or reset drops the
+/// context; a context that fails so before any card was used is replaced at
+/// once and the call made again on the new one (pcscd restarted since the last
+/// call), so the first call after a restart does not fail for nothing.
 pub struct PcscStation {
     reader: String,
     readers: Option<PcscReaders>,
@@ -240,13 +243,33 @@ impl PcscStation {
         })
     }
 
-    fn keep_context_after<T>(&mut self, result: Result<T, ReaderError>) -> Result<T, ReaderError> {
-        if let Err(error) = &result
-            && !context_survives(error)
-        {
-            self.readers = None;
+    /// Runs `call` on the context, dropping it after an error it does not
+    /// survive; `call` is made once more on a new context if the one it failed
+    /// on was established before (by an earlier call) and `retry_allowed` says
+    /// nothing was done with a card.
+    fn on_context<T>(
+        &mut self,
+        mut call: impl FnMut(&PcscReaders, &str) -> Result<T, ReaderError>,
+        retry_allowed: impl Fn() -> bool,
+    ) -> Result<T, ReaderError> {
+        let established_before = self.readers.is_some();
+        let reader = self.reader.clone();
+        let outcome = self.readers().and_then(|readers| call(readers, &reader));
+        match outcome {
+            Err(error) if !context_survives(&error) => {
+                self.readers = None;
+                if !(established_before && retry_allowed()) {
+                    return Err(error);
+                }
+                tracing::info!(reader = %self.reader, %error, "PC/SC context lost (pcscd restarted?); establishing a new one");
+                let outcome = self.readers().and_then(|readers| call(readers, &reader));
+                if outcome.as_ref().is_err_and(|error| !context_survives(error)) {
+                    self.readers = None;
+                }
+                outcome
+            }
+            outcome => outcome,
         }
-        result
     }
 }
 
@@ -256,23 +279,24 @@ impl CardStation for PcscStation {
         timeout: Duration,
         use_card: &mut dyn FnMut(&mut dyn Channel),
     ) -> Result<bool, ReaderError> {
-        let reader = self.reader.clone();
-        let outcome = self.readers().and_then(|readers| {
-            if !readers.wait_for(&reader, true, timeout)? {
-                return Ok(false);
-            }
-            let mut channel = readers.connect(&reader, timeout)?;
-            use_card(&mut channel);
-            channel.disconnect();
-            Ok(true)
-        });
-        self.keep_context_after(outcome)
+        let used = std::cell::Cell::new(false);
+        self.on_context(
+            |readers, reader| {
+                if !readers.wait_for(reader, true, timeout)? {
+                    return Ok(false);
+                }
+                let mut channel = readers.connect(reader, timeout)?;
+                used.set(true);
+                use_card(&mut channel);
+                channel.disconnect();
+                Ok(true)
+            },
+            || !used.get(),
+        )
     }
 
     fn wait_empty(&mut self, timeout: Duration) -> Result<bool, ReaderError> {
-        let reader = self.reader.clone();
-        let outcome = self.readers().and_then(|readers| readers.wait_for(&reader, false, timeout));
-        self.keep_context_after(outcome)
+        self.on_context(|readers, reader| readers.wait_for(reader, false, timeout), || true)
     }
 }
 
