@@ -292,27 +292,7 @@ fn served_card_comes_back_after_pcscd_restarts() {
     let (_, card) = issue_card(directory.path(), 0, Fen(4_321));
     let served = ServedCard::serve(card, SLOT0_PORT);
     let insertions = served.control().insertions();
-
-    /// Starts pcscd again even if the test fails half-way.
-    struct Restart;
-    impl Drop for Restart {
-        fn drop(&mut self) {
-            if !vpcd_available() {
-                let _ = std::process::Command::new("pcscd").status();
-            }
-        }
-    }
-    let _restart = Restart;
-    let stopped = std::process::Command::new("pkill").args(["-x", "pcscd"]).status().expect("pkill");
-    assert!(stopped.success(), "pcscd was running");
-    for _ in 0..100 {
-        let still = std::process::Command::new("pgrep").args(["-x", "pcscd"]).status().expect("pgrep");
-        if !still.success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(std::process::Command::new("pcscd").status().expect("pcscd starts").success());
+    restart_pcscd();
 
     let deadline = std::time::Instant::now() + READER_TIMEOUT;
     while served.control().insertions() == insertions || !vpcd_available() {
