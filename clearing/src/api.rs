@@ -975,8 +975,9 @@ async fn card_history(
     let rows = sqlx::query(
         "SELECT t.transaction_id AS transaction_id, t.kind AS kind, t.counter AS counter,
          t.balance_before AS balance_before, t.amount_fen AS amount_fen, t.terminal_number AS terminal_number,
-         t.occurred_at AS occurred_at, t.state AS state, q.reason AS reason
-         FROM transactions t LEFT JOIN quarantine q ON q.transaction_id = t.transaction_id
+         t.occurred_at AS occurred_at, COALESCE(c.state, 'pending') AS state, q.reason AS reason
+         FROM transactions t LEFT JOIN clearings c ON c.transaction_id = t.transaction_id
+         LEFT JOIN quarantine q ON q.transaction_id = t.transaction_id
          WHERE t.card_serial = $1 ORDER BY t.transaction_id DESC LIMIT $2",
     )
     .bind(serial.to_hex())
@@ -1020,7 +1021,8 @@ async fn terminal_status(
     let rows = sqlx::query(
         "SELECT m.terminal_number AS terminal_number, m.merchant_id AS merchant_id, m.status AS status,
          m.last_upload_at AS last_upload_at,
-         (SELECT COUNT(*) FROM transactions t WHERE t.terminal_number = m.terminal_number AND t.state = 'pending')
+         (SELECT COUNT(*) FROM transactions t WHERE t.terminal_number = m.terminal_number
+          AND NOT EXISTS (SELECT 1 FROM clearings c WHERE c.transaction_id = t.transaction_id))
            AS pending_records
          FROM terminals m ORDER BY m.terminal_number LIMIT $1",
     )

@@ -41,6 +41,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "quarantine_releases", include_str!("../migrations/sqlite/0004_quarantine_releases.sql")),
     (5, "topup_void", include_str!("../migrations/sqlite/0005_topup_void.sql")),
     (6, "pending_index", include_str!("../migrations/sqlite/0006_pending_index.sql")),
+    (7, "clearings", include_str!("../migrations/sqlite/0007_clearings.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
@@ -49,15 +50,18 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "quarantine_releases", include_str!("../migrations/postgres/0004_quarantine_releases.sql")),
     (5, "topup_void", include_str!("../migrations/postgres/0005_topup_void.sql")),
     (6, "pending_index", include_str!("../migrations/postgres/0006_pending_index.sql")),
+    (7, "clearings", include_str!("../migrations/postgres/0007_clearings.sql")),
 ];
 
-fn migrator(dialect: Dialect) -> Migrator {
+/// The migrations of `dialect` up to version `through`.
+fn migrator(dialect: Dialect, through: i64) -> Migrator {
     let list = match dialect {
         Dialect::Sqlite => SQLITE_MIGRATIONS,
         Dialect::Postgres => POSTGRES_MIGRATIONS,
     };
     let migrations = list
         .iter()
+        .filter(|(version, _, _)| *version <= through)
         .map(|(version, description, sql)| {
             Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, Cow::Borrowed(*sql), false)
         })
@@ -107,7 +111,7 @@ impl Db {
                 .await
                 .map_err(Error::Database)?,
         };
-        migrator(dialect).run(&pool).await.map_err(|error| Error::Migration(error.to_string()))?;
+        migrator(dialect, i64::MAX).run(&pool).await.map_err(|error| Error::Migration(error.to_string()))?;
         Ok(Db { pool, dialect })
     }
 
@@ -205,6 +209,103 @@ mod tests {
                 assert_eq!(std::fs::read_to_string(path.join(file)).expect("read"), *sql);
             }
         }
+    }
+
+    const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// Migration 0007 on a database with records in each state: a decided
+    /// record's outcome moves to `clearings` (a pending one gets no row), the
+    /// view gives each its state back, and the columns that moved are gone.
+    async fn check_migration_7(dialect: super::Dialect, plain_url: &str, url: &str) {
+        use sqlx::Row;
+        let pool = super::Db::connect_plain(plain_url).await.expect("connect");
+        super::migrator(dialect, 6).run(&pool).await.expect("migrations through 0006");
+        sqlx::query(
+            "INSERT INTO batches (terminal_id, batch_id, digest, received_at, record_count, accepted_count,
+             rejected_count) VALUES ('310000000901', 'b1', $1, 0, 3, 3, 0)",
+        )
+        .bind(vec![0u8; 32])
+        .execute(&pool)
+        .await
+        .expect("batch");
+        let rows: [(&str, &str, Option<&str>, Option<i64>); 3] = [
+            ("pending", "purchase", None, None),
+            ("cleared", "purchase", Some("M1"), Some(2)),
+            ("quarantined", "load", None, None),
+        ];
+        for (index, (state, kind, merchant, chunk)) in rows.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO transactions (terminal_id, batch_id, record_index, kind, card_serial, card_type, counter,
+                 balance_before, amount_fen, transaction_type, terminal_number, terminal_serial, occurred_at,
+                 business_day, tac, received_at, state, merchant_id, clear_chunk)
+                 VALUES ('310000000901', 'b1', $1, $2, '3100000000000001', 1, $1, 1000, $3, 6, '310000000901', 0,
+                 '20261124083000', '2026-11-24', '00000000', 0, $4, $5, $6)",
+            )
+            .bind(index as i64)
+            .bind(*kind)
+            .bind(100 + index as i64)
+            .bind(*state)
+            .bind(merchant.map(str::to_owned))
+            .bind(*chunk)
+            .execute(&pool)
+            .await
+            .expect("transaction");
+        }
+        pool.close().await;
+        let db = super::Db::connect(url).await.expect("migration 0007");
+        let moved: Vec<(i64, String, Option<String>, i64, String, i64)> = sqlx::query(
+            "SELECT transaction_id, state, merchant_id, clear_chunk, kind, amount_fen FROM clearings
+             ORDER BY transaction_id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("clearings")
+        .iter()
+        .map(|row| {
+            (
+                row.get("transaction_id"),
+                row.get("state"),
+                row.get("merchant_id"),
+                row.get("clear_chunk"),
+                row.get("kind"),
+                row.get("amount_fen"),
+            )
+        })
+        .collect();
+        assert_eq!(
+            moved,
+            vec![
+                (2, "cleared".into(), Some("M1".into()), 2, "purchase".into(), 101),
+                (3, "quarantined".into(), None, 0, "load".into(), 102)
+            ]
+        );
+        let states: Vec<String> = sqlx::query_scalar("SELECT state FROM record_states ORDER BY transaction_id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("view");
+        assert_eq!(states, ["pending", "cleared", "quarantined"]);
+        for column in ["state", "merchant_id", "clear_chunk", "settlement_run"] {
+            let read = sqlx::query(&format!("SELECT {column} FROM transactions")).fetch_all(&db.pool).await;
+            assert!(read.is_err(), "transactions.{column} is still there");
+        }
+        db.close().await;
+    }
+
+    #[test]
+    fn migration_7_moves_record_states_to_clearings() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let directory = tempfile::tempdir().expect("temporary directory");
+            let sqlite = format!("sqlite://{}", directory.path().join("clearing.db").display());
+            check_migration_7(super::Dialect::Sqlite, &format!("{sqlite}?mode=rwc"), &sqlite).await;
+            let schema = format!("clearing_migration_{:016x}", rand::random::<u64>());
+            let admin = super::Db::connect_plain(POSTGRES_URL).await.expect("postgres");
+            sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.expect("schema");
+            let url = format!("{POSTGRES_URL}?options=-c%20search_path%3D{schema}");
+            check_migration_7(super::Dialect::Postgres, &url, &url).await;
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.expect("drop schema");
+            admin.close().await;
+        });
     }
 
     #[test]

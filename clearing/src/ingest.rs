@@ -79,8 +79,8 @@ pub async fn ingest(db: &Db, batch: &Batch, received_at: i64) -> Result<IngestRe
         let sql = format!(
             "INSERT INTO transactions (terminal_id, batch_id, record_index, kind, card_serial, card_type, counter,
              balance_before, amount_fen, transaction_type, terminal_number, terminal_serial, occurred_at,
-             business_day, tac, received_at, state) VALUES {}",
-            crate::db::row_placeholders(db.dialect, rows.len(), 17, 1)
+             business_day, tac, received_at) VALUES {}",
+            crate::db::row_placeholders(db.dialect, rows.len(), 16, 1)
         );
         let mut insert = sqlx::query(&sql);
         for (index, record) in rows {
@@ -100,8 +100,7 @@ pub async fn ingest(db: &Db, batch: &Batch, received_at: i64) -> Result<IngestRe
                 .bind(hex::encode(record.at.to_bytes()))
                 .bind(BusinessDay::of(&record.at).to_string())
                 .bind(hex::encode_upper(record.tac))
-                .bind(received_at)
-                .bind("pending");
+                .bind(received_at);
         }
         insert.execute(&mut *tx).await?;
     }

@@ -383,11 +383,11 @@ pub async fn release_quarantined(db: &Db, transaction_id: i64, released_by: &str
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM quarantine WHERE transaction_id = $1").bind(transaction_id).execute(&mut *tx).await?;
-    let updated =
-        sqlx::query("UPDATE transactions SET state = 'pending' WHERE transaction_id = $1 AND state = 'quarantined'")
-            .bind(transaction_id)
-            .execute(&mut *tx)
-            .await?;
+    // Pending again: its outcome row goes (migration 0007: no row is pending).
+    let updated = sqlx::query("DELETE FROM clearings WHERE transaction_id = $1 AND state = 'quarantined'")
+        .bind(transaction_id)
+        .execute(&mut *tx)
+        .await?;
     if updated.rows_affected() != 1 {
         return Err(Error::Inconsistent(format!("transaction {transaction_id} is quarantined but not marked so")));
     }

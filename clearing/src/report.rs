@@ -64,10 +64,11 @@ pub async fn hourly(db: &Db, day: &BusinessDay) -> Result<DayHourly, Error> {
         .collect();
     // occurred_at is the card's YYYYMMDDhhmmss: characters 9 and 10 are the hour.
     let rows = sqlx::query(
-        "SELECT substr(occurred_at, 9, 2) AS hour, kind, state, COUNT(*) AS n,
-         CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) AS amount
-         FROM transactions WHERE business_day = $1
-         GROUP BY substr(occurred_at, 9, 2), kind, state",
+        "SELECT substr(t.occurred_at, 9, 2) AS hour, t.kind AS kind, COALESCE(c.state, 'pending') AS state,
+         COUNT(*) AS n, CAST(COALESCE(SUM(t.amount_fen), 0) AS BIGINT) AS amount
+         FROM transactions t LEFT JOIN clearings c ON c.transaction_id = t.transaction_id
+         WHERE t.business_day = $1
+         GROUP BY substr(t.occurred_at, 9, 2), t.kind, COALESCE(c.state, 'pending')",
     )
     .bind(&day)
     .fetch_all(&db.pool)

@@ -325,7 +325,7 @@ fn the_operator_screen_shows_a_cleared_day() {
     browser.wait_for_text("#history-message", &serial).expect("history loaded");
     let history = rows(&browser, "#history");
     let recorded = clearing
-        .count(&format!("SELECT COUNT(*) FROM transactions WHERE card_serial = '{serial}' AND state = 'cleared'"));
+        .count(&format!("SELECT COUNT(*) FROM record_states WHERE card_serial = '{serial}' AND state = 'cleared'"));
     assert_eq!(i64::try_from(history.len()).expect("small"), recorded);
     assert_eq!(history.len(), 3, "two taps and a bill");
     assert!(history.iter().all(|row| row[1] == "purchase 消费" && row[7] == "cleared 已清算"), "{history:?}");

@@ -563,7 +563,7 @@ pub fn assemble(inputs: Inputs<'_>) -> Result<CityReport, CityError> {
     torn.counted_in_clearing = Some(
         runtime.block_on(
             sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM transactions WHERE card_serial = $1 AND occurred_at = $2 AND state = 'cleared'",
+                "SELECT COUNT(*) FROM record_states WHERE card_serial = $1 AND occurred_at = $2 AND state = 'cleared'",
             )
             .bind(torn_serial)
             .bind(torn.at.clone())
