@@ -65,15 +65,29 @@ impl PcscReaders {
     }
 
     /// Waits for a card in `reader` and connects to it exclusively.
+    /// A card another connection still holds (a terminal process that has
+    /// just died is released by pcscd a moment later) is waited for, within the
+    /// same timeout.
     pub fn connect(&self, reader: &str, timeout: Duration) -> Result<PcscChannel, ReaderError> {
+        let deadline = Instant::now() + timeout;
         if !self.wait_for(reader, true, timeout)? {
             return Err(ReaderError::NoCard(timeout));
         }
         let name = self.reader_name(reader)?;
-        let card = self.context.connect(&name, ShareMode::Exclusive, Protocols::ANY).map_err(removed)?;
-        Ok(PcscChannel { card, buffer: vec![0; RECEIVE_BUFFER_MAX] })
+        loop {
+            match self.context.connect(&name, ShareMode::Exclusive, Protocols::ANY) {
+                Ok(card) => return Ok(PcscChannel { card, buffer: vec![0; RECEIVE_BUFFER_MAX] }),
+                Err(PcscError::SharingViolation) if Instant::now() < deadline => {
+                    std::thread::sleep(SHARING_RETRY);
+                }
+                Err(error) => return Err(removed(error)),
+            }
+        }
     }
 }
+
+/// How often a card held by another connection is tried again.
+const SHARING_RETRY: Duration = Duration::from_millis(50);
 
 /// Maps PC/SC's ways of saying "the card went away" onto one error.
 fn removed(error: PcscError) -> ReaderError {
