@@ -731,14 +731,14 @@ async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut
     }
     let mut purchases_by_merchant: BTreeMap<String, i64> = BTreeMap::new();
     let mut loads_fen: i64 = 0;
-    let mut spent_counters: Vec<i64> = Vec::new();
+    let mut spent_counters: Vec<&Pending> = Vec::new();
     for (record, outcome) in records.iter().zip(&outcomes) {
         if let Ok(merchant) = outcome {
             match record.kind {
                 RecordKind::Purchase => *purchases_by_merchant.entry(merchant.clone()).or_default() += record.amount,
                 RecordKind::Load => loads_fen += record.amount,
             }
-            spent_counters.push(record.transaction_id);
+            spent_counters.push(record);
         }
     }
     // Every record's outcome in one INSERT into the narrow `clearings` table
@@ -775,14 +775,15 @@ async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut
     }
     let states_micros = phase.elapsed().as_micros();
     if !spent_counters.is_empty() {
-        // The spent counters, copied from the records just cleared. No ON
-        // CONFLICT: a counter cleared twice is a bug, and fails the chunk.
-        let sql = format!(
-            "INSERT INTO card_counters (card_serial, kind, counter, transaction_id)
-             SELECT card_serial, kind, counter, transaction_id FROM transactions WHERE transaction_id {}",
-            ids_match(db.dialect, 1)
-        );
-        let done = sqlx::query(&sql).bind(ids_param(db.dialect, &spent_counters)).execute(&mut *tx).await?;
+        // The spent counters of the records just cleared, from the records as
+        // read (not looked up again in the wide rows). No ON CONFLICT: a
+        // counter cleared twice is a bug, and fails the chunk.
+        let (sql, params) = counter_rows(db.dialect, &spent_counters);
+        let mut insert = sqlx::query(&sql);
+        for param in params {
+            insert = insert.bind(param);
+        }
+        let done = insert.execute(&mut *tx).await?;
         if done.rows_affected() != spent_counters.len() as u64 {
             return Err(Error::Inconsistent("a cleared record's counter was not recorded".into()));
         }
@@ -936,6 +937,51 @@ fn outcome_rows(
     }
 }
 
+/// The `card_counters` INSERT of cleared records and its parameters: each
+/// record's card, kind, counter and id. SQLite: one JSON array of rows;
+/// PostgreSQL: one array literal per column, joined by `unnest`. (Serials are
+/// hex digits and kinds are words: nothing in them needs quoting.)
+fn counter_rows(dialect: crate::db::Dialect, records: &[&Pending]) -> (String, Vec<String>) {
+    let columns = "INSERT INTO card_counters (card_serial, kind, counter, transaction_id)";
+    match dialect {
+        crate::db::Dialect::Sqlite => {
+            let mut rows = String::with_capacity(records.len() * 48 + 2);
+            rows.push('[');
+            for (n, record) in records.iter().enumerate() {
+                if n > 0 {
+                    rows.push(',');
+                }
+                rows.push_str(&format!(
+                    "[\"{}\",\"{}\",{},{}]",
+                    record.serial.to_hex(),
+                    record.kind.as_str(),
+                    record.counter,
+                    record.transaction_id
+                ));
+            }
+            rows.push(']');
+            let sql = format!("{columns} SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1)");
+            (sql, vec![rows])
+        }
+        crate::db::Dialect::Postgres => {
+            let list = |item: &dyn Fn(&Pending) -> String| {
+                format!("{{{}}}", records.iter().map(|r| item(r)).collect::<Vec<_>>().join(","))
+            };
+            let sql = format!(
+                "{columns} SELECT r.serial, r.kind, r.counter, r.id FROM unnest(CAST($1 AS TEXT[]),
+                 CAST($2 AS TEXT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[])) AS r(serial, kind, counter, id)"
+            );
+            let params = vec![
+                list(&|r| r.serial.to_hex()),
+                list(&|r| r.kind.as_str().to_owned()),
+                list(&|r| r.counter.to_string()),
+                list(&|r| r.transaction_id.to_string()),
+            ];
+            (sql, params)
+        }
+    }
+}
+
 /// Ids as one text parameter: a JSON array for SQLite (`[1,2]`), an array
 /// literal for PostgreSQL (`{1,2}`). sqlx's `Any` binds no arrays, and a bind
 /// per id cost more than the statement itself.
@@ -954,17 +1000,6 @@ fn ids_param(dialect: crate::db::Dialect, ids: &[i64]) -> String {
     }
     out.push(close);
     out
-}
-
-/// `IN` the ids of [`ids_param`] in parameter `n` (SQLite: the next positional
-/// one). On PostgreSQL `= ANY(array)`, an index scan of the primary key (a JSON
-/// set, whose size the planner cannot see, made it scan the table; a semi-join
-/// on `unnest` measured slower).
-fn ids_match(dialect: crate::db::Dialect, n: usize) -> String {
-    match dialect {
-        crate::db::Dialect::Sqlite => "IN (SELECT value FROM json_each(?))".to_owned(),
-        crate::db::Dialect::Postgres => format!("= ANY(CAST(${n} AS BIGINT[]))"),
-    }
 }
 
 /// The elements (column `value`) of the JSON array in parameter `n` (SQLite: the next positional one).
