@@ -421,7 +421,17 @@ async fn clear_pending(
     }
     let mut number = 1;
     let mut cursor: Option<Cursor> = None;
-    let mut next = prepare_chunk(&reader, hsm, options, reference, None, number).await?;
+    // The last pass looks only at records stored after the run began (above
+    // this id): every record pending then is taken by the first pass. Reading
+    // the whole day again against `clearings` cost 0.7 s of 1,000,000 records
+    // on PostgreSQL. (A record released from quarantine during the run, or an
+    // upload still uncommitted when it began, waits for the next run of its day.)
+    let high_water: i64 =
+        sqlx::query_scalar("SELECT CAST(COALESCE(MAX(transaction_id), 0) AS BIGINT) FROM transactions")
+            .fetch_one(&db.pool)
+            .await?;
+    let mut since: Option<i64> = None;
+    let mut next = prepare_chunk(&reader, hsm, options, reference, None, since, number).await?;
     while stats.chunks < CHUNKS_MAX {
         let Some(chunk) = next else {
             if cursor.is_none() {
@@ -429,7 +439,8 @@ async fn clear_pending(
             }
             // The pass is done: once more from the start, for late arrivals behind the cursor.
             cursor = None;
-            next = prepare_chunk(&reader, hsm, options, reference, None, number).await?;
+            since = Some(high_water);
+            next = prepare_chunk(&reader, hsm, options, reference, None, since, number).await?;
             if next.is_none() {
                 break;
             }
@@ -451,14 +462,14 @@ async fn clear_pending(
         let processed = if chunk.whole_cards {
             let (written, prepared) = tokio::join!(
                 write_chunk(db, options, chunk, stats),
-                prepare_chunk(&reader, hsm, options, reference, Some(&after), number)
+                prepare_chunk(&reader, hsm, options, reference, Some(&after), since, number)
             );
             let processed = written?;
             next = prepared?;
             processed
         } else {
             let processed = write_chunk(db, options, chunk, stats).await?;
-            next = prepare_chunk(&reader, hsm, options, reference, Some(&after), number).await?;
+            next = prepare_chunk(&reader, hsm, options, reference, Some(&after), since, number).await?;
             processed
         };
         cursor = Some(after);
@@ -558,6 +569,7 @@ async fn prepare_chunk(
     options: &RunOptions,
     reference: &Reference,
     after: Option<&Cursor>,
+    since: Option<i64>,
     number: u64,
 ) -> Result<Option<Prepared>, Error> {
     let day = options.day.to_string();
@@ -573,16 +585,30 @@ async fn prepare_chunk(
         crate::db::Dialect::Sqlite => format!("?{n}"),
         crate::db::Dialect::Postgres => format!("${n}"),
     };
-    let (after_clause, limit) = match after {
-        None => (String::new(), p(2)),
-        Some(_) => (format!("AND ({order}) > ({}, {}, {}, {}, {})", p(2), p(3), p(4), p(5), p(6)), p(7)),
+    let (after_clause, mut n) = match after {
+        None => (String::new(), 2),
+        Some(_) => (format!("AND ({order}) > ({}, {}, {}, {}, {})", p(2), p(3), p(4), p(5), p(6)), 7),
+    };
+    // Records stored after `since` only: by the primary key (SQLite: NOT
+    // INDEXED keeps it off the day's index, whose scan this is to avoid).
+    let (table, since_clause) = match since {
+        None => ("transactions t", String::new()),
+        Some(_) => {
+            n += 1;
+            let table = match reader.dialect {
+                crate::db::Dialect::Sqlite => "transactions t NOT INDEXED",
+                crate::db::Dialect::Postgres => "transactions t",
+            };
+            (table, format!("AND transaction_id > {}", p(n - 1)))
+        }
     };
     let sql = format!(
         "SELECT string_agg({line}, ';' ORDER BY {order}) AS chunk FROM (
-         SELECT * FROM transactions t WHERE business_day = {} {after_clause}
+         SELECT * FROM {table} WHERE business_day = {} {after_clause} {since_clause}
          AND NOT EXISTS (SELECT 1 FROM clearings c WHERE c.transaction_id = t.transaction_id)
-         ORDER BY {order} LIMIT {limit}) AS pending",
-        p(1)
+         ORDER BY {order} LIMIT {}) AS pending",
+        p(1),
+        p(n)
     );
     let mut query = sqlx::query(&sql).bind(&day);
     if let Some(cursor) = after {
@@ -592,6 +618,9 @@ async fn prepare_chunk(
             .bind(cursor.kind)
             .bind(cursor.counter)
             .bind(cursor.transaction_id);
+    }
+    if let Some(since) = since {
+        query = query.bind(since);
     }
     let text: Option<String> = query.bind(options.chunk_records).fetch_one(&reader.pool).await?.try_get("chunk")?;
     let Some(text) = text.filter(|t| !t.is_empty()) else {

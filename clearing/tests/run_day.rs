@@ -256,3 +256,44 @@ both!(two_jobs_on_one_day_never_count_twice, |backend: Backend| async move {
     assert_eq!(summary.gross_fen, summary.purchases_fen);
     assert!(summary.card_float_matches_shadows);
 });
+
+both!(records_arriving_behind_the_cursor_are_cleared_by_the_last_pass, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let mut cards = Vec::new();
+    let mut records = Vec::new();
+    for n in 0..4 {
+        let mut card = world.issue(n, 10_000).await;
+        records.extend((0..2).map(|i| card.purchase(100, BUS, at(24, 8, i))));
+        cards.push(card);
+    }
+    world.upload(BUS, "b", &records, uploaded_after(24)).await;
+    // The first card's next purchase, uploaded once the chunks of the first
+    // cards have committed: behind the cursor, for the run's last pass.
+    let late = cards[0].purchase(100, BUS, at(24, 9, 0));
+    let document = clearing::batch::document(&support::terminal(BUS), "late", &[late]);
+    let url = world.test_db.url.clone();
+    let mut options = world.options(24);
+    options.chunk_records = 3;
+    options.on_step = Some(std::sync::Arc::new(move |step| {
+        if step == clearing::run_day::Step::ChunkCommitted(2) {
+            let (url, document) = (url.clone(), document.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                runtime.block_on(async {
+                    let db = clearing::Db::connect(&url).await.expect("db");
+                    let parsed = clearing::batch::parse(document.to_string().as_bytes()).expect("batch parses");
+                    clearing::ingest(&db, &parsed, uploaded_after(24)).await.expect("ingest");
+                    db.close().await;
+                })
+            })
+            .join()
+            .expect("late upload");
+        }
+    }));
+    let (summary, _) = clearing::run_day(world.db(), &world.client, &options).await.expect("run-day");
+    assert_eq!((summary.records, summary.cleared, summary.quarantined, summary.pending), (9, 9, 0, 0));
+    assert_eq!(summary.gross_fen, 900);
+    assert!(summary.card_float_matches_shadows);
+    // Run again: nothing left, the same summary.
+    assert_eq!(world.run_day(24).await, summary);
+});
