@@ -176,6 +176,31 @@ impl UploadRecord {
     }
 }
 
+/// The journal file's identity: 64 random bits made when the file was created
+/// (migration `0004`), shown as 16 lower-case hex digits. A reinstalled
+/// terminal has a new journal and so a new identity; batch ids carry it
+/// ([`crate::upload::batch_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JournalIdentity([u8; 8]);
+
+impl JournalIdentity {
+    /// Hex digits in [`JournalIdentity`]'s text form.
+    pub const HEX_DIGITS: usize = 16;
+
+    /// From its 16 hex digits.
+    pub fn parse_hex(text: &str) -> Option<JournalIdentity> {
+        let mut bytes = [0u8; 8];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(JournalIdentity(bytes))
+    }
+}
+
+impl std::fmt::Display for JournalIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
 /// Rows in each state, for the operator and the tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -189,6 +214,7 @@ pub struct Counts {
 /// The journal file, open.
 pub struct Journal {
     runtime: tokio::runtime::Runtime,
+    identity: JournalIdentity,
     /// One connection, used by this process alone (no pool: each query is one
     /// hand-off to sqlx's SQLite worker thread).
     connection: std::sync::Mutex<SqliteConnection>,
@@ -220,19 +246,34 @@ impl Journal {
             // kill -9 and power loss.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT_MAX);
-        let connection = runtime.block_on(async {
+        let (connection, identity) = runtime.block_on(async {
             let mut connection = options.connect().await?;
             MIGRATOR.run(&mut connection).await?;
-            Ok::<_, JournalError>(connection)
+            let identity: String = sqlx::query_scalar("SELECT identity FROM journal_identity WHERE only_row = 1")
+                .fetch_one(&mut connection)
+                .await?;
+            let identity = JournalIdentity::parse_hex(&identity)
+                .ok_or(JournalError::Corrupt { id: 0, what: "journal identity" })?;
+            Ok::<_, JournalError>((connection, identity))
         })?;
-        let journal =
-            Journal { runtime, connection: std::sync::Mutex::new(connection), unresolved_cards: Default::default() };
+        tracing::debug!(journal = %identity, "journal open");
+        let journal = Journal {
+            runtime,
+            identity,
+            connection: std::sync::Mutex::new(connection),
+            unresolved_cards: Default::default(),
+        };
         let mut cards = std::collections::HashMap::new();
         for intent in journal.unresolved()? {
             *cards.entry(intent.entry.card).or_insert(0) += 1;
         }
         *journal.unresolved_cards.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = cards;
         Ok(journal)
+    }
+
+    /// This journal file's identity (made when it was created).
+    pub fn identity(&self) -> JournalIdentity {
+        self.identity
     }
 
     fn connection(&self) -> std::sync::MutexGuard<'_, SqliteConnection> {

@@ -284,10 +284,7 @@ fn spawn_kiosk_rounds(config: &Config) {
                 Ok(confirmed) => tracing::info!(confirmed, "loads confirmed at clearing"),
                 Err(error) => tracing::error!(%error, "load confirmation round"),
             }
-            match upload_round(&config) {
-                Ok((line, _)) => tracing::info!("{line}"),
-                Err(error) => tracing::error!(%error, "upload round"),
-            }
+            log_upload_round(upload_round(&config));
             std::thread::sleep(interval);
         }
     });
@@ -543,6 +540,18 @@ fn upload_round(config: &Config) -> anyhow::Result<(String, Result<(), terminal:
     Ok((line, uploaded.map(|_| ())))
 }
 
+/// Logs how a background upload round ended: clearing away is a warning (the
+/// rows wait for the next round), a refusal an error (it will not go away by
+/// itself: a 409 names the batch that holds every later one back).
+fn log_upload_round(round: anyhow::Result<(String, Result<(), terminal::upload::UploadError>)>) {
+    match round {
+        Ok((line, Ok(()))) => tracing::info!("{line}"),
+        Ok((line, Err(terminal::upload::UploadError::Unavailable { .. }))) => tracing::warn!("{line}"),
+        Ok((line, Err(_))) => tracing::error!("{line}"),
+        Err(error) => tracing::error!("upload round: {error:#}"),
+    }
+}
+
 /// A running validator's uploader: a round at start and every `upload_interval_seconds`, on
 /// its own journal connection (it writes only the upload columns; the
 /// validator notices the blacklist file change).
@@ -556,10 +565,7 @@ fn spawn_uploader(config: &Config) {
     std::thread::spawn(move || {
         // A round at start too: a validator back after hours offline sends at once.
         loop {
-            match upload_round(&config) {
-                Ok((line, _)) => tracing::info!("{line}"),
-                Err(error) => tracing::error!(%error, "upload round"),
-            }
+            log_upload_round(upload_round(&config));
             std::thread::sleep(interval);
         }
     });

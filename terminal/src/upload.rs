@@ -9,15 +9,18 @@
 //! system test `tests/tests/terminal_clearing.rs` proves the two agree).
 //!
 //! Upload ([`upload_pending`]): the oldest completed journal rows are **sealed**
-//! into a batch (the batch id is the terminal number with the first and last
-//! row ids, written to the rows in one transaction) before the first attempt.
+//! into a batch (the batch id is the journal's identity with the first and last
+//! row ids, [`batch_id`], written to the rows in one transaction) before the
+//! first attempt.
 //! A sealed batch is sent, with exactly the same records, until clearing
 //! answers 201 (stored) or 200 (stored before: `duplicate`); only then are its
 //! rows marked uploaded. So a batch whose acknowledgement was lost is sent
 //! again under the same id and clearing stores it once. Connection failures and
 //! 5xx answers are retried with capped exponential backoff; after
 //! [`RetryPolicy::attempts`] the rows stay in the journal for the next round,
-//! however long clearing is away.
+//! however long clearing is away. A 409 (clearing holds other records under the
+//! sealed batch's id) is [`UploadError::BatchConflict`], logged as an error
+//! naming the batch: the batch and every later one wait for an operator.
 //!
 //! The client is blocking (`ureq`, plain HTTP/1.1, no TLS stack: clearing is
 //! reached on a private network or through a local TLS proxy).
@@ -30,10 +33,19 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::blacklist::Blacklist;
-use crate::journal::{Completed, Journal, JournalError};
+use crate::journal::{Completed, Journal, JournalError, JournalIdentity};
 
 /// Clearing's batch format name.
 pub const BATCH_FORMAT: &str = "clearing-batch/1";
+/// The longest batch id clearing takes (its `batch::BATCH_ID_LENGTH_MAX`), of
+/// the characters `A-Z a-z 0-9 . _ -`.
+pub const BATCH_ID_LENGTH_MAX: usize = 64;
+/// Decimal digits of the largest row id (`i64::MAX`).
+const ROW_ID_DIGITS_MAX: usize = 19;
+const _: () = assert!(
+    JournalIdentity::HEX_DIGITS + 2 * (1 + ROW_ID_DIGITS_MAX) <= BATCH_ID_LENGTH_MAX,
+    "every batch id fits clearing's limit"
+);
 /// Records one batch holds at most (clearing takes up to 10,000).
 pub const BATCH_RECORDS_MAX: u32 = 1_000;
 /// Batches one [`upload_pending`] round sends at most.
@@ -65,6 +77,13 @@ pub enum UploadError {
     /// Clearing answered with a refusal that retrying will not change.
     #[error("clearing refused {what}: HTTP {status}: {body}")]
     Refused { what: &'static str, status: u16, body: String },
+    /// Clearing holds other records under this sealed batch's id (HTTP 409).
+    /// The batch is sent first in every round, so no later batch goes either
+    /// until an operator acts.
+    #[error(
+        "clearing holds other records under batch {batch} (HTTP 409): it and every later batch wait for an operator: {body}"
+    )]
+    BatchConflict { batch: String, body: String },
     /// Clearing's answer does not parse or does not match the request.
     #[error("clearing's answer to {what}: {detail}")]
     BadAnswer { what: &'static str, detail: String },
@@ -77,6 +96,7 @@ impl UploadError {
     pub fn status(&self) -> Option<u16> {
         match self {
             UploadError::Refused { status, .. } => Some(*status),
+            UploadError::BatchConflict { .. } => Some(409),
             _ => None,
         }
     }
@@ -217,10 +237,15 @@ impl BatchDocument {
     }
 }
 
-/// The batch id of the rows `first..=last` of `terminal`'s journal: unique per
-/// terminal (a row is sealed into one batch only) and the same on every retry.
-pub fn batch_id(terminal: &TerminalNumber, first: i64, last: i64) -> String {
-    format!("{terminal}-{first}-{last}")
+/// The batch id of the rows `first..=last` of the journal `journal`:
+/// `IDENTITY-FIRST-LAST`, at most 56 characters. Clearing keys batches by
+/// terminal and batch id (the document names the terminal), so the id must be
+/// unique per terminal: a row is sealed into one batch only, and a reinstalled
+/// terminal's new journal file has another identity. The same on every retry.
+pub fn batch_id(journal: &JournalIdentity, first: i64, last: i64) -> String {
+    let id = format!("{journal}-{first}-{last}");
+    debug_assert!(id.len() <= BATCH_ID_LENGTH_MAX, "checked at compile time for any row ids");
+    id
 }
 
 /// Clearing's answer to an upload (its `IngestReport`).
@@ -476,7 +501,7 @@ pub fn upload_pending(
     for _ in 0..BATCHES_PER_ROUND_MAX {
         let sealed = match journal.sealed_batch()? {
             Some(sealed) => Some(sealed),
-            None => journal.seal_batch(&terminal, limit, |first, last| batch_id(&terminal, first, last))?,
+            None => journal.seal_batch(&terminal, limit, |first, last| batch_id(&journal.identity(), first, last))?,
         };
         let Some((id, rows)) = sealed else { break };
         if let Some(other) = rows.iter().find(|row| row.entry.terminal != terminal) {
@@ -486,7 +511,18 @@ pub fn upload_pending(
             });
         }
         let document = BatchDocument::new(&terminal, id, &rows);
-        let report = client.upload_batch(&document)?;
+        let report = match client.upload_batch(&document) {
+            Err(UploadError::Refused { status: 409, body, .. }) => {
+                tracing::error!(
+                    batch = %document.batch_id,
+                    records = rows.len(),
+                    answer = %body,
+                    "clearing holds other records under this sealed batch's id (HTTP 409): this batch and every later one wait until an operator acts"
+                );
+                return Err(UploadError::BatchConflict { batch: document.batch_id, body });
+            }
+            answer => answer?,
+        };
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
         journal.mark_uploaded(&ids)?;
         if report.rejected_count > 0 {

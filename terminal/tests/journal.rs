@@ -268,7 +268,8 @@ fn a_number_used_by_another_terminal_voids_the_intent() {
 fn a_sealed_batch_is_sent_again_unchanged_until_acknowledged() {
     let directory = tempfile::tempdir().expect("temp dir");
     let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
-    let name = |first: i64, last: i64| terminal::upload::batch_id(&TERMINAL, first, last);
+    let identity = journal.identity();
+    let name = |first: i64, last: i64| terminal::upload::batch_id(&identity, first, last);
     let a = journal.write_intent(entry(6, 0, 100)).expect("intent");
     let open = journal.write_intent(entry(7, 0, 100)).expect("intent");
     let b = journal.write_intent(entry(8, 0, 100)).expect("intent");
@@ -276,7 +277,7 @@ fn a_sealed_batch_is_sent_again_unchanged_until_acknowledged() {
     b.complete(&journal, [2; 4], [2; 4], Resolution::Answer).expect("complete");
     assert_eq!(journal.sealed_batch().expect("sealed"), None);
     let (id, rows) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("rows wait");
-    assert_eq!(id, format!("{TERMINAL}-1-3"));
+    assert_eq!(id, format!("{identity}-1-3"));
     assert_eq!(rows.iter().map(|row| row.id).collect::<Vec<_>>(), [1, 3]);
     // The row between them completes later: the sealed batch does not change ...
     open.complete(&journal, [3; 4], [3; 4], Resolution::Proof).expect("complete");
@@ -285,7 +286,59 @@ fn a_sealed_batch_is_sent_again_unchanged_until_acknowledged() {
     journal.mark_uploaded(&[1, 3]).expect("uploaded");
     assert_eq!(journal.sealed_batch().expect("sealed"), None);
     let (late, rows) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("the late row");
-    assert_eq!((late.as_str(), rows.len()), (format!("{TERMINAL}-2-2").as_str(), 1));
+    assert_eq!((late.as_str(), rows.len()), (format!("{identity}-2-2").as_str(), 1));
     let other = card_host::TerminalNumber([0x31, 0, 0, 0, 0, 0x99]);
     assert_eq!(journal.seal_batch(&other, 10, name).expect("seal"), None, "only this terminal's rows");
+}
+
+#[test]
+fn each_journal_file_has_its_own_identity_for_life() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("journal.sqlite");
+    let identity = Journal::open(&path).expect("open").identity();
+    assert_eq!(identity.to_string().len(), 16);
+    assert_eq!(Journal::open(&path).expect("reopen").identity(), identity, "kept across reopens");
+    let reinstalled = Journal::open(&directory.path().join("reinstalled.sqlite")).expect("open").identity();
+    assert_ne!(reinstalled, identity, "a new journal file, a new identity");
+
+    // A journal made before migration 0004 (only 0001-0003 applied, a row in
+    // it) gets an identity on its first open, and keeps it.
+    let old = directory.path().join("old.sqlite");
+    let migrations = directory.path().join("migrations-0001-0003");
+    std::fs::create_dir(&migrations).expect("directory");
+    for name in ["0001_journal.sql", "0002_upload_batches.sql", "0003_card_load.sql"] {
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(name);
+        std::fs::copy(source, migrations.join(name)).expect("copy migration");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&old)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .expect("old journal");
+        sqlx::migrate::Migrator::new(migrations.as_path())
+            .await
+            .expect("migrations 0001-0003")
+            .run(&mut connection)
+            .await
+            .expect("migrate");
+        sqlx::query(
+            "INSERT INTO card_transaction (card_serial, offline_counter, kind, amount_fen, balance_before_fen, \
+             terminal_number, terminal_serial, card_date_time, at_unix_seconds, state, tac, mac2, resolution, \
+             written_unix_ms) VALUES ('0000000000000009', 0, 6, 100, 1000, '310000000042', 1, '20261125080000', 0, \
+             'completed', x'01010101', x'02020202', 'answer', 0)",
+        )
+        .execute(&mut connection)
+        .await
+        .expect("an old row");
+    });
+    let journal = Journal::open(&old).expect("the old journal, migrated");
+    let old_identity = journal.identity();
+    assert!(old_identity != identity && old_identity != reinstalled);
+    assert_eq!(journal.counts().expect("counts").completed, 1, "its rows kept");
+    drop(journal);
+    assert_eq!(Journal::open(&old).expect("reopen").identity(), old_identity);
 }

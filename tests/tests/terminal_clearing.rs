@@ -47,8 +47,12 @@ fn dead_address() -> SocketAddr {
 }
 
 fn validator(directory: &Path) -> Validator {
+    validator_on(&directory.join("journal.sqlite"))
+}
+
+fn validator_on(journal: &Path) -> Validator {
     let tariff = Tariff::load(&card_host::issue::fixtures::directory().join("tariffs/bus-flat.toml")).expect("tariff");
-    let journal = Journal::open(&directory.join("journal.sqlite")).expect("journal");
+    let journal = Journal::open(journal).expect("journal");
     let settings = BusSettings { route: 42, station: 1, dedup_window_seconds: 10 };
     Validator::new(settings, tariff, Blacklist::empty(), journal, Duration::from_secs(86_400)).expect("validator")
 }
@@ -86,9 +90,10 @@ fn bus_taps_upload_once_survive_an_outage_and_clear_with_no_quarantine() {
     let summary = upload::upload_pending(validator.journal(), &online, 2).expect("upload");
     assert_eq!((summary.batches, summary.records, summary.duplicates), (2, 3, 0));
     tap(&validator, &mut cards[0], &mut psam);
+    let journal_identity = validator.journal().identity();
     let (id, rows) = validator
         .journal()
-        .seal_batch(&BUS, 10, |first, last| upload::batch_id(&BUS, first, last))
+        .seal_batch(&BUS, 10, |first, last| upload::batch_id(&journal_identity, first, last))
         .expect("seal")
         .expect("a row waits");
     let report = online.upload_batch(&BatchDocument::new(&BUS, id.clone(), &rows)).expect("sent");
@@ -165,6 +170,82 @@ fn a_forged_signature_is_refused_and_the_records_stay() {
     assert_eq!(validator.journal().pending_upload(10).expect("pending").len(), 1);
     let summary = upload::upload_pending(validator.journal(), &client(address, quick_retry(2)), 10).expect("upload");
     assert_eq!(summary.records, 1);
+}
+
+/// A reinstalled validator: the same terminal with a new journal file, whose row
+/// ids start from 1 again. Both journals' batches are stored (their ids carry
+/// the journal's identity; with `TERMINAL-FIRST-LAST` the second was refused
+/// 409 and wedged every later upload). A 409 that does happen names the batch,
+/// and `terminal upload` fails with it.
+#[test]
+fn two_journals_of_one_terminal_both_upload_and_a_conflict_is_told() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let (card_path, card) = issue_card(directory.path(), 0, Fen(5_000));
+    let mut card = InProcess::new(card);
+    clearing.register(&mut card, Fen(5_000));
+    let (psam_path, psam_image) = issue_psam(directory.path(), BUS);
+    let mut psam_reader = InProcess::new(psam_image);
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let online = client(address, quick_retry(2));
+    let midnight = CardDateTime::now_utc().unix_seconds() / 86_400 * 86_400;
+    let at = |minute: u64| CardDateTime::from_unix_seconds(midnight + minute * 60).expect("time");
+
+    let first = validator_on(&directory.path().join("first.sqlite"));
+    let tap = first.tap(&mut card, &mut psam, at(1));
+    assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
+    assert_eq!(upload::upload_pending(first.journal(), &online, 10).expect("upload").records, 1);
+    // The validator is reinstalled: a new journal, the same terminal, row 1 again.
+    let second = validator_on(&directory.path().join("second.sqlite"));
+    assert_ne!(first.journal().identity(), second.journal().identity());
+    let tap = second.tap(&mut card, &mut psam, at(30));
+    assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
+    let summary = upload::upload_pending(second.journal(), &online, 10).expect("the new journal's batch is stored");
+    assert_eq!((summary.batches, summary.records, summary.duplicates), (1, 1, 0));
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM batches WHERE terminal_id = '310000000901'"), 2);
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM transactions"), 2);
+    for journal in [first.journal(), second.journal()] {
+        assert!(journal.pending_upload(10).expect("pending").is_empty());
+        let prefix = format!("{}-1-1", journal.identity());
+        assert_eq!(clearing.count(&format!("SELECT COUNT(*) FROM batches WHERE batch_id = '{prefix}'")), 1);
+    }
+    let day = clearing.run_day(&at(1));
+    assert_eq!((day.cleared, day.quarantined), (2, 0), "{day:?}");
+
+    // Clearing holds other records under the id a third journal's batch takes
+    // (forged here: the first journal's row sent under that id).
+    let third_path = directory.path().join("third.sqlite");
+    let third = validator_on(&third_path);
+    let tap = third.tap(&mut card, &mut psam, at(60));
+    assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
+    let taken = upload::batch_id(&third.journal().identity(), 1, 1);
+    let first_row = first.journal().completed_for(&serial_and_type(&mut card).0).expect("rows");
+    online.upload_batch(&BatchDocument::new(&BUS, taken.clone(), &first_row)).expect("the forged batch");
+    let error = upload::upload_pending(third.journal(), &online, 10).expect_err("409");
+    assert!(matches!(&error, UploadError::BatchConflict { batch, .. } if *batch == taken), "{error}");
+    assert_eq!(third.journal().pending_upload(10).expect("pending").len(), 1, "the row is kept");
+    drop(third);
+    let config = directory.path().join("bus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[journal]\npath = {third_path:?}\n[clearing]\nurl = \"http://{address}\"\nterminal_id = \"310000000901\"\n\
+             device_key = {:?}\n[reader]\nkind = \"in_process\"\ncards = [{card_path:?}]\npsam = {psam_path:?}\n",
+            card_host::issue::fixtures::directory().join("terminals/device-0901.key"),
+        ),
+    )
+    .expect("config");
+    let output = std::process::Command::new(terminal_binary())
+        .args(["upload", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("terminal upload");
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "terminal upload fails on a 409: {out} {err}");
+    assert!(out.contains(&taken) && out.contains("409"), "the summary line names the batch: {out}");
+    assert!(err.contains("ERROR") && err.contains(&taken), "logged as an error naming the batch: {err}");
 }
 
 /// The fixture shop terminal: the kiosk.
