@@ -247,11 +247,7 @@ impl Validator {
     /// Flags for clearing the intents left unresolved for longer than the
     /// configured time (done at start, and by a running validator now and then).
     pub fn flag_unresolved(&self) -> Result<u64, JournalError> {
-        let flagged = self.journal.flag_unresolved_older_than(self.flag_unresolved_after)?;
-        if flagged > 0 {
-            tracing::warn!(flagged, "unresolved intents flagged for clearing");
-        }
-        Ok(flagged)
+        self.journal.flag_unresolved_older_than(self.flag_unresolved_after)
     }
 
     pub fn journal(&self) -> &Journal {

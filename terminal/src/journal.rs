@@ -159,8 +159,9 @@ pub struct Voided {
 #[non_exhaustive]
 pub enum UploadRecord {
     Completed(Completed),
-    /// An intent nobody could resolve in time: clearing settles it against the
-    /// card's next transactions.
+    /// An intent nobody could resolve in time (flagged): its grey record, which
+    /// clearing settles against the card's next transactions. The row stays an
+    /// intent; if the card settles it later, its completed record follows.
     Unresolved {
         id: i64,
         entry: Entry,
@@ -172,6 +173,13 @@ impl UploadRecord {
         match self {
             UploadRecord::Completed(completed) => completed.id,
             UploadRecord::Unresolved { id, .. } => *id,
+        }
+    }
+
+    pub fn entry(&self) -> &Entry {
+        match self {
+            UploadRecord::Completed(completed) => &completed.entry,
+            UploadRecord::Unresolved { entry, .. } => entry,
         }
     }
 }
@@ -231,6 +239,16 @@ fn now_unix_ms() -> i64 {
 const COLUMNS: &str = "id, card_serial, offline_counter, kind, amount_fen, balance_before_fen, terminal_number, \
                        terminal_serial, card_date_time, route, station, state, tac, mac2, resolution, flagged_unix_ms, \
                        card_type, reference, upload_batch";
+
+/// A row with a grey record: flagged for clearing, and a purchase (06 purse,
+/// 09 compound); the journal holds no other kind, but a grey record of
+/// anything else would be a debit clearing cannot take.
+const GREY: &str = "flagged_unix_ms IS NOT NULL AND kind IN (6, 9)";
+/// A completed row clearing has not taken.
+const COMPLETED_WAITING: &str = "state = 'completed' AND uploaded_unix_ms IS NULL";
+/// A grey record clearing has not taken (with [`GREY`]): the intent is open,
+/// or its record was sealed into a batch before the card settled it.
+const GREY_NOT_TAKEN: &str = "grey_uploaded_unix_ms IS NULL AND (state = 'intent' OR grey_batch IS NOT NULL)";
 
 impl Journal {
     /// Opens (creating if needed) the journal at `path` and brings its schema up
@@ -426,9 +444,15 @@ impl Journal {
 
     /// Flags the intents unresolved for longer than `age` (see
     /// [`Journal::flag_unresolved_before`]).
+    /// [`Journal::flag_unresolved_before`]); logged when any are. Every
+    /// terminal mode does this with `[journal] flag_unresolved_after_seconds`.
     pub fn flag_unresolved_older_than(&self, age: Duration) -> Result<u64, JournalError> {
         let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-        self.flag_unresolved_before(now_unix_ms().saturating_sub(age_ms))
+        let flagged = self.flag_unresolved_before(now_unix_ms().saturating_sub(age_ms))?;
+        if flagged > 0 {
+            tracing::warn!(flagged, "unresolved intents flagged for clearing (grey records)");
+        }
+        Ok(flagged)
     }
 
     /// The newest completed debit of `card` at or after `since` (card time):
@@ -450,82 +474,111 @@ impl Journal {
         row.as_ref().map(completed_from_row).transpose()
     }
 
-    /// Completed debits and flagged intents clearing has not taken, oldest
-    /// first, at most `limit` (≤ [`ROWS_MAX`]).
+    /// What clearing has not taken, oldest first, at most `limit` (≤
+    /// [`ROWS_MAX`]) records: completed debits, and the grey records of
+    /// flagged purchase intents (a grey record already sealed into a batch is
+    /// listed until acknowledged, even if the card settled its intent since).
     pub fn pending_upload(&self, limit: u32) -> Result<Vec<UploadRecord>, JournalError> {
         if limit > ROWS_MAX {
             return Err(JournalError::TooManyRows);
         }
+        let grey_waiting = format!("{GREY} AND {GREY_NOT_TAKEN}");
         let rows = self.runtime.block_on(
             sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM card_transaction WHERE uploaded_unix_ms IS NULL AND (state = 'completed' \
-                 OR (state = 'intent' AND flagged_unix_ms IS NOT NULL)) ORDER BY id LIMIT ?"
+                "SELECT {COLUMNS}, ({COMPLETED_WAITING}) AS completed_waiting, ({grey_waiting}) AS grey_waiting \
+                 FROM card_transaction WHERE ({COMPLETED_WAITING}) OR ({grey_waiting}) ORDER BY id LIMIT ?"
             ))
             .bind(i64::from(limit))
             .fetch_all(&mut *self.connection()),
         )?;
-        rows.iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                if state == "completed" {
-                    Ok(UploadRecord::Completed(completed_from_row(row)?))
-                } else {
-                    let intent = intent_from_row(row)?;
-                    Ok(UploadRecord::Unresolved { id: intent.id, entry: intent.entry })
-                }
-            })
-            .collect()
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<bool, _>("grey_waiting")? {
+                records.push(UploadRecord::Unresolved { id: row.try_get("id")?, entry: entry_from_row(row)? });
+            }
+            if row.try_get::<bool, _>("completed_waiting")? {
+                records.push(UploadRecord::Completed(completed_from_row(row)?));
+            }
+        }
+        records.truncate(limit as usize);
+        Ok(records)
     }
 
-    /// Records that clearing took these rows (one transaction, one fsync).
-    pub fn mark_uploaded(&self, ids: &[i64]) -> Result<(), JournalError> {
-        if ids.len() > ROWS_MAX as usize {
-            return Err(JournalError::TooManyRows);
-        }
+    /// Records that clearing acknowledged the sealed batch `batch`: its
+    /// completed rows and its grey records are taken (one transaction, one
+    /// fsync). Returns how many records that was.
+    pub fn mark_batch_uploaded(&self, batch: &str) -> Result<u64, JournalError> {
         let now = now_unix_ms();
         let mut connection = self.connection();
         self.runtime.block_on(async {
             let mut transaction = connection.begin().await?;
-            for id in ids {
-                sqlx::query("UPDATE card_transaction SET uploaded_unix_ms = ? WHERE id = ?")
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *transaction)
-                    .await?;
-            }
+            let completed = sqlx::query(
+                "UPDATE card_transaction SET uploaded_unix_ms = ? WHERE upload_batch = ? AND uploaded_unix_ms IS NULL",
+            )
+            .bind(now)
+            .bind(batch)
+            .execute(&mut *transaction)
+            .await?;
+            let grey = sqlx::query(
+                "UPDATE card_transaction SET grey_uploaded_unix_ms = ? WHERE grey_batch = ? \
+                 AND grey_uploaded_unix_ms IS NULL",
+            )
+            .bind(now)
+            .bind(batch)
+            .execute(&mut *transaction)
+            .await?;
             transaction.commit().await?;
-            Ok(())
+            Ok(completed.rows_affected() + grey.rows_affected())
         })
     }
 
     /// The batch sealed for upload and not yet acknowledged, if any: its id and
-    /// rows, in id order. It is sent again, unchanged, until clearing takes it.
-    pub fn sealed_batch(&self) -> Result<Option<(String, Vec<Completed>)>, JournalError> {
+    /// records, in row order. It is sent again, unchanged, until clearing takes
+    /// it: a grey record stays a grey record in it even if the card settled the
+    /// intent since (the completed record then goes in a later batch).
+    pub fn sealed_batch(&self) -> Result<Option<(String, Vec<UploadRecord>)>, JournalError> {
         let rows = self.runtime.block_on(
             sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM card_transaction WHERE uploaded_unix_ms IS NULL AND upload_batch = \
-                 (SELECT upload_batch FROM card_transaction WHERE upload_batch IS NOT NULL AND uploaded_unix_ms IS NULL \
-                 ORDER BY id LIMIT 1) ORDER BY id LIMIT ?"
+                "WITH sealed (batch) AS (SELECT batch FROM (\
+                     SELECT upload_batch AS batch, id FROM card_transaction \
+                     WHERE upload_batch IS NOT NULL AND uploaded_unix_ms IS NULL \
+                     UNION ALL SELECT grey_batch, id FROM card_transaction \
+                     WHERE grey_batch IS NOT NULL AND grey_uploaded_unix_ms IS NULL) ORDER BY id LIMIT 1) \
+                 SELECT {COLUMNS}, sealed.batch AS batch, \
+                 (grey_batch IS sealed.batch AND grey_uploaded_unix_ms IS NULL) AS sealed_grey \
+                 FROM card_transaction, sealed \
+                 WHERE (upload_batch IS sealed.batch AND uploaded_unix_ms IS NULL) \
+                 OR (grey_batch IS sealed.batch AND grey_uploaded_unix_ms IS NULL) ORDER BY id LIMIT ?"
             ))
             .bind(i64::from(ROWS_MAX))
             .fetch_all(&mut *self.connection()),
         )?;
         let Some(first) = rows.first() else { return Ok(None) };
-        let batch: String = first.try_get("upload_batch")?;
-        Ok(Some((batch, rows.iter().map(completed_from_row).collect::<Result<_, _>>()?)))
+        let batch: String = first.try_get("batch")?;
+        let records = rows
+            .iter()
+            .map(|row| {
+                if row.try_get::<bool, _>("sealed_grey")? {
+                    Ok(UploadRecord::Unresolved { id: row.try_get("id")?, entry: entry_from_row(row)? })
+                } else {
+                    Ok(UploadRecord::Completed(completed_from_row(row)?))
+                }
+            })
+            .collect::<Result<_, JournalError>>()?;
+        Ok(Some((batch, records)))
     }
 
-    /// Seals the oldest completed rows of `terminal` that clearing has not taken
-    /// and no batch holds (at most `limit` ≤ [`ROWS_MAX`]) into a batch whose id
-    /// `name` makes from the first and last row ids; one transaction. Returns the
-    /// batch, or `None` when nothing waits. Flagged unresolved intents are not
-    /// sealed: clearing's batch format has no record for them.
+    /// Seals into a batch, in one transaction, the oldest records of
+    /// `terminal` that clearing has not taken and no batch holds (at most
+    /// `limit` ≤ [`ROWS_MAX`]): completed debits, and the grey records of
+    /// flagged purchase intents. The batch id is what `name` makes from the
+    /// first and last row ids. Returns the batch, or `None` when nothing waits.
     pub fn seal_batch(
         &self,
         terminal: &TerminalNumber,
         limit: u32,
         name: impl Fn(i64, i64) -> String,
-    ) -> Result<Option<(String, Vec<Completed>)>, JournalError> {
+    ) -> Result<Option<(String, Vec<UploadRecord>)>, JournalError> {
         if limit > ROWS_MAX {
             return Err(JournalError::TooManyRows);
         }
@@ -533,25 +586,41 @@ impl Journal {
         self.runtime.block_on(async {
             let mut transaction = connection.begin().await?;
             let rows = sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM card_transaction WHERE uploaded_unix_ms IS NULL AND upload_batch IS NULL \
-                 AND state = 'completed' AND terminal_number = ? ORDER BY id LIMIT ?"
+                "SELECT {COLUMNS} FROM card_transaction WHERE terminal_number = ? AND \
+                 ((state = 'completed' AND uploaded_unix_ms IS NULL AND upload_batch IS NULL) \
+                 OR (state = 'intent' AND {GREY} AND grey_batch IS NULL AND grey_uploaded_unix_ms IS NULL)) \
+                 ORDER BY id LIMIT ?"
             ))
             .bind(terminal.to_string())
             .bind(i64::from(limit))
             .fetch_all(&mut *transaction)
             .await?;
-            let rows = rows.iter().map(completed_from_row).collect::<Result<Vec<_>, _>>()?;
-            let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return Ok(None) };
-            let batch = name(first.id, last.id);
-            for row in &rows {
-                sqlx::query("UPDATE card_transaction SET upload_batch = ? WHERE id = ?")
+            let records = rows
+                .iter()
+                .map(|row| {
+                    let state: String = row.try_get("state")?;
+                    if state == "completed" {
+                        Ok(UploadRecord::Completed(completed_from_row(row)?))
+                    } else {
+                        Ok(UploadRecord::Unresolved { id: row.try_get("id")?, entry: entry_from_row(row)? })
+                    }
+                })
+                .collect::<Result<Vec<_>, JournalError>>()?;
+            let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(None) };
+            let batch = name(first.id(), last.id());
+            for record in &records {
+                let column = match record {
+                    UploadRecord::Completed(_) => "upload_batch",
+                    UploadRecord::Unresolved { .. } => "grey_batch",
+                };
+                sqlx::query(&format!("UPDATE card_transaction SET {column} = ? WHERE id = ?"))
                     .bind(&batch)
-                    .bind(row.id)
+                    .bind(record.id())
                     .execute(&mut *transaction)
                     .await?;
             }
             transaction.commit().await?;
-            Ok(Some((batch, rows)))
+            Ok(Some((batch, records)))
         })
     }
 

@@ -118,6 +118,7 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
     let Some(clearing) = &config.clearing else { bail!("{}: no [clearing] section", config_path.display()) };
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
+    journal.flag_unresolved_older_than(config.journal.flag_unresolved_after())?;
     let mut kiosk = Kiosk::new(journal, clearing.client()?);
     if let Some(blacklist) = config.blacklist.as_ref().filter(|blacklist| blacklist.path.exists()) {
         kiosk.update_blacklist(Blacklist::load(&blacklist.path)?);
@@ -173,11 +174,10 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
             },
             ["confirm"] => format!("{} loads confirmed", kiosk.confirm_pending()?),
             ["upload"] => {
-                let mut text =
-                    match terminal::upload::upload_pending(kiosk.journal(), kiosk.client(), clearing.batch_records) {
-                        Ok(summary) => format!("uploaded {} records", summary.records),
-                        Err(error) => format!("upload stopped, records kept: {error}"),
-                    };
+                let mut text = match upload_journal(kiosk.journal(), kiosk.client(), &config) {
+                    Ok(summary) => format!("uploaded {} records ({} grey)", summary.records, summary.unresolved),
+                    Err(error) => format!("upload stopped, records kept: {error}"),
+                };
                 match terminal::upload::refresh_blacklist(kiosk.client(), kiosk.blacklist()) {
                     Ok(newer) if newer.version() > kiosk.blacklist().version() => {
                         if let Some(blacklist) = &config.blacklist {
@@ -441,6 +441,7 @@ fn run_counter(config_path: &Path) -> anyhow::Result<()> {
     let Some(settings) = &config.counter else { bail!("{}: no [counter] section", config_path.display()) };
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
+    journal.flag_unresolved_older_than(config.journal.flag_unresolved_after())?;
     let mut counter = Counter::new(journal, settings.settings()?);
     if let Some(blacklist) = config.blacklist.as_ref().filter(|blacklist| blacklist.path.exists()) {
         counter.update_blacklist(Blacklist::load(&blacklist.path)?);
@@ -477,14 +478,10 @@ fn run_counter(config_path: &Path) -> anyhow::Result<()> {
                 _ => "visit PIN TYPE FEN".into(),
             },
             ["upload"] => match &client {
-                Some(client) => {
-                    let batch =
-                        config.clearing.as_ref().map_or(terminal::upload::BATCH_RECORDS_MAX, |c| c.batch_records);
-                    match terminal::upload::upload_pending(counter.journal(), client, batch) {
-                        Ok(summary) => format!("uploaded {} records", summary.records),
-                        Err(error) => format!("upload stopped, records kept: {error}"),
-                    }
-                }
+                Some(client) => match upload_journal(counter.journal(), client, &config) {
+                    Ok(summary) => format!("uploaded {} records ({} grey)", summary.records, summary.unresolved),
+                    Err(error) => format!("upload stopped, records kept: {error}"),
+                },
                 None => "no [clearing] section".into(),
             },
             ["card", number] => match (&mut cards, number.parse::<usize>()) {
@@ -517,12 +514,12 @@ fn upload_round(config: &Config) -> anyhow::Result<(String, Result<(), terminal:
     let client = clearing.client()?;
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
-    let uploaded = terminal::upload::upload_pending(&journal, &client, clearing.batch_records);
+    let uploaded = upload_journal(&journal, &client, config);
     journal.close();
     let mut line = match &uploaded {
         Ok(summary) => format!(
-            "uploaded {} records in {} batches ({} already stored, {} refused)",
-            summary.records, summary.batches, summary.duplicates, summary.rejected
+            "uploaded {} records ({} grey) in {} batches ({} already stored, {} refused)",
+            summary.records, summary.unresolved, summary.batches, summary.duplicates, summary.rejected
         ),
         Err(error) => format!("upload stopped, records kept: {error}"),
     };
@@ -538,6 +535,19 @@ fn upload_round(config: &Config) -> anyhow::Result<(String, Result<(), terminal:
         }
     }
     Ok((line, uploaded.map(|_| ())))
+}
+
+/// One upload of `journal`: first the purchase intents unresolved for longer
+/// than `[journal] flag_unresolved_after_seconds` are flagged, so their grey
+/// records go in this round (every mode: bus, kiosk, counter, `terminal upload`).
+fn upload_journal(
+    journal: &Journal,
+    client: &terminal::upload::ClearingClient,
+    config: &Config,
+) -> Result<terminal::upload::UploadSummary, terminal::upload::UploadError> {
+    journal.flag_unresolved_older_than(config.journal.flag_unresolved_after())?;
+    let batch_records = config.clearing.as_ref().map_or(terminal::upload::BATCH_RECORDS_MAX, |c| c.batch_records);
+    terminal::upload::upload_pending(journal, client, batch_records)
 }
 
 /// Logs how a background upload round ended: clearing away is a warning (the

@@ -8,11 +8,11 @@
 //! format field by field; the terminal does not link the clearing crate (the
 //! system test `tests/tests/terminal_clearing.rs` proves the two agree).
 //!
-//! Upload ([`upload_pending`]): the oldest completed journal rows are **sealed**
-//! into a batch (the batch id is the journal's identity with the first and last
-//! row ids, [`batch_id`], written to the rows in one transaction) before the
-//! first attempt.
-//! A sealed batch is sent, with exactly the same records, until clearing
+//! Upload ([`upload_pending`]): the oldest completed journal rows, and the grey
+//! records (kind `unresolved`) of purchase intents flagged for clearing, are
+//! **sealed** into a batch (the batch id is the journal's identity with the
+//! first and last row ids, [`batch_id`], written to the rows in one
+//! transaction) before the first attempt. A sealed batch is sent, with exactly the same records, until clearing
 //! answers 201 (stored) or 200 (stored before: `duplicate`); only then are its
 //! rows marked uploaded. So a batch whose acknowledgement was lost is sent
 //! again under the same id and clearing stores it once. Connection failures and
@@ -33,7 +33,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::blacklist::Blacklist;
-use crate::journal::{Completed, Journal, JournalError, JournalIdentity};
+use crate::journal::{Completed, Entry, Journal, JournalError, JournalIdentity, UploadRecord};
 
 /// Clearing's batch format name.
 pub const BATCH_FORMAT: &str = "clearing-batch/1";
@@ -174,7 +174,7 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRecord {
-    /// `purchase` or `load`.
+    /// `purchase`, `load`, or `unresolved` (a grey record).
     pub kind: String,
     pub card_serial: String,
     pub card_type: u8,
@@ -191,16 +191,35 @@ pub struct BatchRecord {
     pub terminal_serial: Option<u32>,
     /// `YYYYMMDDhhmmss`.
     pub date_time: String,
-    /// Eight hex digits.
-    pub tac: String,
+    /// Eight hex digits; none in a grey record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tac: Option<String>,
 }
 
 impl BatchRecord {
     /// A completed debit as a `purchase` record.
     pub fn purchase(row: &Completed) -> BatchRecord {
-        let entry = &row.entry;
+        BatchRecord { tac: Some(hex::encode_upper(row.tac)), ..BatchRecord::debit("purchase", &row.entry) }
+    }
+
+    /// A purchase intent the card has not settled, flagged for clearing, as an
+    /// `unresolved` record (a grey record, 灰记录): the purchase record's fields
+    /// but the TAC, the counter being the one INITIALIZE FOR PURCHASE answered.
+    pub fn unresolved(entry: &Entry) -> BatchRecord {
+        BatchRecord::debit("unresolved", entry)
+    }
+
+    /// The record clearing takes for this journal record.
+    pub fn of(record: &UploadRecord) -> BatchRecord {
+        match record {
+            UploadRecord::Completed(completed) => BatchRecord::purchase(completed),
+            UploadRecord::Unresolved { entry, .. } => BatchRecord::unresolved(entry),
+        }
+    }
+
+    fn debit(kind: &str, entry: &Entry) -> BatchRecord {
         BatchRecord {
-            kind: "purchase".into(),
+            kind: kind.into(),
             card_serial: entry.card.to_hex(),
             card_type: entry.card_type,
             offline_counter: Some(entry.offline_counter),
@@ -211,7 +230,7 @@ impl BatchRecord {
             terminal_number: entry.terminal.to_string(),
             terminal_serial: Some(entry.terminal_serial),
             date_time: hex::encode(entry.at.to_bytes()),
-            tac: hex::encode_upper(row.tac),
+            tac: None,
         }
     }
 }
@@ -227,12 +246,12 @@ pub struct BatchDocument {
 }
 
 impl BatchDocument {
-    pub fn new(terminal: &TerminalNumber, batch_id: String, rows: &[Completed]) -> BatchDocument {
+    pub fn new(terminal: &TerminalNumber, batch_id: String, records: &[UploadRecord]) -> BatchDocument {
         BatchDocument {
             format: BATCH_FORMAT.into(),
             terminal_id: terminal.to_string(),
             batch_id,
-            records: rows.iter().map(BatchRecord::purchase).collect(),
+            records: records.iter().map(BatchRecord::of).collect(),
         }
     }
 }
@@ -479,17 +498,20 @@ pub struct UploadSummary {
     pub batches: u64,
     /// Of them, batches clearing had stored before (an answer lost earlier).
     pub duplicates: u64,
-    /// Rows marked uploaded.
+    /// Records clearing took (completed debits and grey records).
     pub records: u64,
+    /// Of them, grey records (flagged purchase intents).
+    pub unresolved: u64,
     /// Records clearing refused as malformed (it keeps them in its quarantine).
     pub rejected: u64,
 }
 
 /// Uploads what the journal holds for clearing: first a batch sealed earlier
-/// and not acknowledged, then new batches of at most `batch_records` rows
+/// and not acknowledged, then new batches of at most `batch_records` records
+/// (completed debits and the grey records of flagged purchase intents)
 /// (≤ [`BATCH_RECORDS_MAX`]), until none is left (or [`BATCHES_PER_ROUND_MAX`]).
-/// Rows are marked uploaded only after clearing's acknowledgement; on an error
-/// the unacknowledged batch stays sealed for the next round.
+/// Records are marked uploaded only after clearing's acknowledgement; on an
+/// error the unacknowledged batch stays sealed for the next round.
 pub fn upload_pending(
     journal: &Journal,
     client: &ClearingClient,
@@ -503,19 +525,19 @@ pub fn upload_pending(
             Some(sealed) => Some(sealed),
             None => journal.seal_batch(&terminal, limit, |first, last| batch_id(&journal.identity(), first, last))?,
         };
-        let Some((id, rows)) = sealed else { break };
-        if let Some(other) = rows.iter().find(|row| row.entry.terminal != terminal) {
+        let Some((id, records)) = sealed else { break };
+        if let Some(other) = records.iter().find(|record| record.entry().terminal != terminal) {
             return Err(UploadError::BadAnswer {
                 what: "batch upload",
-                detail: format!("sealed batch {id} holds a row of terminal {}", other.entry.terminal),
+                detail: format!("sealed batch {id} holds a row of terminal {}", other.entry().terminal),
             });
         }
-        let document = BatchDocument::new(&terminal, id, &rows);
+        let document = BatchDocument::new(&terminal, id, &records);
         let report = match client.upload_batch(&document) {
             Err(UploadError::Refused { status: 409, body, .. }) => {
                 tracing::error!(
                     batch = %document.batch_id,
-                    records = rows.len(),
+                    records = records.len(),
                     answer = %body,
                     "clearing holds other records under this sealed batch's id (HTTP 409): this batch and every later one wait until an operator acts"
                 );
@@ -523,15 +545,16 @@ pub fn upload_pending(
             }
             answer => answer?,
         };
-        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-        journal.mark_uploaded(&ids)?;
+        let taken = journal.mark_batch_uploaded(&document.batch_id)?;
+        let unresolved = records.iter().filter(|record| matches!(record, UploadRecord::Unresolved { .. })).count();
         if report.rejected_count > 0 {
             tracing::error!(batch = %report.batch_id, rejected = report.rejected_count, "clearing refused records (quarantined there)");
         }
-        tracing::info!(batch = %report.batch_id, records = ids.len(), duplicate = report.duplicate, "batch acknowledged");
+        tracing::info!(batch = %report.batch_id, records = taken, unresolved, duplicate = report.duplicate, "batch acknowledged");
         summary.batches += 1;
         summary.duplicates += u64::from(report.duplicate);
-        summary.records += ids.len() as u64;
+        summary.records += records.len() as u64;
+        summary.unresolved += unresolved as u64;
         summary.rejected += report.rejected_count;
     }
     Ok(summary)
@@ -592,6 +615,72 @@ mod tests {
         let signature = hex::decode(key.sign("POST", "/v1/batches", b"{}")).expect("hex");
         let public = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.0.public_key().as_ref());
         public.verify(b"POST /v1/batches\n{}", &signature).expect("verifies");
+    }
+
+    fn debit_entry() -> Entry {
+        Entry {
+            card: ApplicationSerial::parse_hex("3100000000000001").expect("hex"),
+            offline_counter: 7,
+            kind: card_host::TransactionType::CompoundPurchase,
+            amount: card_host::Fen(200),
+            balance_before: card_host::Fen(5_000),
+            terminal: TerminalNumber::parse_hex("310000000901").expect("hex"),
+            terminal_serial: 42,
+            at: card_host::CardDateTime::new(2026, 11, 25, 8, 0, 5).expect("valid"),
+            route: Some(42),
+            station: Some(3),
+            card_type: 1,
+            reference: None,
+        }
+    }
+
+    /// A grey record is exactly the purchase record's fields minus `tac`, kind
+    /// `unresolved`, the counter as INITIALIZE FOR PURCHASE answered (the
+    /// `clearing-batch/1` record clearing takes for it).
+    #[test]
+    fn a_grey_record_is_the_purchase_record_without_its_tac() {
+        let entry = debit_entry();
+        let grey = serde_json::to_value(BatchRecord::of(&UploadRecord::Unresolved { id: 9, entry: entry.clone() }))
+            .expect("json");
+        assert_eq!(
+            grey,
+            serde_json::json!({
+                "kind": "unresolved", "card_serial": "3100000000000001", "card_type": 1, "offline_counter": 7,
+                "balance_before_fen": 5000, "amount_fen": 200, "transaction_type": "09",
+                "terminal_number": "310000000901", "terminal_serial": 42, "date_time": "20261125080005"
+            })
+        );
+        let completed = Completed {
+            id: 9,
+            entry,
+            tac: [0xAB, 0xCD, 0x01, 0x23],
+            mac2: [0; 4],
+            resolution: crate::journal::Resolution::Proof,
+        };
+        let mut purchase = serde_json::to_value(BatchRecord::of(&UploadRecord::Completed(completed))).expect("json");
+        assert_eq!(purchase["tac"], "ABCD0123");
+        let object = purchase.as_object_mut().expect("object");
+        object.remove("tac");
+        object.insert("kind".into(), "unresolved".into());
+        assert_eq!(purchase, grey, "the same fields but the TAC");
+        // A batch holds both kinds, and reads back.
+        let document = BatchDocument::new(
+            &TerminalNumber::parse_hex("310000000901").expect("hex"),
+            "0123456789abcdef-1-2".into(),
+            &[UploadRecord::Unresolved { id: 1, entry: debit_entry() }],
+        );
+        let text = serde_json::to_string(&document).expect("json");
+        assert!(!text.contains("tac") && !text.contains("online_counter"), "{text}");
+        assert_eq!(serde_json::from_str::<BatchDocument>(&text).expect("parse"), document);
+    }
+
+    #[test]
+    fn batch_ids_fit_clearing_whatever_the_row_ids() {
+        let identity = crate::journal::JournalIdentity::parse_hex("0123456789abcdef").expect("hex");
+        let longest = batch_id(&identity, i64::MAX, i64::MAX);
+        assert!(longest.len() <= BATCH_ID_LENGTH_MAX, "{longest}");
+        assert!(longest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        assert_eq!(batch_id(&identity, 1, 20), "0123456789abcdef-1-20");
     }
 
     #[test]

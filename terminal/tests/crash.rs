@@ -56,10 +56,15 @@ fn time_command(seconds_after_eight: u64) -> String {
 }
 
 fn terminal(setup: &Setup, fail_point: Option<&str>) -> Command {
+    terminal_mode("bus", &setup.config, fail_point)
+}
+
+/// `terminal MODE --config CONFIG`, aborting at `fail_point` if any.
+fn terminal_mode(mode: &str, config: &Path, fail_point: Option<&str>) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_terminal"));
     command
-        .args(["bus", "--config"])
-        .arg(&setup.config)
+        .args([mode, "--config"])
+        .arg(config)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -73,7 +78,11 @@ fn terminal(setup: &Setup, fail_point: Option<&str>) -> Command {
 
 /// Runs the terminal with `input` on its standard input to the end.
 fn run(setup: &Setup, fail_point: Option<&str>, input: &str) -> (bool, String) {
-    let mut child = terminal(setup, fail_point).spawn().expect("terminal binary");
+    run_mode("bus", &setup.config, fail_point, input)
+}
+
+fn run_mode(mode: &str, config: &Path, fail_point: Option<&str>, input: &str) -> (bool, String) {
+    let mut child = terminal_mode(mode, config, fail_point).spawn().expect("terminal binary");
     child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
     let output = child.wait_with_output().expect("wait");
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
@@ -144,6 +153,51 @@ fn unresolved_intent_is_flagged_for_clearing_when_the_card_does_not_return() {
     let (_, output) = run(&setup, None, &format!("{}tap 0\nquit\n", time_command(3)));
     assert!(output.starts_with("ALREADY PAID"), "{output}");
     assert_agree(&setup);
+}
+
+/// The kiosk (a bill) and the counter (a co-payment) flag their old unresolved
+/// purchase intents for clearing too, with the same `[journal]
+/// flag_unresolved_after_seconds`, so their grey records are uploaded.
+#[test]
+fn kiosk_and_counter_flag_their_unresolved_purchases_for_clearing() {
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/terminals/device-0902.key");
+    for (mode, section, command) in [
+        (
+            "kiosk",
+            format!("[clearing]\nurl = \"http://127.0.0.1:9\"\nterminal_id = \"{TERMINAL}\"\ndevice_key = {key:?}\n"),
+            "bill water W-1 120\n",
+        ),
+        ("counter", "[counter]\nhospital = \"310000000903\"\ndepartment = 12\n".to_owned(), "visit 123456 1 1550\n"),
+    ] {
+        let setup = setup();
+        let bus = std::fs::read_to_string(&setup.config).expect("config");
+        let journal_and_reader = &bus[bus.find("[journal]").expect("journal section")..];
+        let config = setup.directory.path().join(format!("{mode}.toml"));
+        std::fs::write(&config, format!("{section}{journal_and_reader}")).expect("config");
+        let (clean, _) = run_mode(mode, &config, Some("after_debit"), command);
+        assert!(!clean, "{mode}: aborted after DEBIT");
+        let unresolved = |what: &str| {
+            let journal = Journal::open(&setup.journal).expect("journal");
+            assert_eq!(journal.counts().expect("counts").intents, 1, "{mode} {what}: the intent is open");
+            journal.pending_upload(10).expect("pending")
+        };
+        // Restarted within the default day: the intent waits for the card.
+        let (clean, _) = run_mode(mode, &config, None, "quit\n");
+        assert!(clean, "{mode}: restarted");
+        assert!(unresolved("young").is_empty(), "{mode}: not flagged yet");
+        // Restarted with flagging after 0 seconds: its grey record waits for clearing.
+        let text = std::fs::read_to_string(&config).expect("config");
+        std::fs::write(&config, text.replace("[journal]\n", "[journal]\nflag_unresolved_after_seconds = 0\n"))
+            .expect("config");
+        let (clean, _) = run_mode(mode, &config, None, "quit\n");
+        assert!(clean, "{mode}: restarted");
+        let pending = unresolved("old");
+        assert!(
+            matches!(pending.as_slice(), [terminal::journal::UploadRecord::Unresolved { entry, .. }]
+                if entry.amount == Fen(if mode == "kiosk" { 120 } else { 1_550 })),
+            "{mode}: flagged for clearing: {pending:?}"
+        );
+    }
 }
 
 /// A small deterministic generator (xorshift64*), so a failing run can be replayed.

@@ -94,8 +94,11 @@ fn unresolved_intents_are_found_per_card_and_flagged_for_clearing() {
     assert_eq!(pending.iter().filter(|record| matches!(record, UploadRecord::Unresolved { .. })).count(), 2);
     assert!(journal.unresolved().expect("unresolved").iter().all(|intent| intent.is_flagged()));
 
-    let ids: Vec<i64> = pending.iter().map(UploadRecord::id).collect();
-    journal.mark_uploaded(&ids).expect("uploaded");
+    let identity = journal.identity();
+    let name = |first: i64, last: i64| terminal::upload::batch_id(&identity, first, last);
+    let (batch, sealed) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("records wait");
+    assert_eq!(sealed, pending, "the grey records sealed beside the completed row");
+    assert_eq!(journal.mark_batch_uploaded(&batch).expect("uploaded"), 3);
     assert!(journal.pending_upload(100).expect("pending").is_empty());
 
     // A flagged intent the card settles later goes to clearing again, completed.
@@ -278,12 +281,12 @@ fn a_sealed_batch_is_sent_again_unchanged_until_acknowledged() {
     assert_eq!(journal.sealed_batch().expect("sealed"), None);
     let (id, rows) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("rows wait");
     assert_eq!(id, format!("{identity}-1-3"));
-    assert_eq!(rows.iter().map(|row| row.id).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(rows.iter().map(UploadRecord::id).collect::<Vec<_>>(), [1, 3]);
     // The row between them completes later: the sealed batch does not change ...
     open.complete(&journal, [3; 4], [3; 4], Resolution::Proof).expect("complete");
     assert_eq!(journal.sealed_batch().expect("sealed"), Some((id.clone(), rows.clone())));
     // ... and once it is acknowledged, the late row goes in a batch of its own.
-    journal.mark_uploaded(&[1, 3]).expect("uploaded");
+    assert_eq!(journal.mark_batch_uploaded(&id).expect("uploaded"), 2);
     assert_eq!(journal.sealed_batch().expect("sealed"), None);
     let (late, rows) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("the late row");
     assert_eq!((late.as_str(), rows.len()), (format!("{identity}-2-2").as_str(), 1));
@@ -341,4 +344,58 @@ fn each_journal_file_has_its_own_identity_for_life() {
     assert_eq!(journal.counts().expect("counts").completed, 1, "its rows kept");
     drop(journal);
     assert_eq!(Journal::open(&old).expect("reopen").identity(), old_identity);
+}
+
+/// Grey records: flagged purchase intents are sealed beside completed rows; a
+/// sealed batch is sent again unchanged even after the card settled one of its
+/// intents; the settled debit then goes as a purchase in a later batch; once
+/// clearing has acknowledged everything nothing is pending.
+#[test]
+fn flagged_intents_are_sealed_as_grey_records_and_settled_ones_follow_completed() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let identity = journal.identity();
+    let name = |first: i64, last: i64| terminal::upload::batch_id(&identity, first, last);
+    let done = journal.write_intent(entry(10, 0, 100)).expect("intent");
+    done.complete(&journal, [1; 4], [1; 4], Resolution::Answer).expect("complete");
+    let _grey = journal.write_intent(entry(11, 4, 150)).expect("intent");
+    let _settled_later = journal.write_intent(entry(12, 7, 200)).expect("intent");
+    // Flagged: only the old ones. The young intent below waits for its card.
+    assert_eq!(journal.flag_unresolved_before(i64::MAX).expect("flag"), 2);
+    let _young = journal.write_intent(entry(13, 0, 300)).expect("intent");
+
+    let (batch, records) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("records wait");
+    assert_eq!(batch, format!("{identity}-1-3"));
+    let kinds: Vec<(i64, bool)> =
+        records.iter().map(|record| (record.id(), matches!(record, UploadRecord::Unresolved { .. }))).collect();
+    assert_eq!(kinds, [(1, false), (2, true), (3, true)], "the young intent is not sealed");
+    assert_eq!(records[2].entry(), &entry(12, 7, 200), "the intent's fields, counter as INITIALIZE answered");
+
+    // The card of row 3 comes back before clearing acknowledged: the batch is
+    // sent again unchanged (row 3 still a grey record in it) ...
+    let intent = journal.unresolved_for(&ApplicationSerial(12u64.to_be_bytes())).expect("card 12").remove(0);
+    intent.complete(&journal, [3; 4], [3; 4], Resolution::Proof).expect("proved");
+    assert_eq!(journal.sealed_batch().expect("sealed"), Some((batch.clone(), records.clone())));
+    // ... and pending lists its grey record and its completed record.
+    let pending = journal.pending_upload(100).expect("pending");
+    assert_eq!(pending.len(), 4, "{pending:?}");
+    assert_eq!(journal.mark_batch_uploaded(&batch).expect("acknowledged"), 3);
+
+    // Then the completed debit of row 3 goes as a purchase in a batch of its own.
+    let pending = journal.pending_upload(100).expect("pending");
+    assert!(matches!(pending.as_slice(), [UploadRecord::Completed(completed)] if completed.id == 3), "{pending:?}");
+    let (late, records) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("the settled debit");
+    assert_eq!(late, format!("{identity}-3-3"));
+    assert!(matches!(records.as_slice(), [UploadRecord::Completed(completed)] if completed.tac == [3; 4]));
+    assert_eq!(journal.mark_batch_uploaded(&late).expect("acknowledged"), 1);
+    assert!(journal.pending_upload(100).expect("pending").is_empty(), "everything acknowledged");
+    assert_eq!(journal.seal_batch(&TERMINAL, 10, name).expect("seal"), None);
+    assert_eq!(journal.counts().expect("counts").intents, 2, "grey records stay intents locally");
+
+    // A grey record already taken whose intent the card then voids sends nothing more.
+    let grey = journal.unresolved_for(&ApplicationSerial(11u64.to_be_bytes())).expect("card 11").remove(0);
+    assert!(grey.is_flagged());
+    grey.void(&journal, Resolution::NoProof).expect("no proof");
+    assert!(journal.pending_upload(100).expect("pending").is_empty());
+    assert_eq!(journal.seal_batch(&TERMINAL, 10, name).expect("seal"), None);
 }

@@ -19,7 +19,7 @@ use system_tests::clearing::{Clearing, serial_and_type};
 use system_tests::{issue_card, issue_psam, terminal_binary};
 use terminal::blacklist::Blacklist;
 use terminal::bus::{BusSettings, Tap, Validator};
-use terminal::journal::Journal;
+use terminal::journal::{Journal, UploadRecord};
 use terminal::kiosk::{Bill, Kiosk, Utility};
 use terminal::psam::PsamSession;
 use terminal::reader::Channel;
@@ -220,8 +220,14 @@ fn two_journals_of_one_terminal_both_upload_and_a_conflict_is_told() {
     let tap = third.tap(&mut card, &mut psam, at(60));
     assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
     let taken = upload::batch_id(&third.journal().identity(), 1, 1);
-    let first_row = first.journal().completed_for(&serial_and_type(&mut card).0).expect("rows");
-    online.upload_batch(&BatchDocument::new(&BUS, taken.clone(), &first_row)).expect("the forged batch");
+    let first_rows: Vec<UploadRecord> = first
+        .journal()
+        .completed_for(&serial_and_type(&mut card).0)
+        .expect("rows")
+        .into_iter()
+        .map(UploadRecord::Completed)
+        .collect();
+    online.upload_batch(&BatchDocument::new(&BUS, taken.clone(), &first_rows)).expect("the forged batch");
     let error = upload::upload_pending(third.journal(), &online, 10).expect_err("409");
     assert!(matches!(&error, UploadError::BatchConflict { batch, .. } if *batch == taken), "{error}");
     assert_eq!(third.journal().pending_upload(10).expect("pending").len(), 1, "the row is kept");

@@ -672,8 +672,9 @@ fn replay(bus: &Bus) -> Result<report::Replay, CityError> {
     let Some(row) = rows.iter().rev().find(|row| row.entry.amount > Fen::ZERO) else {
         return Ok(report::Replay::default());
     };
+    let record = terminal::journal::UploadRecord::Completed(row.clone());
     let document =
-        BatchDocument::new(&bus.spec.terminal.number, format!("replay-{}", row.id), std::slice::from_ref(row));
+        BatchDocument::new(&bus.spec.terminal.number, format!("replay-{}", row.id), std::slice::from_ref(&record));
     let first = bus.device.client.upload_batch(&document).map_err(|e| CityError::step("the replayed batch", e))?;
     let again =
         bus.device.client.upload_batch(&document).map_err(|e| CityError::step("the replayed batch again", e))?;
