@@ -15,10 +15,12 @@ use card_host::pn532::{Control, Pn532, Pty, Uid};
 use card_host::vpcd::{Tear, TearPoint};
 use card_host::{Fen, TransactionType};
 use common::{at, card, psam};
+use terminal::journal::Journal;
 use terminal::psam::PsamSession;
 use terminal::purse::{PurchaseRequest, Purse};
 use terminal::reader::pn532::{FirmwareVersion, PORT_READ_TIMEOUT, Pn532Error, Pn532Options, Pn532Reader};
 use terminal::reader::{Channel, InProcess, ReaderError};
+use terminal::transaction::{self, Place, Recovered, TransactionError};
 use terminal::{CardError, CardSession};
 
 /// An emulated PN532 with `cards` in its field, served on a pty by a thread.
@@ -159,6 +161,55 @@ fn card_removed_mid_apdu_is_reported_and_settled_by_prove() {
         assert_eq!(balance, Fen(if debited { 1_700 } else { 2_000 }), "{point:?}");
         field.stop();
     }
+}
+
+/// The PN532's answer to DEBIT is lost on the line (the card debited): the
+/// driver does not send DEBIT again (a second DEBIT would be refused and the
+/// intent voided while the card was charged) but reports an unknown outcome;
+/// the journal keeps the intent and GET TRANSACTION PROVE completes it. A read
+/// whose answer is lost is simply sent again.
+#[test]
+fn a_lost_answer_to_debit_is_never_sent_again_and_is_settled_by_prove() {
+    let (mut field, host) = Field::start(one_card(Fen(2_000)), 262);
+    let options = Pn532Options { ack_timeout: Duration::from_millis(200), ..Pn532Options::default() };
+    let mut reader = Pn532Reader::with_options(host, options);
+    reader.wake_up().expect("awake");
+    reader.find_card().expect("listed").expect("a card");
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("journal");
+    let mut psam_reader = InProcess::new(psam());
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+
+    let mut purse = Purse::select(CardSession::new(&mut reader)).expect("select");
+    // A read: its answer lost, it is sent again and answered.
+    let before = field.control.apdus();
+    field.control.lose_answer_at(1);
+    assert_eq!(purse.balance().expect("GET BALANCE sent again"), Fen(2_000));
+    assert_eq!(field.control.apdus() - before, 2, "GET BALANCE ran twice, harmlessly");
+
+    // INITIALIZE is the 1st APDU from here, DEBIT the 2nd: DEBIT's answer is lost.
+    let before = field.control.apdus();
+    field.control.lose_answer_at(2);
+    let outcome = transaction::purchase(&mut purse, &mut psam, &journal, &request(300), Place::default());
+    let Err(TransactionError::Torn { source, .. }) = &outcome else { panic!("not torn: {outcome:?}") };
+    assert!(
+        matches!(source, CardError::Reader(ReaderError::Pn532(Pn532Error::OutcomeUnknown(_)))),
+        "an unknown outcome: {source:?}"
+    );
+    assert_eq!(field.control.apdus() - before, 2, "INITIALIZE and DEBIT, each sent once");
+    assert_eq!(journal.counts().expect("counts").intents, 1, "the intent is kept");
+
+    // The card is read again: GET TRANSACTION PROVE shows the debit; completed once.
+    reader.find_card().expect("listed").expect("the card is still there");
+    let mut purse = Purse::select(CardSession::new(&mut reader)).expect("select");
+    let recovered = transaction::recover_card(&mut purse, &journal).expect("recover");
+    assert!(matches!(recovered.as_slice(), [Recovered::Completed(_)]), "{recovered:?}");
+    assert_eq!(purse.balance().expect("balance"), Fen(1_700), "charged once");
+    let counts = journal.counts().expect("counts");
+    assert_eq!((counts.intents, counts.completed, counts.completed_fen), (0, 1, 300));
+    let cards = field.stop();
+    assert_eq!(cards[0].image().purse.balance, Fen(1_700));
+    assert_eq!(cards[0].image().purse.offline_counter, 1, "one debit on the card");
 }
 
 /// A serial line that injects garbage (with fake start codes) between reads

@@ -144,6 +144,11 @@ struct ControlState {
     tear: Option<(Tear, u32)>,
     /// Command APDUs the cards have been sent (complete, after chaining).
     apdus: u64,
+    /// The armed lost answer (the APDU it falls on, counted from when it was
+    /// armed) and the APDUs seen since.
+    lose_answer: Option<(u32, u32)>,
+    /// The InDataExchange just executed carried the APDU whose answer is lost.
+    losing: bool,
 }
 
 /// Remote control of a running emulator: take cards out of the field, put them
@@ -156,7 +161,14 @@ pub struct Control {
 impl Control {
     fn new(cards: usize) -> Self {
         Control {
-            state: Mutex::new(ControlState { present: vec![true; cards], stopping: false, tear: None, apdus: 0 }),
+            state: Mutex::new(ControlState {
+                present: vec![true; cards],
+                stopping: false,
+                tear: None,
+                apdus: 0,
+                lose_answer: None,
+                losing: false,
+            }),
         }
     }
 
@@ -187,6 +199,19 @@ impl Control {
         self.lock().tear = Some((tear, 0));
     }
 
+    /// Arms a lost answer, once: the `apdu`-th command APDU from now (1-based)
+    /// is carried out by its card, but the PN532's ACK and answer to that
+    /// InDataExchange never reach the host, as when the line fails. The card
+    /// stays in the field.
+    pub fn lose_answer_at(&self, apdu: u32) {
+        self.lock().lose_answer = Some((apdu, 0));
+    }
+
+    /// Whether the InDataExchange just executed lost its answer (and clears it).
+    fn take_losing(&self) -> bool {
+        std::mem::take(&mut self.lock().losing)
+    }
+
     /// Makes [`Pn532::serve`] return.
     pub fn stop(&self) {
         self.lock().stopping = true;
@@ -205,6 +230,13 @@ impl Control {
     fn count_apdu(&self) -> Option<TearPoint> {
         let mut state = self.lock();
         state.apdus += 1;
+        if let Some((apdu, seen)) = state.lose_answer.as_mut() {
+            *seen += 1;
+            if *seen >= *apdu {
+                state.lose_answer = None;
+                state.losing = true;
+            }
+        }
         let (tear, seen) = state.tear.as_mut()?;
         *seen += 1;
         if *seen < tear.apdu {
@@ -325,6 +357,7 @@ impl<C: SmartCard> Pn532<C> {
         while let Some(outcome) = self.decoder.next_frame() {
             match outcome {
                 Ok(Frame::Information(information)) if information.direction() == Direction::HostToPn532 => {
+                    let acknowledged = out.len();
                     out.extend_from_slice(&frame::ACK);
                     let answer = self.execute(information.code(), information.parameters());
                     let bytes = match answer {
@@ -339,6 +372,10 @@ impl<C: SmartCard> Pn532<C> {
                     };
                     out.extend_from_slice(&bytes);
                     self.last_answer = Some(bytes);
+                    if self.control.take_losing() {
+                        tracing::info!("planned line fault: the answer to this APDU is lost");
+                        out.truncate(acknowledged);
+                    }
                 }
                 Ok(Frame::Nack) => {
                     tracing::debug!("NACK from the host: sending the last answer again");
@@ -878,6 +915,22 @@ mod tests {
         assert!(chip.receive(&[0x13, 0x37, 0xFF, 0x00]).is_empty(), "noise");
         assert_eq!(chip.receive(&command(code::GET_FIRMWARE_VERSION, &[])), first, "resynchronised");
         assert!(chip.receive(&frame::ACK).is_empty());
+    }
+
+    #[test]
+    fn a_lost_answer_is_carried_out_and_never_sent() {
+        let mut chip = Pn532::new(Echo, Uid::random_single([1, 2, 3])).with_chunk_max(4);
+        let control = chip.control();
+        ask(&mut chip, code::IN_LIST_PASSIVE_TARGET, &[0x01, 0x00]).expect("listed");
+        control.lose_answer_at(2);
+        assert_eq!(ask(&mut chip, code::IN_DATA_EXCHANGE, &[0x01, 0xAA]), Ok(vec![0x00, 0xAA, 0x90, 0x00]));
+        // A chained part is no APDU yet; the APDU it completes loses its answer (no ACK either).
+        assert_eq!(ask(&mut chip, code::IN_DATA_EXCHANGE, &[0x41, 1, 2]), Ok(vec![0x00]));
+        assert!(chip.receive(&command(code::IN_DATA_EXCHANGE, &[0x01, 3])).is_empty(), "nothing on the line");
+        assert_eq!(control.apdus(), 2, "the card carried it out");
+        // Once: the next APDU is answered, and the card is still in the field.
+        assert_eq!(ask(&mut chip, code::IN_DATA_EXCHANGE, &[0x01, 0xBB]), Ok(vec![0x00, 0xBB, 0x90, 0x00]));
+        assert_eq!(ask(&mut chip, code::DIAGNOSE, &[0x06]), Ok(vec![0x00]));
     }
 
     #[test]

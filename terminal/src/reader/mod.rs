@@ -178,13 +178,32 @@ impl ReaderOutage {
     }
 }
 
+/// SELECT's instruction byte.
+const INS_SELECT: u8 = 0xA4;
+
+/// Whether `command` only reads, so that sending it twice changes nothing: a
+/// command without data (READ BINARY, READ RECORD, GET BALANCE, GET
+/// CHALLENGE, GET RESPONSE) or SELECT. Anything else (INITIALIZE, DEBIT,
+/// CREDIT, VERIFY, UPDATE, APPLICATION BLOCK, …) may change the card and is
+/// never sent twice blindly: not on `6Cxx` ([`exchange`]), not when a reader's
+/// answer was lost (the PN532 driver).
+pub fn is_read(command: &Command) -> bool {
+    command.data().is_empty() || command.ins == INS_SELECT
+}
+
+/// [`is_read`]'s opposite on a command APDU's bytes; bytes that do not parse
+/// as a command APDU count as changing the card.
+pub fn changes_card(command: &[u8]) -> bool {
+    Command::parse(command).map_or(true, |command| !is_read(&command))
+}
+
 /// Whether [`exchange`] follows `61xx` and `6Cxx` by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExchangeOptions {
     /// On `61xx`, fetch the rest with GET RESPONSE (T=0 cards and readers).
     pub get_response: bool,
-    /// On `6Cxx`, send the command again with Le = xx. Only a command without
-    /// data (a read) is ever sent again: one that changes the card is not.
+    /// On `6Cxx`, send the command again with Le = xx. Only a read
+    /// ([`is_read`]) is ever sent again: one that changes the card is not.
     pub resend_on_wrong_le: bool,
 }
 
@@ -204,7 +223,7 @@ pub fn exchange(
     let mut response = Response::parse(&channel.transmit(&command.to_bytes())?)?;
     if let StatusWord::WrongLe(exact) = response.status()
         && options.resend_on_wrong_le
-        && command.data().is_empty()
+        && is_read(command)
     {
         let again = command.clone().expect(if exact == 0 { 256 } else { usize::from(exact) });
         response = Response::parse(&channel.transmit(&again.to_bytes())?)?;
@@ -271,6 +290,33 @@ mod tests {
         let response = exchange(&mut card, &debit, ExchangeOptions::default()).expect("answer");
         assert_eq!(response.status(), StatusWord::WrongLe(8));
         assert_eq!(card.sent.len(), 1, "a command that changes the card is never re-sent");
+    }
+
+    #[test]
+    fn reads_are_told_from_commands_that_change_the_card() {
+        use card_host::commands;
+        for read in [
+            commands::select_by_name(b"1PAY.SYS.DDF01"),
+            commands::read_binary(0x15, 0, 30),
+            commands::read_record(0x18, 1),
+            commands::get_balance(),
+            commands::get_challenge(4),
+        ] {
+            assert!(is_read(&read) && !changes_card(&read.to_bytes()), "{read:?}");
+        }
+        let terminal = card_host::TerminalNumber([0x31, 0, 0, 0, 0, 0x42]);
+        let at = card_host::CardDateTime::new(2026, 11, 25, 8, 0, 0).expect("valid");
+        for change in [
+            commands::initialize_for_purchase(1, card_host::Fen(200), &terminal),
+            commands::debit_for_purchase(7, &at, [0; 4]),
+            commands::update_capp_data_cache(1, &[0; 48]),
+            commands::credit_for_load(&at, [0; 4]),
+            commands::verify_pin(b"123456"),
+            commands::application_block([0; 4]),
+        ] {
+            assert!(!is_read(&change) && changes_card(&change.to_bytes()), "{change:?}");
+        }
+        assert!(changes_card(&[0x80]), "bytes that are no APDU are not taken for a read");
     }
 
     #[test]

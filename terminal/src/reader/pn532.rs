@@ -8,8 +8,12 @@
 //! - wakes the module up (`55 55 00 ..`) and puts it in normal mode
 //!   (SAMConfiguration), then checks GetFirmwareVersion says PN532;
 //! - sends a command again when no ACK came (the PN532 did not take it), at
-//!   most [`COMMAND_ATTEMPTS_MAX`] times, and never sends InDataExchange
-//!   again once something came back, so an APDU is not run twice;
+//!   most [`COMMAND_ATTEMPTS_MAX`] times; InDataExchange only when it carries
+//!   a whole read ([`super::is_read`], not chained) and nothing at all came
+//!   back. An APDU that changes the card is never sent twice: its lost answer
+//!   is [`Pn532Error::OutcomeUnknown`] (the PN532 may have taken it and the
+//!   card carried it out), which a purchase settles through its journal
+//!   intent and GET TRANSACTION PROVE;
 //! - asks for an answer again with NACK when it came broken (bad LCS or DCS),
 //!   at most [`NACKS_MAX`] times; it waits [`NACK_QUIET`] first, so that a
 //!   broken frame that was only line noise costs nothing;
@@ -108,6 +112,12 @@ pub enum Pn532Error {
     NotIsoDep(u8),
     #[error("command APDU of {0} bytes is too long")]
     ApduTooLong(usize),
+    /// The answer to an APDU that changes the card was lost (no ACK, or no
+    /// answer after it): the APDU is not sent again, since the PN532 may have
+    /// taken it and the card carried it out. Whether it did is unknown; a
+    /// purchase keeps its journal intent and GET TRANSACTION PROVE settles it.
+    #[error("the answer to a command that changes the card was lost ({0}); not sent again, its outcome is unknown")]
+    OutcomeUnknown(Box<Pn532Error>),
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -387,22 +397,26 @@ impl<P: Read + Write> Pn532Reader<P> {
         Ok(())
     }
 
-    /// Sends command `code` and returns its answer's parameters (after the
-    /// answer code). See the module doc for the retries.
+    /// Sends command `code` to the PN532 itself and returns its answer's
+    /// parameters (after the answer code). See the module doc for the retries.
     fn command(&mut self, code: u8, parameters: &[u8]) -> Result<Vec<u8>, ReaderError> {
-        let result = self.command_once(code, parameters);
+        self.command_with(code, parameters, Resend::Always)
+    }
+
+    fn command_with(&mut self, code: u8, parameters: &[u8], resend: Resend) -> Result<Vec<u8>, ReaderError> {
+        let result = self.command_once(code, parameters, resend);
         if matches!(result, Err(ReaderError::Pn532(_))) {
             self.drain = true;
         }
         result
     }
 
-    fn command_once(&mut self, code: u8, parameters: &[u8]) -> Result<Vec<u8>, ReaderError> {
+    fn command_once(&mut self, code: u8, parameters: &[u8], resend: Resend) -> Result<Vec<u8>, ReaderError> {
         if self.drain {
             self.drain_line()?;
         }
         let frame = Information::command(code, parameters).map_err(Pn532Error::from)?.to_bytes();
-        let changes_card = code == code::IN_DATA_EXCHANGE;
+        let is_data_exchange = code == code::IN_DATA_EXCHANGE;
         let mut stray = 0usize;
         let mut attempts = 0;
         'send: loop {
@@ -421,7 +435,7 @@ impl<P: Read + Write> Pn532Reader<P> {
                         return Ok(answer.parameters().to_vec());
                     }
                     Some(Ok(Frame::Error)) => return Err(Pn532Error::SyntaxError { command: code }.into()),
-                    Some(Ok(Frame::Nack)) if !changes_card && attempts < COMMAND_ATTEMPTS_MAX => continue 'send,
+                    Some(Ok(Frame::Nack)) if !is_data_exchange && attempts < COMMAND_ATTEMPTS_MAX => continue 'send,
                     Some(Ok(other)) => {
                         heard = true;
                         stray += 1;
@@ -439,7 +453,12 @@ impl<P: Read + Write> Pn532Reader<P> {
                         // unless something came back (broken, or cut short): then
                         // an APDU may have.
                         heard |= self.received != received_before;
-                        if attempts >= COMMAND_ATTEMPTS_MAX || (changes_card && heard) {
+                        let again = match resend {
+                            Resend::Always => true,
+                            Resend::IfNothingHeard => !heard,
+                            Resend::Never => false,
+                        };
+                        if attempts >= COMMAND_ATTEMPTS_MAX || !again {
                             return Err(Pn532Error::NoAck { command: code, attempts }.into());
                         }
                         tracing::warn!(command = format_args!("{code:02X}"), attempts, "no ACK: sending again");
@@ -493,11 +512,11 @@ impl<P: Read + Write> Pn532Reader<P> {
     }
 
     /// One InDataExchange: returns the status and data, or the card's removal.
-    fn data_exchange(&mut self, target: u8, data: &[u8]) -> Result<(u8, Vec<u8>), ReaderError> {
+    fn data_exchange(&mut self, target: u8, data: &[u8], resend: Resend) -> Result<(u8, Vec<u8>), ReaderError> {
         let mut parameters = Vec::with_capacity(1 + data.len());
         parameters.push(target);
         parameters.extend_from_slice(data);
-        let answer = self.command(code::IN_DATA_EXCHANGE, &parameters)?;
+        let answer = self.command_with(code::IN_DATA_EXCHANGE, &parameters, resend)?;
         let Some((&status_byte, data)) = answer.split_first() else {
             return Err(Pn532Error::Malformed { command: "InDataExchange", detail: "no status byte".into() }.into());
         };
@@ -510,6 +529,31 @@ impl<P: Read + Write> Pn532Reader<P> {
             }
             status => Err(Pn532Error::Status { command: "InDataExchange", status }.into()),
         }
+    }
+}
+
+/// Whether a command frame that got no ACK is sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// A command to the PN532 itself: up to [`COMMAND_ATTEMPTS_MAX`] sends.
+    Always,
+    /// InDataExchange with a whole read APDU: again only if nothing at all came
+    /// back (the PN532 never took it), and running it twice changes nothing.
+    IfNothingHeard,
+    /// InDataExchange with an APDU that changes the card, a part of a chained
+    /// one, or a request for the rest of a chained answer: never, as the
+    /// PN532 may hold or have run it already.
+    Never,
+}
+
+/// The lost answer of an APDU that changes the card: its outcome is unknown.
+fn outcome_unknown(error: ReaderError) -> ReaderError {
+    match error {
+        ReaderError::Pn532(lost @ (Pn532Error::NoAck { .. } | Pn532Error::NoAnswer { .. })) => {
+            tracing::warn!(error = %lost, "answer to a command that changes the card lost: not sent again");
+            Pn532Error::OutcomeUnknown(Box::new(lost)).into()
+        }
+        other => other,
     }
 }
 
@@ -527,10 +571,14 @@ impl<P: Read + Write> Channel for Pn532Reader<P> {
         let chunks: Vec<&[u8]> =
             if apdu.is_empty() { vec![apdu] } else { apdu.chunks(self.options.chunk_max).collect() };
         let last = chunks.len() - 1;
+        let changes_card = super::changes_card(apdu);
+        let resend = if last == 0 && !changes_card { Resend::IfNothingHeard } else { Resend::Never };
         let mut answer = (0u8, Vec::new());
         for (index, chunk) in chunks.iter().enumerate() {
             let more = if index < last { MORE_INFORMATION } else { 0 };
-            answer = self.data_exchange(target | more, chunk)?;
+            answer = self
+                .data_exchange(target | more, chunk, resend)
+                .map_err(|error| if changes_card { outcome_unknown(error) } else { error })?;
             if index < last && (!answer.1.is_empty() || answer.0 & MORE_INFORMATION != 0) {
                 return Err(Pn532Error::Malformed {
                     command: "InDataExchange",
@@ -546,7 +594,7 @@ impl<P: Read + Write> Channel for Pn532Reader<P> {
             if frames > RESPONSE_FRAMES_MAX || response.len() > CHAINED_RESPONSE_MAX {
                 return Err(ReaderError::ChainTooLong);
             }
-            let (next_status, data) = self.data_exchange(target, &[])?;
+            let (next_status, data) = self.data_exchange(target, &[], Resend::Never)?;
             status = next_status;
             response.extend_from_slice(&data);
         }
@@ -683,6 +731,39 @@ mod tests {
         // Nothing at all came back: the PN532 never took it, so it is sent again.
         let mut reader = with_card(vec![vec![], acked(code::IN_DATA_EXCHANGE, &[0x00, 0x90, 0x00])]);
         assert_eq!(reader.transmit(&[0x00, 0x84, 0x00, 0x00, 0x04]).expect("answer"), [0x90, 0x00]);
+    }
+
+    #[test]
+    fn a_command_that_changes_the_card_is_never_sent_again() {
+        let debit = [0x80, 0x54, 0x01, 0x00, 0x0F, 0, 0, 0, 7, 0x20, 0x26, 0x11, 0x25, 8, 0, 0, 1, 2, 3, 4, 0x08];
+        // Nothing at all came back: the PN532 may still have run it.
+        let mut reader = with_card(vec![vec![]]);
+        let outcome = reader.transmit(&debit);
+        assert!(
+            matches!(&outcome, Err(ReaderError::Pn532(Pn532Error::OutcomeUnknown(lost)))
+                if matches!(**lost, Pn532Error::NoAck { attempts: 1, .. })),
+            "{outcome:?}"
+        );
+        assert!(outcome.expect_err("lost").to_string().contains("outcome is unknown"));
+        assert_eq!(reader.into_port().written.len(), 2, "InListPassiveTarget, one InDataExchange");
+        // Acknowledged, and the answer never came.
+        let mut reader = with_card(vec![ACK.to_vec()]);
+        let outcome = reader.transmit(&debit);
+        assert!(
+            matches!(&outcome, Err(ReaderError::Pn532(Pn532Error::OutcomeUnknown(lost)))
+                if matches!(**lost, Pn532Error::NoAnswer { .. })),
+            "{outcome:?}"
+        );
+        // A read chained in parts is not sent again either (the PN532 may hold a part).
+        let mut reader = reader_chunked(vec![vec![]], 2);
+        let outcome = reader.transmit(&[0x00, 0xB0, 0x95, 0x00, 0x1E]);
+        assert!(matches!(outcome, Err(ReaderError::Pn532(Pn532Error::NoAck { attempts: 1, .. }))), "{outcome:?}");
+    }
+
+    fn reader_chunked(replies: Vec<Vec<u8>>, chunk_max: usize) -> Pn532Reader<Script> {
+        let mut reader = with_card(replies);
+        reader.options.chunk_max = chunk_max;
+        reader
     }
 
     #[test]
