@@ -23,7 +23,7 @@ use crate::compound::{CompoundRecord, TripState};
 use crate::journal::{Journal, JournalError};
 use crate::psam::PsamSession;
 use crate::purse::{PurchaseRequest, Purse};
-use crate::reader::Channel;
+use crate::reader::{Channel, Pn532Error, ReaderError};
 use crate::session::{CardError, CardSession};
 use crate::tariff::{BelowFare, Quote, Tariff, Trip};
 use crate::transaction::{self, Place, Recovered, TransactionError};
@@ -102,9 +102,27 @@ pub enum Tap {
     PresentAgain {
         card: Option<ApplicationSerial>,
     },
+    /// Several cards in a contactless reader's field: none was touched, the
+    /// rider must present one card only.
+    OneCardOnly,
 }
 
 impl Tap {
+    /// What the rider is told when the card station refused a presentation
+    /// before any card was read: several cards in the field
+    /// ([`ReaderError::SeveralCards`]), or a card that does not speak ISO/IEC
+    /// 14443-4 ([`Pn532Error::NotIsoDep`]). `None` for a reader fault.
+    pub fn refused_presentation(error: &ReaderError) -> Option<Tap> {
+        match error {
+            ReaderError::SeveralCards(_) => Some(Tap::OneCardOnly),
+            ReaderError::Pn532(Pn532Error::NotIsoDep(_)) => Some(Tap::Refused {
+                card: None,
+                reason: Refusal::CardNotAccepted("not an ISO/IEC 14443-4 card".into()),
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the rider may board.
     pub fn lets_through(&self) -> bool {
         matches!(self, Tap::Paid { .. } | Tap::AlreadyPaid { .. })
@@ -166,6 +184,7 @@ impl std::fmt::Display for Tap {
             }
             Tap::PresentAgain { card: Some(card) } => write!(f, "PRESENT CARD AGAIN card {}", card.masked()),
             Tap::PresentAgain { card: None } => write!(f, "PRESENT CARD AGAIN"),
+            Tap::OneCardOnly => write!(f, "ONE CARD ONLY 请只出示一张卡"),
         }
     }
 }

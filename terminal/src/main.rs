@@ -12,7 +12,7 @@ use card_host::psam::Psam;
 use clap::{Parser, Subcommand};
 use terminal::CardSession;
 use terminal::blacklist::Blacklist;
-use terminal::bus::Validator;
+use terminal::bus::{Tap, Validator};
 use terminal::config::{Config, PsamSource, ReaderConfig};
 use terminal::journal::Journal;
 use terminal::psam::PsamSession;
@@ -392,6 +392,9 @@ fn tap_loop(
     let more = |done: u64| taps.is_none_or(|limit| done < limit);
     let mut flagged_at = std::time::Instant::now();
     let mut outage = ReaderOutage::default();
+    // The line last shown for a refused presentation (several cards), until
+    // the field changes.
+    let mut refused: Option<String> = None;
     while more(done) {
         blacklist.refresh(validator);
         if flagged_at.elapsed() >= FLAG_INTERVAL {
@@ -404,15 +407,32 @@ fn tap_loop(
         match terminal::reader::with_card(station, CARD_POLL, |card| validator.tap(card, psam, config.now())) {
             Ok(None) => {
                 outage.succeeded();
+                refused = None;
                 continue;
             }
             Ok(Some(tap)) => {
                 outage.succeeded();
+                refused = None;
                 writeln!(out.lock(), "{tap}")?;
                 done += 1;
             }
             Err(error) => {
-                outage.failed(&error);
+                match Tap::refused_presentation(&error) {
+                    // Two cards, or one that is no ISO 14443-4 card: nothing
+                    // charged, told once while the field stays as it is; the
+                    // card left alone in the field is then tapped at once.
+                    Some(tap) => {
+                        outage.succeeded();
+                        let line = tap.to_string();
+                        if refused.as_ref() != Some(&line) {
+                            tracing::info!(%error, "presentation refused");
+                            writeln!(out.lock(), "{line}")?;
+                            refused = Some(line);
+                            done += 1;
+                        }
+                    }
+                    None => outage.failed(&error),
+                }
                 std::thread::sleep(READER_RETRY);
                 continue;
             }

@@ -239,3 +239,14 @@ fn transfer_onto_a_distance_route_is_granted_at_tap_out() {
     let later = tap(&distance, &mut reader, at(11, 20, 0));
     assert_eq!(later.to_string(), "TAP OUT 3 stations 2.00 yuan balance 15.00 card ************0017");
 }
+
+#[test]
+fn a_refused_presentation_is_one_line_and_lets_nobody_through() {
+    use terminal::reader::{Pn532Error, ReaderError};
+    let several = Tap::refused_presentation(&ReaderError::SeveralCards(2)).expect("told to the rider");
+    assert_eq!(several.to_string(), "ONE CARD ONLY 请只出示一张卡");
+    assert!(!several.lets_through());
+    let not_iso = Tap::refused_presentation(&ReaderError::Pn532(Pn532Error::NotIsoDep(0x08))).expect("told");
+    assert_eq!(not_iso.to_string(), "REFUSED card not accepted: not an ISO/IEC 14443-4 card");
+    assert!(Tap::refused_presentation(&ReaderError::UnknownReader("x".into())).is_none(), "a reader fault");
+}

@@ -41,6 +41,15 @@ impl TerminalProcess {
         }
     }
 
+    /// The next line of output if one comes within `timeout` (`None`: quiet).
+    pub fn line_within(&self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => panic!("the terminal closed its output"),
+        }
+    }
+
     /// Sends a command and returns the first line of its answer.
     pub fn command(&mut self, command: &str) -> String {
         let stdin = self.child.stdin.as_mut().expect("stdin");

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use card_host::card::CardImage;
-use card_host::pn532::{Pty, frame::FRAME_LENGTH_MAX};
+use card_host::pn532::{Pn532, Pty, Uid, frame::FRAME_LENGTH_MAX};
 use card_host::{CardDateTime, Fen, TerminalNumber};
 use system_tests::clearing::Clearing;
 use system_tests::terminal_process::TerminalProcess;
@@ -162,6 +162,40 @@ fn bus_validator_on_a_pn532_taps_uploads_and_clears() {
     assert_eq!((day.records, day.cleared, day.quarantined), (3, 3, 0), "{day:?}");
     assert_eq!(day.purchases_fen, 300);
     clearing.assert_shadows_match(&paths);
+}
+
+/// Two cards in the PN532's field at a `terminal bus` process: one line for
+/// the rider (`ONE CARD ONLY`), not repeated while both stay, nothing charged;
+/// when one is taken away, the card left in the field is paid at once.
+#[test]
+fn two_cards_at_a_pn532_validator_are_told_once_and_charged_nothing() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let link = directory.path().join("ttyPN532");
+    let (first_path, first) = issue_card(directory.path(), 0, Fen(1_000));
+    let (second_path, second) = issue_card(directory.path(), 1, Fen(1_000));
+    let mut pty = Pty::open(Some(&link)).expect("pty linked");
+    let mut chip =
+        Pn532::with_cards(vec![(first, Uid::random_single([0, 0, 1])), (second, Uid::random_single([0, 0, 2]))])
+            .expect("two cards");
+    let control = chip.control();
+    let emulator = std::thread::spawn(move || chip.serve(pty.master()).expect("the emulator serves"));
+    let (psam, _) = issue_psam(directory.path(), BUS);
+    let nobody = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let config = write_bus_config(directory.path(), &link, &psam, nobody);
+
+    let terminal = TerminalProcess::start(&["bus", "--taps", "2"], &config);
+    assert_eq!(terminal.line(), "ONE CARD ONLY 请只出示一张卡");
+    assert_eq!(terminal.line_within(Duration::from_millis(1_500)), None, "told once while both cards stay");
+    control.set_present(0, false);
+    let paid = terminal.line();
+    assert!(paid.starts_with("PAID 1.00 yuan (student -1.00) balance 9.00"), "the card left alone: {paid}");
+    assert!(terminal.finish(), "terminal bus exits after its two lines");
+    control.stop();
+    emulator.join().expect("emulator thread");
+    assert_eq!(image(&first_path).purse.balance, Fen(1_000), "the first card was not touched");
+    assert_eq!(image(&first_path).purse.offline_counter, 0);
+    let counts = assert_cards_agree_with_journal(&[&first_path, &second_path], &journal_of(directory.path()));
+    assert_eq!((counts.completed, counts.completed_fen), (1, 100));
 }
 
 /// `terminal kiosk` with the card on a PN532 and the PSAM in vpcd's slot 1

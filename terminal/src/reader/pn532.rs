@@ -198,9 +198,12 @@ impl Pn532Device {
         })
     }
 
-    /// Forgets the line after an error that may mean it is gone; the next call opens it again.
+    /// Forgets the line after an error that may mean it is gone; the next call
+    /// opens it again. A card that is no ISO 14443-4 card says nothing of the line.
     fn after<T>(&mut self, result: Result<T, ReaderError>) -> Result<T, ReaderError> {
-        if let Err(error @ (ReaderError::Serial(_) | ReaderError::Pn532(_))) = &result {
+        if let Err(error @ (ReaderError::Serial(_) | ReaderError::Pn532(_))) = &result
+            && !matches!(error, ReaderError::Pn532(Pn532Error::NotIsoDep(_)))
+        {
             tracing::warn!(device = %self.path.display(), %error, "PN532 line lost; it is opened again");
             self.reader = None;
         }
@@ -249,10 +252,13 @@ impl super::CardStation for Pn532Device {
     fn wait_empty(&mut self, timeout: Duration) -> Result<bool, ReaderError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.find_card()?.is_none() {
-                return Ok(true);
+            match self.find_card() {
+                Ok(None) => return Ok(true),
+                Ok(Some(_)) => self.release()?,
+                // Cards are in the field (already released): not empty.
+                Err(ReaderError::SeveralCards(_) | ReaderError::Pn532(Pn532Error::NotIsoDep(_))) => {}
+                Err(error) => return Err(error),
             }
-            self.release()?;
             if Instant::now() + CARD_POLL_INTERVAL > deadline {
                 return Ok(false);
             }
