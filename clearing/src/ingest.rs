@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::batch::{Batch, RecordRejection, raw_for_quarantine};
+use crate::batch::{Batch, Entry, GreyRecord, Record, RecordRejection, raw_for_quarantine};
 use crate::db::Db;
 use crate::error::Error;
 use crate::money::BusinessDay;
@@ -73,8 +73,42 @@ pub async fn ingest(db: &Db, batch: &Batch, received_at: i64) -> Result<IngestRe
             rejected: Vec::new(),
         });
     }
-    let accepted: Vec<(usize, &crate::batch::Record)> =
-        batch.records.iter().enumerate().filter_map(|(index, r)| r.as_ref().ok().map(|r| (index, r))).collect();
+    let mut accepted: Vec<(usize, &Record)> = Vec::new();
+    let mut grey: Vec<(usize, &GreyRecord)> = Vec::new();
+    for (index, entry) in batch.records.iter().enumerate() {
+        match entry {
+            Ok(Entry::Proved(record)) => accepted.push((index, record)),
+            Ok(Entry::Grey(record)) => grey.push((index, record)),
+            Err(_) => {}
+        }
+    }
+    for rows in grey.chunks(INSERT_ROWS_MAX) {
+        let sql = format!(
+            "INSERT INTO grey_records (terminal_id, batch_id, record_index, card_serial, card_type, counter,
+             balance_before, amount_fen, transaction_type, terminal_number, terminal_serial, occurred_at,
+             business_day, received_at) VALUES {}",
+            crate::db::row_placeholders(db.dialect, rows.len(), 14, 1)
+        );
+        let mut insert = sqlx::query(&sql);
+        for (index, record) in rows {
+            insert = insert
+                .bind(terminal_id.clone())
+                .bind(batch.batch_id.clone())
+                .bind(*index as i64)
+                .bind(record.card_serial.to_hex())
+                .bind(i64::from(record.card_type))
+                .bind(i64::from(record.counter))
+                .bind(i64::from(record.balance_before.0))
+                .bind(i64::from(record.amount.0))
+                .bind(i64::from(record.transaction_type.code()))
+                .bind(record.terminal_number.to_string())
+                .bind(i64::from(record.terminal_serial))
+                .bind(hex::encode(record.at.to_bytes()))
+                .bind(BusinessDay::of(&record.at).to_string())
+                .bind(received_at);
+        }
+        insert.execute(&mut *tx).await?;
+    }
     for rows in accepted.chunks(INSERT_ROWS_MAX) {
         let sql = format!(
             "INSERT INTO transactions (terminal_id, batch_id, record_index, kind, card_serial, card_type, counter,
@@ -124,9 +158,13 @@ pub async fn ingest(db: &Db, batch: &Batch, received_at: i64) -> Result<IngestRe
         .await?;
     tx.commit().await?;
     tracing::info!(
-        terminal = %terminal_id, batch = %batch.batch_id, accepted = accepted_count, rejected = rejected.len(),
-        "batch stored"
+        terminal = %terminal_id, batch = %batch.batch_id, accepted = accepted_count, grey = grey.len(),
+        rejected = rejected.len(), "batch stored"
     );
+    if !grey.is_empty() {
+        tracing::warn!(terminal = %terminal_id, batch = %batch.batch_id, grey = grey.len(),
+            "grey records: purchases the terminal could not settle with the card");
+    }
     Ok(IngestReport {
         terminal_id,
         batch_id: batch.batch_id.clone(),
