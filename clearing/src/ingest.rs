@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use card_host::model::CardDateTime;
+
 use crate::batch::{Batch, Entry, GreyRecord, Record, RecordRejection, raw_for_quarantine};
 use crate::db::Db;
 use crate::error::Error;
@@ -139,15 +141,17 @@ pub async fn ingest(db: &Db, batch: &Batch, received_at: i64) -> Result<IngestRe
         insert.execute(&mut *tx).await?;
     }
     for rejection in &rejected {
+        let raw = &batch.raw_records[rejection.index];
         sqlx::query(
-            "INSERT INTO quarantine (terminal_id, batch_id, record_index, reason, detail, raw_record)
-             VALUES ($1, $2, $3, 'malformed', $4, $5)",
+            "INSERT INTO quarantine (terminal_id, batch_id, record_index, business_day, reason, detail, raw_record)
+             VALUES ($1, $2, $3, $4, 'malformed', $5, $6)",
         )
         .bind(&terminal_id)
         .bind(&batch.batch_id)
         .bind(rejection.index as i64)
+        .bind(malformed_record_day(raw, received_at).map(|day| day.to_string()))
         .bind(format!("{}: {}", rejection.field, rejection.message))
-        .bind(raw_for_quarantine(&batch.raw_records[rejection.index]))
+        .bind(raw_for_quarantine(raw))
         .execute(&mut *tx)
         .await?;
     }
@@ -174,4 +178,37 @@ pub async fn ingest(db: &Db, batch: &Batch, received_at: i64) -> Result<IngestRe
         rejected_count: rejected.len() as u64,
         rejected,
     })
+}
+
+/// The business day a record refused at upload is listed under, so that the
+/// operator finds it with the day it belongs to: the day of its own
+/// `date_time` when that field is readable, else the day the batch was
+/// received (local time at clearing's default offset, as cards keep it).
+fn malformed_record_day(raw: &serde_json::Value, received_at: i64) -> Option<BusinessDay> {
+    let own = raw
+        .get("date_time")
+        .and_then(serde_json::Value::as_str)
+        .filter(|text| text.len() == 14)
+        .and_then(|text| hex::decode(text).ok())
+        .and_then(|bytes| CardDateTime::from_slice(&bytes).ok());
+    let received = || {
+        let local = received_at.checked_add(i64::from(crate::clock::UTC_OFFSET_MINUTES_DEFAULT) * 60)?;
+        CardDateTime::from_unix_seconds(u64::try_from(local).ok()?).ok()
+    };
+    own.or_else(received).map(|at| BusinessDay::of(&at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_record_is_listed_under_its_own_day_or_the_day_it_came() {
+        let received = CardDateTime::new(2026, 11, 24, 23, 30, 0).expect("valid").unix_seconds() as i64;
+        let day = |raw: serde_json::Value| malformed_record_day(&raw, received).map(|day| day.to_string());
+        assert_eq!(day(serde_json::json!({"date_time": "20261123083000", "tac": "x"})), Some("2026-11-23".into()));
+        // Unreadable: received 23:30 UTC is 07:30 the next day in China Standard Time.
+        assert_eq!(day(serde_json::json!({"date_time": "20261332083000"})), Some("2026-11-25".into()));
+        assert_eq!(day(serde_json::json!(5)), Some("2026-11-25".into()));
+    }
 }

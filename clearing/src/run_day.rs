@@ -172,6 +172,10 @@ pub struct DaySummary {
     pub cleared: i64,
     pub quarantined: i64,
     pub pending: i64,
+    /// Quarantined records by reason, with the records refused at upload
+    /// (`malformed`: they never became transactions, so `records` and
+    /// `quarantined` do not count them) listed under the day of their own
+    /// date-time, or the day they were received.
     pub quarantined_by_reason: BTreeMap<String, i64>,
     pub purchases_fen: i64,
     pub loads_fen: i64,

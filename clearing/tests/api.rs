@@ -644,3 +644,36 @@ both!(a_loss_is_listed_from_local_time_as_cards_record_it, |backend: Backend| as
     let listed = CardDateTime::from_slice(&hex::decode(listed).expect("hex")).expect("date-time").unix_seconds();
     assert!((before..=after).contains(&listed), "listed at {listed}, local time was {before}..={after}");
 });
+
+both!(operators_see_a_days_grey_records_and_the_records_refused_at_upload, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let api = start(&world).await;
+    let mut card = world.issue(1, 10_000).await;
+    let (grey, _) = card.grey(200, BUS, at(24, 8, 30), true);
+    let next = card.purchase(300, BUS, at(24, 9, 0));
+    let mut document = batch::document(&support::terminal(BUS), "b1", [batch::Entry::from(grey), next.into()]);
+    // A third record with a bad TAC field: refused at upload, listed under its own day.
+    let mut refused = document["records"][1].clone();
+    refused["tac"] = "XYZ".into();
+    document["records"].as_array_mut().expect("records").push(refused);
+    // Stored as received an hour after the day (an upload over HTTP now would be late for 2026-11-24).
+    let parsed = batch::parse(document.to_string().as_bytes()).expect("the document parses");
+    let report = clearing::ingest(world.db(), &parsed, uploaded_after(24)).await.expect("ingest");
+    assert_eq!((report.accepted_count, report.rejected_count), (2, 1), "{report:?}");
+    world.run_day(24).await;
+    let path = "/v1/operator/days/2026-11-24/grey-records";
+    assert_eq!(http(&api, "GET", path, &bearer(ISSUER_TOKEN), b"").await.0, 403);
+    let (status, greys) = http(&api, "GET", path, &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(status, 200, "{greys}");
+    assert_eq!(
+        (&greys[0]["state"], &greys[0]["amount_fen"], &greys[0]["merchant_id"], &greys[0]["card_serial"]),
+        (&Value::from("confirmed"), &Value::from(200), &Value::from("M-BUS-01"), &Value::from(card.serial.to_hex())),
+        "{greys}"
+    );
+    let (_, summary) = http(&api, "GET", "/v1/operator/days/2026-11-24", &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!((&summary["grey_confirmed_fen"], &summary["gross_fen"]), (&Value::from(200), &Value::from(500)));
+    let (_, quarantine) =
+        http(&api, "GET", "/v1/operator/days/2026-11-24/quarantine", &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!((&quarantine[0]["reason"], &quarantine[0]["transaction_id"]), (&"malformed".into(), &Value::Null));
+    assert_eq!(summary["quarantined_by_reason"]["malformed"], 1, "{summary}");
+});
