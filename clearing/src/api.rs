@@ -205,6 +205,7 @@ pub fn routes() -> Vec<ApiRoute> {
         ApiRoute::get("/v1/operator/days/{date}/quarantine", day_quarantine),
         ApiRoute::get("/v1/operator/days/{date}/settlement", day_settlement),
         ApiRoute::get("/v1/operator/days/{date}/grey-records", day_grey_records),
+        ApiRoute::get("/v1/operator/cards/{serial}", card_account),
         ApiRoute::get("/v1/operator/cards/{serial}/history", card_history),
         ApiRoute::get("/v1/operator/days/{date}/hourly", crate::report::day_hourly),
         ApiRoute::get("/v1/operator/blacklist", crate::report::operator_blacklist),
@@ -978,6 +979,63 @@ async fn day_summary(
 /// The most records in a card history answer, and terminals in a status answer.
 pub const HISTORY_RECORDS_MAX: i64 = 1_000;
 pub const TERMINALS_MAX: i64 = 10_000;
+
+/// A card as clearing holds it, for operators: its shadow account and its
+/// cardholder, whose citizen ID only ever comes back masked (it is stored as
+/// a keyed hash and a masked form: no query can read it whole).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CardAccount {
+    pub card_serial: String,
+    pub card_type: i64,
+    /// `active`, `lost` or `replaced`.
+    pub status: String,
+    /// The card that replaced it, if any.
+    pub replaced_by: Option<String>,
+    /// Unix seconds (of the card's local date-time) it was issued.
+    pub issued_at: i64,
+    /// The shadow account: what clearing believes the card holds.
+    pub balance_fen: i64,
+    /// `balance_fen` as yuan, two decimals.
+    pub balance_yuan: String,
+    /// The next purchase's and the next load's expected counters.
+    pub offline_counter: i64,
+    pub online_counter: i64,
+    /// None for a card issued without a cardholder.
+    pub cardholder_name: Option<String>,
+    /// Masked, e.g. `310*************34`.
+    pub citizen_id_masked: Option<String>,
+}
+
+async fn card_account(
+    State(state): State<AppState>,
+    _token: Token<Operators>,
+    Params(path): Params<CardPath>,
+) -> Result<Json<CardAccount>, Fails<(NotFound, Unprocessable)>> {
+    let serial = serial_from_path(&path.serial)?;
+    let row = sqlx::query(
+        "SELECT c.card_serial, c.card_type, c.status, c.replaced_by, c.issued_at, c.balance_fen, c.offline_counter,
+         c.online_counter, h.name, h.citizen_id_masked
+         FROM cards c LEFT JOIN cardholders h ON h.cardholder_id = c.cardholder_id WHERE c.card_serial = $1",
+    )
+    .bind(serial.to_hex())
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such card"))?;
+    let balance_fen: i64 = row.try_get("balance_fen")?;
+    Ok(Json(CardAccount {
+        card_serial: row.try_get("card_serial")?,
+        card_type: row.try_get("card_type")?,
+        status: row.try_get("status")?,
+        replaced_by: row.try_get("replaced_by")?,
+        issued_at: row.try_get("issued_at")?,
+        balance_fen,
+        balance_yuan: crate::money::yuan(balance_fen),
+        offline_counter: row.try_get("offline_counter")?,
+        online_counter: row.try_get("online_counter")?,
+        cardholder_name: row.try_get("name")?,
+        citizen_id_masked: row.try_get("citizen_id_masked")?,
+    }))
+}
 
 /// One record of a card's history, for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -280,6 +280,17 @@ both!(issuer_issues_and_replaces_cards, |backend: Backend| async move {
     let stored: Vec<(String,)> =
         sqlx::query_as("SELECT citizen_id_masked FROM cardholders").fetch_all(&world.db().pool).await.expect("rows");
     assert_eq!(stored, vec![("310*************34".to_owned(),)]);
+    // Operators see the card's account with the citizen ID masked; nothing answers it whole.
+    let account = "/v1/operator/cards/3100000000000077";
+    assert_eq!(http(&api, "GET", account, &bearer(ISSUER_TOKEN), b"").await.0, 403);
+    let (status, card_account) = http(&api, "GET", account, &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(status, 200, "{card_account}");
+    assert_eq!(
+        (&card_account["citizen_id_masked"], &card_account["cardholder_name"], &card_account["balance_yuan"]),
+        (&Value::from("310*************34"), &Value::from("Zhang San"), &Value::from("30.00"))
+    );
+    assert!(!card_account.to_string().contains("310101199001011234"), "{card_account}");
+    assert_eq!(http(&api, "GET", "/v1/operator/cards/3100000000000078", &bearer(OPERATOR_TOKEN), b"").await.0, 404);
     // A card with money, spent a little, is lost and replaced: the new card carries the balance.
     let mut card = world.issue(1, 10_000).await;
     world.upload(BUS, "b", &[card.purchase(1_000, BUS, at(24, 8, 0))], uploaded_after(24)).await;
@@ -293,6 +304,12 @@ both!(issuer_issues_and_replaces_cards, |backend: Backend| async move {
     assert_eq!((status, &replaced["balance_moved_fen"]), (200, &Value::from(9_000)), "{replaced}");
     assert_eq!(http(&api, "POST", &replace, &bearer(ISSUER_TOKEN), body.as_bytes()).await.0, 409);
     let new_serial = card_host::model::ApplicationSerial::parse_hex("3100000000000099").expect("serial");
+    let (_, old_account) =
+        http(&api, "GET", &format!("/v1/operator/cards/{}", card.serial.to_hex()), &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(
+        (&old_account["status"], &old_account["replaced_by"], &old_account["balance_fen"]),
+        (&Value::from("replaced"), &Value::from("3100000000000099"), &Value::from(0))
+    );
     let new = clearing::registry::shadow(world.db(), &new_serial).await.expect("new card");
     let old = clearing::registry::shadow(world.db(), &card.serial).await.expect("old card");
     assert_eq!(
