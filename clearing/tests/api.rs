@@ -694,3 +694,25 @@ both!(operators_see_a_days_grey_records_and_the_records_refused_at_upload, |back
     assert_eq!((&quarantine[0]["reason"], &quarantine[0]["transaction_id"]), (&"malformed".into(), &Value::Null));
     assert_eq!(summary["quarantined_by_reason"]["malformed"], 1, "{summary}");
 });
+
+/// docs/clearing.md's table of the HTTP API names exactly the routes served
+/// (beside the operator screen's page): the document a reader uses cannot
+/// drift from the router either.
+#[test]
+fn the_api_table_in_the_docs_names_every_route() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/clearing.md")).expect("docs");
+    let section = docs.split("## The HTTP API").nth(1).expect("the API section");
+    let mut documented: Vec<(String, String)> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|line| line.split_once('`'))
+        .filter_map(|(route, _)| route.split_once(' '))
+        .map(|(method, path)| (method.to_owned(), path.split('?').next().unwrap_or(path).to_owned()))
+        .filter(|(method, path)| ["GET", "POST"].contains(&method.as_str()) && !path.starts_with("/operator/"))
+        .collect();
+    documented.sort();
+    let mut served: Vec<(String, String)> =
+        api::routes().iter().map(|route| (route.method.to_string(), route.path.to_owned())).collect();
+    served.sort();
+    assert_eq!(documented, served);
+}
