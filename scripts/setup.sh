@@ -45,7 +45,8 @@ vpcd_listening() {
 
 # pcscd must be running with the vpcd driver loaded: vpcd then listens on
 # 127.0.0.1:35963 (slot 0) and :35964 (slot 1). A pcscd started before vpcd was
-# installed has not loaded it and is restarted.
+# installed has not loaded it and is restarted. Returns 1 (after saying why)
+# when pcscd cannot be had here: the tests stop, the demo goes on in-process.
 ensure_pcscd() {
   if vpcd_listening; then return 0; fi
   if pgrep -x pcscd >/dev/null 2>&1; then
@@ -55,10 +56,10 @@ ensure_pcscd() {
   else
     say "starting pcscd"
   fi
-  as_root pcscd
+  as_root pcscd || { echo "pcscd could not be started" >&2; return 1; }
   for _ in $(seq 100); do vpcd_listening && return 0; sleep 0.1; done
   echo "pcscd did not open the vpcd reader on 127.0.0.1:$VPCD_PORT (see /etc/reader.conf.d/vpcd)" >&2
-  exit 1
+  return 1
 }
 
 # PostgreSQL for the clearing tests: 127.0.0.1:5432, user postgres, database

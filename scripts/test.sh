@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 ensure_packages "${BROWSER_PACKAGES[@]}"
-ensure_pcscd
+ensure_pcscd || exit 1
 ensure_postgres
 
 say "cargo fmt --check"

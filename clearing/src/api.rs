@@ -121,6 +121,7 @@ pub struct Metrics {
     topups_confirmed: AtomicU64,
     topups_voided: AtomicU64,
     requests_refused: AtomicU64,
+    credentials_refused: AtomicU64,
     internal_errors: AtomicU64,
 }
 
@@ -203,6 +204,8 @@ pub fn routes() -> Vec<ApiRoute> {
         ApiRoute::get("/v1/operator/days/{date}", day_summary),
         ApiRoute::get("/v1/operator/days/{date}/quarantine", day_quarantine),
         ApiRoute::get("/v1/operator/days/{date}/settlement", day_settlement),
+        ApiRoute::get("/v1/operator/days/{date}/grey-records", day_grey_records),
+        ApiRoute::get("/v1/operator/cards/{serial}", card_account),
         ApiRoute::get("/v1/operator/cards/{serial}/history", card_history),
         ApiRoute::get("/v1/operator/days/{date}/hourly", crate::report::day_hourly),
         ApiRoute::get("/v1/operator/blacklist", crate::report::operator_blacklist),
@@ -403,43 +406,64 @@ async fn authenticate_terminal(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<TerminalNumber> {
-    let unauthorised = || ApiError::new(StatusCode::UNAUTHORIZED, "a terminal signature is required");
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // Every refusal is logged (method, path, the terminal it claims, why) and
+    // counted; never the signature or the body.
+    let refuse = |status: StatusCode, terminal: Option<&TerminalNumber>, why: &str| {
+        state.metrics.credentials_refused.fetch_add(1, Ordering::Relaxed);
+        let terminal = terminal.map(ToString::to_string).unwrap_or_else(|| "-".into());
+        tracing::warn!(%method, uri = %uri.path(), %terminal, status = status.as_u16(), why, "terminal request refused");
+        let message = if status == StatusCode::FORBIDDEN {
+            "the terminal is revoked"
+        } else {
+            "a terminal signature is required"
+        };
+        ApiError::new(status, message)
+    };
     let terminal = headers
         .get("x-terminal-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| batch::parse_terminal(v).ok())
-        .ok_or_else(unauthorised)?;
+        .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, None, "no readable X-Terminal-Id"))?;
     let signature = headers
         .get("x-signature")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| hex::decode(v).ok())
         .filter(|s| s.len() == 64)
-        .ok_or_else(unauthorised)?;
+        .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, Some(&terminal), "no readable X-Signature"))?;
     let row = sqlx::query("SELECT device_public_key, status FROM terminals WHERE terminal_number = $1")
         .bind(terminal.to_string())
         .fetch_optional(&state.db.pool)
         .await?
-        .ok_or_else(unauthorised)?;
+        .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, Some(&terminal), "unknown terminal"))?;
     let key: Vec<u8> = row.try_get("device_public_key")?;
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
         .verify(&signed_message(method.as_str(), path, body), &signature)
-        .map_err(|_| unauthorised())?;
+        .map_err(|_| refuse(StatusCode::UNAUTHORIZED, Some(&terminal), "bad signature"))?;
     if row.try_get::<String, _>("status")? != "active" {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "the terminal is revoked"));
+        return Err(refuse(StatusCode::FORBIDDEN, Some(&terminal), "revoked terminal"));
     }
     Ok(terminal)
 }
 
 fn authorise_token(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+    // Every refusal is logged (the role asked for, the role held, why) and
+    // counted; never the token.
+    let refuse = |status: StatusCode, held: Option<Role>, why: &'static str| {
+        state.metrics.credentials_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(required = ?role, held = ?held, status = status.as_u16(), why, "token request refused");
+        ApiError::new(status, why)
+    };
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
+        .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, None, "a bearer token is required"))?;
     match state.tokens.role(token.trim()) {
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
-        Some(held) if held != role => Err(ApiError::new(StatusCode::FORBIDDEN, "this token's role may not do that")),
+        None => Err(refuse(StatusCode::UNAUTHORIZED, None, "unknown token")),
+        Some(held) if held != role => {
+            Err(refuse(StatusCode::FORBIDDEN, Some(held), "this token's role may not do that"))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -468,6 +492,11 @@ async fn metrics(State(state): State<AppState>) -> String {
         ("clearing_topups_confirmed_total", "Online top-ups confirmed.", &m.topups_confirmed),
         ("clearing_topups_voided_total", "Online top-ups voided (the load never reached the card).", &m.topups_voided),
         ("clearing_requests_refused_total", "Requests answered 4xx.", &m.requests_refused),
+        (
+            "clearing_credentials_refused_total",
+            "Requests refused for missing or wrong credentials (401/403 of a signature or token; logged).",
+            &m.credentials_refused,
+        ),
         ("clearing_internal_errors_total", "Requests answered 5xx.", &m.internal_errors),
     ] {
         out.push_str(&format!(
@@ -951,6 +980,63 @@ async fn day_summary(
 pub const HISTORY_RECORDS_MAX: i64 = 1_000;
 pub const TERMINALS_MAX: i64 = 10_000;
 
+/// A card as clearing holds it, for operators: its shadow account and its
+/// cardholder, whose citizen ID only ever comes back masked (it is stored as
+/// a keyed hash and a masked form: no query can read it whole).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CardAccount {
+    pub card_serial: String,
+    pub card_type: i64,
+    /// `active`, `lost` or `replaced`.
+    pub status: String,
+    /// The card that replaced it, if any.
+    pub replaced_by: Option<String>,
+    /// Unix seconds (of the card's local date-time) it was issued.
+    pub issued_at: i64,
+    /// The shadow account: what clearing believes the card holds.
+    pub balance_fen: i64,
+    /// `balance_fen` as yuan, two decimals.
+    pub balance_yuan: String,
+    /// The next purchase's and the next load's expected counters.
+    pub offline_counter: i64,
+    pub online_counter: i64,
+    /// None for a card issued without a cardholder.
+    pub cardholder_name: Option<String>,
+    /// Masked, e.g. `310*************34`.
+    pub citizen_id_masked: Option<String>,
+}
+
+async fn card_account(
+    State(state): State<AppState>,
+    _token: Token<Operators>,
+    Params(path): Params<CardPath>,
+) -> Result<Json<CardAccount>, Fails<(NotFound, Unprocessable)>> {
+    let serial = serial_from_path(&path.serial)?;
+    let row = sqlx::query(
+        "SELECT c.card_serial, c.card_type, c.status, c.replaced_by, c.issued_at, c.balance_fen, c.offline_counter,
+         c.online_counter, h.name, h.citizen_id_masked
+         FROM cards c LEFT JOIN cardholders h ON h.cardholder_id = c.cardholder_id WHERE c.card_serial = $1",
+    )
+    .bind(serial.to_hex())
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such card"))?;
+    let balance_fen: i64 = row.try_get("balance_fen")?;
+    Ok(Json(CardAccount {
+        card_serial: row.try_get("card_serial")?,
+        card_type: row.try_get("card_type")?,
+        status: row.try_get("status")?,
+        replaced_by: row.try_get("replaced_by")?,
+        issued_at: row.try_get("issued_at")?,
+        balance_fen,
+        balance_yuan: crate::money::yuan(balance_fen),
+        offline_counter: row.try_get("offline_counter")?,
+        online_counter: row.try_get("online_counter")?,
+        cardholder_name: row.try_get("name")?,
+        citizen_id_masked: row.try_get("citizen_id_masked")?,
+    }))
+}
+
 /// One record of a card's history, for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEntry {
@@ -1088,6 +1174,17 @@ async fn day_settlement(
         signature_hex: hex::encode(signature),
         csv,
     })
+}
+
+/// The day's grey records (purchases terminals could not settle with the card)
+/// and what became of each, first [`QUARANTINE_PAGE_MAX`].
+async fn day_grey_records(
+    State(state): State<AppState>,
+    _token: Token<Operators>,
+    Params(path): Params<DayPath>,
+) -> Result<Json<Vec<crate::grey::GreyRecordView>>, Fails<(Unprocessable,)>> {
+    let day = BusinessDay::parse(&path.date)?;
+    Ok(Json(crate::grey::of_day(&state.db, &day.to_string(), QUARANTINE_PAGE_MAX).await?))
 }
 
 /// One quarantined record, for operators.

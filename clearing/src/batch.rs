@@ -18,6 +18,13 @@
 //! }
 //! ```
 //!
+//!
+//! A terminal that could not learn whether a purchase's DEBIT reached the card
+//! (the card went away and did not come back to be asked) uploads the purchase
+//! it attempted as a **grey record** (灰记录): kind `"unresolved"`, the purchase
+//! record's fields without `tac`. Clearing keeps it apart and lets the card's
+//! later records decide it (`crate::grey`).
+//!
 //! The document itself must parse (unknown top-level fields, a wrong format,
 //! terminal id or batch id refuse the whole batch). Records are parsed one by
 //! one: a malformed record is refused with a message naming its field, and the
@@ -122,6 +129,97 @@ impl Record {
     }
 }
 
+/// A purchase a terminal attempted without learning whether the card debited
+/// it (a grey record, 灰记录): the purchase record's fields, no TAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GreyRecord {
+    pub card_serial: ApplicationSerial,
+    pub card_type: u8,
+    /// The offline counter before the purchase, as INITIALIZE FOR PURCHASE answered.
+    pub counter: u16,
+    pub balance_before: Fen,
+    pub amount: Fen,
+    pub transaction_type: TransactionType,
+    pub terminal_number: TerminalNumber,
+    pub terminal_serial: u32,
+    pub at: CardDateTime,
+}
+
+impl GreyRecord {
+    /// The record as the document carries it.
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("kind".into(), UNRESOLVED.into());
+        map.insert("card_serial".into(), self.card_serial.to_hex().into());
+        map.insert("card_type".into(), self.card_type.into());
+        map.insert("offline_counter".into(), self.counter.into());
+        map.insert("balance_before_fen".into(), self.balance_before.0.into());
+        map.insert("amount_fen".into(), self.amount.0.into());
+        map.insert("transaction_type".into(), format!("{:02X}", self.transaction_type.code()).into());
+        map.insert("terminal_number".into(), self.terminal_number.to_string().into());
+        map.insert("terminal_serial".into(), self.terminal_serial.into());
+        map.insert("date_time".into(), hex::encode(self.at.to_bytes()).into());
+        Value::Object(map)
+    }
+}
+
+/// The `kind` of a grey record.
+pub const UNRESOLVED: &str = "unresolved";
+
+/// One entry of a batch: a transaction the card proved with its TAC, or a grey record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Proved(Record),
+    Grey(GreyRecord),
+}
+
+impl Entry {
+    pub fn to_json(&self) -> Value {
+        match self {
+            Entry::Proved(record) => record.to_json(),
+            Entry::Grey(grey) => grey.to_json(),
+        }
+    }
+
+    /// The proved record, if it is one.
+    pub fn proved(&self) -> Option<&Record> {
+        match self {
+            Entry::Proved(record) => Some(record),
+            Entry::Grey(_) => None,
+        }
+    }
+}
+
+impl From<&Entry> for Entry {
+    fn from(entry: &Entry) -> Entry {
+        entry.clone()
+    }
+}
+
+impl From<Record> for Entry {
+    fn from(record: Record) -> Entry {
+        Entry::Proved(record)
+    }
+}
+
+impl From<&Record> for Entry {
+    fn from(record: &Record) -> Entry {
+        Entry::Proved(record.clone())
+    }
+}
+
+impl From<GreyRecord> for Entry {
+    fn from(grey: GreyRecord) -> Entry {
+        Entry::Grey(grey)
+    }
+}
+
+impl From<&GreyRecord> for Entry {
+    fn from(grey: &GreyRecord) -> Entry {
+        Entry::Grey(grey.clone())
+    }
+}
+
 /// A record refused at upload, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RecordRejection {
@@ -145,20 +243,24 @@ struct Document {
 pub struct Batch {
     pub terminal_id: TerminalNumber,
     pub batch_id: String,
-    pub records: Vec<Result<Record, RecordRejection>>,
+    pub records: Vec<Result<Entry, RecordRejection>>,
     /// The records as received, for the quarantine of refused ones.
     pub raw_records: Vec<Value>,
     /// SHA-256 of the records (canonical JSON), to tell a repeat from a conflict.
     pub digest: [u8; 32],
 }
 
-/// Builds a document (for terminals and tests).
-pub fn document(terminal_id: &TerminalNumber, batch_id: &str, records: &[Record]) -> Value {
+/// Builds a document (for terminals and tests) of records and grey records.
+pub fn document<E: Into<Entry>>(
+    terminal_id: &TerminalNumber,
+    batch_id: &str,
+    entries: impl IntoIterator<Item = E>,
+) -> Value {
     serde_json::json!({
         "format": BATCH_FORMAT,
         "terminal_id": terminal_id.to_string(),
         "batch_id": batch_id,
-        "records": records.iter().map(Record::to_json).collect::<Vec<_>>(),
+        "records": entries.into_iter().map(|entry| entry.into().to_json()).collect::<Vec<_>>(),
     })
 }
 
@@ -233,6 +335,19 @@ pub(crate) const PURCHASE_FIELDS: &[&str] = &[
     "date_time",
     "tac",
 ];
+/// A grey record's fields: a purchase's without the TAC.
+pub(crate) const GREY_FIELDS: &[&str] = &[
+    "kind",
+    "card_serial",
+    "card_type",
+    "offline_counter",
+    "balance_before_fen",
+    "amount_fen",
+    "transaction_type",
+    "terminal_number",
+    "terminal_serial",
+    "date_time",
+];
 pub(crate) const LOAD_FIELDS: &[&str] = &[
     "kind",
     "card_serial",
@@ -276,17 +391,22 @@ pub(crate) fn hex_field<const N: usize>(map: &Map<String, Value>, field: &'stati
     bytes.try_into().map_err(|_| wrong())
 }
 
-fn parse_record(raw: &Value, batch_terminal: &TerminalNumber) -> Result<Record, FieldError> {
+fn parse_record(raw: &Value, batch_terminal: &TerminalNumber) -> Result<Entry, FieldError> {
     let map = raw.as_object().ok_or(("record", "must be a JSON object".to_owned()))?;
-    let kind = RecordKind::parse(text(map, "kind")?).ok_or(("kind", "must be \"purchase\" or \"load\"".to_owned()))?;
-    let allowed = match kind {
-        RecordKind::Purchase => PURCHASE_FIELDS,
-        RecordKind::Load => LOAD_FIELDS,
+    let kind_text = text(map, "kind")?;
+    // A grey record is parsed as the purchase it attempted, without its TAC.
+    let grey = kind_text == UNRESOLVED;
+    let kind = if grey { Some(RecordKind::Purchase) } else { RecordKind::parse(kind_text) }
+        .ok_or(("kind", "must be \"purchase\", \"load\" or \"unresolved\"".to_owned()))?;
+    let (allowed, name) = match kind {
+        RecordKind::Purchase if grey => (GREY_FIELDS, UNRESOLVED),
+        RecordKind::Purchase => (PURCHASE_FIELDS, "purchase"),
+        RecordKind::Load => (LOAD_FIELDS, "load"),
     };
     if let Some(unknown) = map.keys().find(|key| !allowed.contains(&key.as_str())) {
         // The field name is the sender's; cut it so a message stays short.
-        let name: String = unknown.chars().take(40).collect();
-        return Err(("record", format!("unknown field {name:?} in a {} record", kind.as_str())));
+        let field: String = unknown.chars().take(40).collect();
+        return Err(("record", format!("unknown field {field:?} in a {name} record")));
     }
     let card_serial = ApplicationSerial(hex_field::<8>(map, "card_serial")?);
     let card_type = integer(map, "card_type", u64::from(u8::MAX))? as u8;
@@ -317,7 +437,6 @@ fn parse_record(raw: &Value, batch_terminal: &TerminalNumber) -> Result<Record, 
     };
     let at = CardDateTime::from_slice(&hex_field::<7>(map, "date_time")?)
         .map_err(|error| ("date_time", format!("must be YYYYMMDDhhmmss: {error}")))?;
-    let tac = hex_field::<4>(map, "tac")?;
     match kind {
         RecordKind::Purchase if amount > balance_before => {
             return Err(("amount_fen", "is more than balance_before_fen".to_owned()));
@@ -327,7 +446,21 @@ fn parse_record(raw: &Value, batch_terminal: &TerminalNumber) -> Result<Record, 
         }
         _ => {}
     }
-    Ok(Record {
+    if grey {
+        return Ok(Entry::Grey(GreyRecord {
+            card_serial,
+            card_type,
+            counter,
+            balance_before,
+            amount,
+            transaction_type,
+            terminal_number,
+            terminal_serial,
+            at,
+        }));
+    }
+    let tac = hex_field::<4>(map, "tac")?;
+    Ok(Entry::Proved(Record {
         kind,
         card_serial,
         card_type,
@@ -339,7 +472,7 @@ fn parse_record(raw: &Value, batch_terminal: &TerminalNumber) -> Result<Record, 
         terminal_serial,
         at,
         tac,
-    })
+    }))
 }
 
 /// The raw record, cut to [`RAW_RECORD_BYTES_MAX`], for the quarantine.
@@ -395,7 +528,33 @@ mod tests {
         record
     }
 
-    fn parse_one(record: Value) -> Result<Record, RecordRejection> {
+    fn grey() -> GreyRecord {
+        let Record {
+            card_serial,
+            card_type,
+            counter,
+            balance_before,
+            amount,
+            transaction_type,
+            terminal_number,
+            terminal_serial,
+            at,
+            ..
+        } = purchase();
+        GreyRecord {
+            card_serial,
+            card_type,
+            counter,
+            balance_before,
+            amount,
+            transaction_type,
+            terminal_number,
+            terminal_serial,
+            at,
+        }
+    }
+
+    fn parse_one(record: Value) -> Result<Entry, RecordRejection> {
         let document = serde_json::json!({"format": BATCH_FORMAT, "terminal_id": "310000000901", "batch_id": "b1", "records": [record]});
         let mut batch = parse_value(document).expect("document parses");
         batch.records.remove(0)
@@ -403,8 +562,31 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        assert_eq!(parse_one(purchase().to_json()), Ok(purchase()));
-        assert_eq!(parse_one(load().to_json()), Ok(load()));
+        assert_eq!(parse_one(purchase().to_json()), Ok(purchase().into()));
+        assert_eq!(parse_one(load().to_json()), Ok(load().into()));
+        assert_eq!(parse_one(grey().to_json()), Ok(grey().into()));
+    }
+
+    #[test]
+    fn a_grey_record_is_a_purchase_without_its_tac() {
+        let with_tac = |mut value: Value| {
+            value.as_object_mut().expect("object").insert("tac".into(), "01020304".into());
+            value
+        };
+        let rejection = parse_one(with_tac(grey().to_json())).expect_err("a grey record has no TAC");
+        assert_eq!((rejection.field.as_str(), rejection.message.contains("unresolved")), ("record", true));
+        let mut load_grey = grey().to_json();
+        load_grey["transaction_type"] = "02".into();
+        assert_eq!(parse_one(load_grey).expect_err("only purchases").field, "transaction_type");
+        let mut over = grey().to_json();
+        over["amount_fen"] = 10_001.into();
+        assert_eq!(parse_one(over).expect_err("within the balance").field, "amount_fen");
+        let mut online = grey().to_json();
+        online.as_object_mut().expect("object").insert("online_counter".into(), 1.into());
+        assert_eq!(parse_one(online).expect_err("offline counter only").field, "record");
+        let mixed = document(&terminal(), "b1", [Entry::from(purchase()), grey().into()]);
+        let batch = parse_value(mixed).expect("parses");
+        assert_eq!(batch.records, vec![Ok(purchase().into()), Ok(grey().into())]);
     }
 
     #[test]
@@ -457,7 +639,7 @@ mod tests {
                 other => panic!("{field}: {other:?}"),
             }
         }
-        let too_many = document(&terminal(), "b1", &vec![purchase(); BATCH_RECORDS_MAX + 1]);
+        let too_many = document(&terminal(), "b1", vec![purchase(); BATCH_RECORDS_MAX + 1]);
         assert!(matches!(parse_value(too_many), Err(Error::Invalid { field, .. }) if field == "records"));
         assert!(parse(b"{not json").is_err());
     }

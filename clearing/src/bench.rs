@@ -191,7 +191,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, Error> {
                 batch_id: format!("bench-{batch_number}"),
                 raw_records: Vec::new(),
                 digest: [0; 32],
-                records: records.into_iter().map(Ok).collect(),
+                records: records.into_iter().map(|record| Ok(record.into())).collect(),
             };
             crate::ingest::ingest(
                 &db,

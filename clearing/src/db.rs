@@ -42,6 +42,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "topup_void", include_str!("../migrations/sqlite/0005_topup_void.sql")),
     (6, "pending_index", include_str!("../migrations/sqlite/0006_pending_index.sql")),
     (7, "clearings", include_str!("../migrations/sqlite/0007_clearings.sql")),
+    (8, "grey_records", include_str!("../migrations/sqlite/0008_grey_records.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
@@ -51,6 +52,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "topup_void", include_str!("../migrations/postgres/0005_topup_void.sql")),
     (6, "pending_index", include_str!("../migrations/postgres/0006_pending_index.sql")),
     (7, "clearings", include_str!("../migrations/postgres/0007_clearings.sql")),
+    (8, "grey_records", include_str!("../migrations/postgres/0008_grey_records.sql")),
 ];
 
 /// The migrations of `dialect` up to version `through`.

@@ -35,8 +35,12 @@ impl Account {
     }
 }
 
-/// Posts one balanced entry; an entry id already posted is left as it is (so a
-/// retried step never posts twice). Postings of zero are skipped.
+/// Posts one balanced entry inside the caller's transaction. Postings of zero
+/// are skipped. An entry id already posted to an account fails with
+/// [`Error::Inconsistent`]: every caller posts in the transaction that makes
+/// its step durable, so a retried step has nothing posted to collide with, and
+/// a collision is a wrong entry id (it was once skipped in silence, dropping
+/// money from the ledger).
 pub async fn post(
     tx: &mut Transaction<'_, Any>,
     entry_id: &str,
@@ -46,7 +50,9 @@ pub async fn post(
     let sum: i128 = postings.iter().map(|(_, amount)| i128::from(*amount)).sum();
     assert_eq!(sum, 0, "entry {entry_id} does not balance");
     for (account, amount) in postings.iter().filter(|(_, amount)| *amount != 0) {
-        sqlx::query(
+        // An entry is posted once: a second posting of the same entry and
+        // account is a bug in the caller's entry id, never skipped in silence.
+        let done = sqlx::query(
             "INSERT INTO ledger_postings (entry_id, business_day, account, amount_fen) VALUES ($1, $2, $3, $4)
              ON CONFLICT (entry_id, account) DO NOTHING",
         )
@@ -56,6 +62,12 @@ pub async fn post(
         .bind(*amount)
         .execute(&mut **tx)
         .await?;
+        if done.rows_affected() != 1 {
+            return Err(Error::Inconsistent(format!(
+                "ledger entry {entry_id} is already posted to {}",
+                account.name()
+            )));
+        }
     }
     Ok(())
 }

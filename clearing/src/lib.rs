@@ -7,6 +7,7 @@ pub mod clock;
 pub mod db;
 pub mod error;
 pub mod fuzzing;
+pub mod grey;
 pub mod ingest;
 pub mod ledger;
 pub mod money;

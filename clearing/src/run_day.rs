@@ -32,6 +32,7 @@ use sqlx::{Any, Row};
 use crate::batch::RecordKind;
 use crate::db::Db;
 use crate::error::Error;
+use crate::grey::{self, CardPosition, Evidence, GreyDecision, GreyState, OpenGrey};
 use crate::ledger::{self, Account};
 use crate::money::{BusinessDay, FeeRate, fee_fen};
 
@@ -171,9 +172,20 @@ pub struct DaySummary {
     pub cleared: i64,
     pub quarantined: i64,
     pub pending: i64,
+    /// Quarantined records by reason, with the records refused at upload
+    /// (`malformed`: they never became transactions, so `records` and
+    /// `quarantined` do not count them) listed under the day of their own
+    /// date-time, or the day they were received.
     pub quarantined_by_reason: BTreeMap<String, i64>,
     pub purchases_fen: i64,
     pub loads_fen: i64,
+    /// Grey records (purchases a terminal could not settle with the card,
+    /// `crate::grey`) confirmed by the card's later records in this day's runs:
+    /// paid to their merchants and settled with this day.
+    pub grey_confirmed: i64,
+    pub grey_confirmed_fen: i64,
+    /// The grey records of this day (by card time) by state: open, confirmed, proved, voided.
+    pub grey_by_state: BTreeMap<String, i64>,
     pub settlements: Vec<SettlementLine>,
     pub gross_fen: i64,
     pub fee_fen: i64,
@@ -182,7 +194,7 @@ pub struct DaySummary {
     pub ledger_total_fen: i64,
     /// −(card float) equals the sum of the shadow balances.
     pub card_float_matches_shadows: bool,
-    /// Settled gross equals the cleared purchases of the day.
+    /// Settled gross equals the cleared purchases of the day and the grey records its runs confirmed.
     pub settled_equals_cleared: bool,
     pub settlement_file: String,
     pub settlement_sha256: String,
@@ -520,6 +532,10 @@ pub async fn run_day(db: &Db, hsm: &HsmClient, options: &RunOptions) -> Result<(
     tracing::info!(day = %day, pending = pending_total, "clearing");
     clear_pending(db, hsm, options, &reference, &mut stats, &bar).await?;
     bar.finish_and_clear();
+    let greys_behind = grey::resolve_behind(db, &day).await?;
+    if greys_behind > 0 {
+        tracing::info!(day = %day, decided = greys_behind, "grey records decided by counters cleared before them");
+    }
     stats.settlement_runs_added = settle(db, &day).await?;
     options.step(Step::SettlementCommitted);
     let summary = write_outputs(db, hsm, options).await?;
@@ -549,6 +565,8 @@ struct Prepared {
     /// Records whose counter is behind the shadow account: a duplicate if the counter was cleared before.
     possibly_spent: Vec<usize>,
     cards: HashMap<String, CardState>,
+    /// Grey records the chunk's records decided.
+    greys: Vec<GreyDecision>,
     cursor: Cursor,
     /// The chunk holds every pending record of its cards up to the cursor's card,
     /// and no record after the cursor is of those cards: the next chunk's cards
@@ -655,11 +673,12 @@ async fn prepare_chunk(
     // The shadow accounts, read before the HSM round; the transaction that
     // writes them re-reads nothing, and the state and account guards refuse to
     // commit if another job cleared these records or moved these accounts meanwhile.
-    let mut cards = {
+    let (mut cards, mut open_greys) = {
         let mut tx = reader.pool.begin().await?;
         let cards = load_cards(reader.dialect, &mut tx, &serials).await?;
+        let open_greys = grey::load_open(&mut tx, reader.dialect, &serials).await?;
         tx.commit().await?;
-        cards
+        (cards, open_greys)
     };
     let cards_micros = phase.elapsed().as_micros();
 
@@ -690,8 +709,14 @@ async fn prepare_chunk(
     let mut outcomes: Vec<Result<String, (Reason, String)>> = Vec::with_capacity(records.len());
     let mut possibly_spent: Vec<usize> = Vec::new();
     let mut spent_in_chunk: HashMap<(ApplicationSerial, RecordKind, i64), i64> = HashMap::new();
+    let mut greys: Vec<GreyDecision> = Vec::new();
     for (index, record) in records.iter().enumerate() {
         let mut outcome = decide(record, verdicts[index], reference, &mut cards);
+        if let Some(open) = open_greys.get_mut(&record.serial.to_hex())
+            && !open.is_empty()
+        {
+            outcome = decide_with_greys(record, outcome, verdicts[index], reference, &mut cards, open, &mut greys);
+        }
         let key = (record.serial, record.kind, record.counter);
         match &outcome {
             Ok(_) => {
@@ -717,6 +742,7 @@ async fn prepare_chunk(
         outcomes,
         possibly_spent,
         cards,
+        greys,
         cursor,
         whole_cards,
         tacs_verified,
@@ -731,7 +757,7 @@ async fn prepare_chunk(
 async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut RunStats) -> Result<u64, Error> {
     let phase = std::time::Instant::now();
     let day = options.day.to_string();
-    let Prepared { records, mut outcomes, possibly_spent, cards, .. } = chunk;
+    let Prepared { records, mut outcomes, possibly_spent, cards, greys, .. } = chunk;
     let mut tx = db.pool.begin().await?;
     // The day's next chunk number (also a row lock: one clearing job per day at a time on PostgreSQL).
     let chunk_number: i64 = sqlx::query_scalar(
@@ -756,6 +782,27 @@ async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut
                 Reason::Duplicate,
                 format!("counter {} already cleared in transaction {original}", record.counter),
             ));
+        } else if record.kind == RecordKind::Purchase
+            && let Some(confirmed) = grey::confirmed_at(&mut tx, &record.serial.to_hex(), record.counter).await?
+        {
+            // The purchase's own record after its grey record was confirmed
+            // (paid once already), or another purchase at that counter.
+            let same = confirmed.terminal_number == record.terminal.to_string()
+                && confirmed.terminal_serial == i64::from(record.terminal_serial)
+                && confirmed.amount == record.amount;
+            let detail = if same {
+                format!(
+                    "counter {} was settled from grey record {} on {}: this record proves it, nothing to pay again",
+                    record.counter, confirmed.grey_id, confirmed.resolved_day
+                )
+            } else {
+                format!(
+                    "counter {} was settled from grey record {} on {}, a purchase of terminal {} this record \
+                     contradicts: an operator must reverse the grey record",
+                    record.counter, confirmed.grey_id, confirmed.resolved_day, confirmed.terminal_number
+                )
+            };
+            outcomes[index] = Err((Reason::Duplicate, detail));
         }
     }
     let mut purchases_by_merchant: BTreeMap<String, i64> = BTreeMap::new();
@@ -864,12 +911,22 @@ async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut
         }
     }
     let accounts_micros = phase.elapsed().as_micros();
+    // Grey records the chunk decided; those confirmed are paid like cleared purchases.
+    grey::write_decisions(&mut tx, &day, chunk_number, &greys).await?;
+    for decision in greys.iter().filter(|d| d.state == GreyState::Confirmed) {
+        let merchant = decision.merchant_id.clone().ok_or_else(|| {
+            Error::Inconsistent(format!("grey record {} confirmed without a merchant", decision.grey_id))
+        })?;
+        *purchases_by_merchant.entry(merchant).or_default() += decision.amount;
+    }
     let purchases_fen: i64 = purchases_by_merchant.values().sum();
     let mut postings = vec![(Account::CardFloat, purchases_fen - loads_fen), (Account::TopupFunding, loads_fen)];
     postings.extend(
         purchases_by_merchant.iter().map(|(merchant, amount)| (Account::MerchantPayable(merchant.clone()), -amount)),
     );
-    ledger::post(&mut tx, &format!("clear:{day}:{}", records[0].transaction_id), &day, &postings).await?;
+    // One entry per chunk, keyed by the day's chunk number (never by a record:
+    // a record quarantined in one chunk and released may clear in another).
+    ledger::post(&mut tx, &format!("clear:{day}:chunk:{chunk_number}"), &day, &postings).await?;
     let ledger_micros = phase.elapsed().as_micros();
     stats.chunks += 1;
     options.step(Step::ChunkBeforeCommit(stats.chunks));
@@ -1105,6 +1162,108 @@ fn decide(
     Ok(terminal.merchant_id.clone())
 }
 
+/// A record's decision in the light of its card's open grey records: a
+/// counter gap or a balance discontinuity that a chain of grey records
+/// explains exactly confirms them (the shadow account moves by them, and the
+/// record is decided again); a purchase cleared at a grey record's counter
+/// proves it (the same purchase: terminal, terminal serial, amount) or voids it.
+fn decide_with_greys(
+    record: &Pending,
+    outcome: Result<String, (Reason, String)>,
+    verdict: Option<TacVerdict>,
+    reference: &Reference,
+    cards: &mut HashMap<String, CardState>,
+    open: &mut Vec<OpenGrey>,
+    decisions: &mut Vec<GreyDecision>,
+) -> Result<String, (Reason, String)> {
+    let serial = record.serial.to_hex();
+    let outcome = match outcome {
+        Err((Reason::CounterGap | Reason::BalanceDiscontinuity, _)) if verdict == Some(TacVerdict::Valid) => {
+            let Some(card) = cards.get(&serial) else {
+                return outcome;
+            };
+            let evidence = match record.kind {
+                RecordKind::Purchase => {
+                    Evidence::Purchase { counter: record.counter, balance_before: record.balance_before }
+                }
+                RecordKind::Load => Evidence::Load { balance_before: record.balance_before },
+            };
+            let position = CardPosition { balance_fen: card.balance_fen, offline_counter: card.offline_counter };
+            let merchant_of = |terminal: &str| {
+                reference.terminals.get(terminal).filter(|info| info.active).map(|info| info.merchant_id.clone())
+            };
+            let chain = grey::explaining_chain(&position, &evidence, open, merchant_of);
+            if chain.is_empty() {
+                return outcome;
+            }
+            // Tried on the card as it would be after the chain: kept only if
+            // the record then passes every check (a load may still fail on its
+            // online counter, and then proves nothing here).
+            let before = card.clone();
+            let mut moved = card.clone();
+            let mut confirmed = Vec::with_capacity(chain.len());
+            let mut chained = Vec::with_capacity(chain.len());
+            for (grey, merchant) in chain {
+                moved.balance_fen -= grey.amount;
+                moved.offline_counter += 1;
+                moved.changed = true;
+                chained.push(GreyDecision {
+                    grey_id: grey.grey_id,
+                    state: GreyState::Confirmed,
+                    merchant_id: Some(merchant),
+                    amount: grey.amount,
+                    resolved_by: record.transaction_id,
+                    detail: format!(
+                        "the card's {} of transaction {} shows counter {} spent and {} fen debited",
+                        record.kind.as_str(),
+                        record.transaction_id,
+                        grey.counter,
+                        grey.amount
+                    ),
+                });
+                confirmed.push(grey.grey_id);
+            }
+            cards.insert(serial.clone(), moved);
+            match decide(record, verdict, reference, cards) {
+                Ok(merchant) => {
+                    decisions.extend(chained);
+                    open.retain(|grey| !confirmed.contains(&grey.grey_id));
+                    Ok(merchant)
+                }
+                Err(_) => {
+                    cards.insert(serial.clone(), before);
+                    outcome
+                }
+            }
+        }
+        other => other,
+    };
+    if outcome.is_ok() && record.kind == RecordKind::Purchase {
+        for grey in open.iter().filter(|grey| grey.counter == record.counter) {
+            let same = grey.terminal_number == record.terminal.to_string()
+                && grey.terminal_serial == i64::from(record.terminal_serial)
+                && grey.amount == record.amount;
+            let (state, detail) = if same {
+                (GreyState::Proved, format!("proved by transaction {} (its TAC)", record.transaction_id))
+            } else {
+                let detail =
+                    format!("counter {} was spent by transaction {}: no debit", record.counter, record.transaction_id);
+                (GreyState::Voided, detail)
+            };
+            decisions.push(GreyDecision {
+                grey_id: grey.grey_id,
+                state,
+                merchant_id: None,
+                amount: grey.amount,
+                resolved_by: record.transaction_id,
+                detail,
+            });
+        }
+        open.retain(|grey| grey.counter != record.counter);
+    }
+    outcome
+}
+
 /// Settles the cleared purchases not yet settled (those of the chunks after the
 /// day's settled high-water mark); returns the settlement runs added (0 or 1).
 async fn settle(db: &Db, day: &str) -> Result<u64, Error> {
@@ -1128,13 +1287,18 @@ async fn settle(db: &Db, day: &str) -> Result<u64, Error> {
         tx.commit().await?;
         return Ok(0);
     }
+    // The chunks' cleared purchases and the grey records they confirmed.
     let rows = sqlx::query(
-        "SELECT c.merchant_id AS merchant_id, COUNT(*) AS record_count,
-         CAST(SUM(c.amount_fen) AS BIGINT) AS gross_fen, m.fee_rate AS fee_rate, m.settlement_account AS account
-         FROM clearings c JOIN merchants m ON m.merchant_id = c.merchant_id
-         WHERE c.business_day = $1 AND c.state = 'cleared' AND c.kind = 'purchase'
-         AND c.clear_chunk > $2 AND c.clear_chunk <= $3
-         GROUP BY c.merchant_id, m.fee_rate, m.settlement_account ORDER BY c.merchant_id",
+        "SELECT s.merchant_id AS merchant_id, COUNT(*) AS record_count,
+         CAST(SUM(s.amount_fen) AS BIGINT) AS gross_fen, m.fee_rate AS fee_rate, m.settlement_account AS account
+         FROM (SELECT merchant_id, amount_fen FROM clearings
+               WHERE business_day = $1 AND state = 'cleared' AND kind = 'purchase'
+               AND clear_chunk > $2 AND clear_chunk <= $3
+               UNION ALL
+               SELECT merchant_id, amount_fen FROM grey_records
+               WHERE resolved_day = $1 AND state = 'confirmed' AND resolved_chunk > $2 AND resolved_chunk <= $3) s
+         JOIN merchants m ON m.merchant_id = s.merchant_id
+         GROUP BY s.merchant_id, m.fee_rate, m.settlement_account ORDER BY s.merchant_id",
     )
     .bind(day)
     .bind(settled_through)
@@ -1316,6 +1480,21 @@ pub async fn summary(db: &Db, day: &str) -> Result<DaySummary, Error> {
     {
         quarantined_by_reason.insert(row.try_get("reason")?, row.try_get("n")?);
     }
+    let (grey_confirmed, grey_confirmed_fen): (i64, i64) = {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT) AS amount FROM grey_records
+             WHERE resolved_day = $1 AND state = 'confirmed'",
+        )
+        .bind(day)
+        .fetch_one(&db.pool)
+        .await?;
+        (row.try_get("n")?, row.try_get("amount")?)
+    };
+    let grey_by_state = grey::counts_of_day(db, day)
+        .await?
+        .into_iter()
+        .map(|(state, count, _)| (state.as_str().to_owned(), count))
+        .collect();
     let settlements = settlements(db, day).await?;
     let gross_fen = settlements.iter().map(|l| l.gross_fen).sum();
     let fee_fen = settlements.iter().map(|l| l.fee_fen).sum();
@@ -1334,7 +1513,10 @@ pub async fn summary(db: &Db, day: &str) -> Result<DaySummary, Error> {
         quarantined_by_reason,
         purchases_fen,
         loads_fen,
-        settled_equals_cleared: gross_fen == purchases_fen,
+        grey_confirmed,
+        grey_confirmed_fen,
+        grey_by_state,
+        settled_equals_cleared: gross_fen == purchases_fen + grey_confirmed_fen,
         settlements,
         gross_fen,
         fee_fen,

@@ -280,6 +280,17 @@ both!(issuer_issues_and_replaces_cards, |backend: Backend| async move {
     let stored: Vec<(String,)> =
         sqlx::query_as("SELECT citizen_id_masked FROM cardholders").fetch_all(&world.db().pool).await.expect("rows");
     assert_eq!(stored, vec![("310*************34".to_owned(),)]);
+    // Operators see the card's account with the citizen ID masked; nothing answers it whole.
+    let account = "/v1/operator/cards/3100000000000077";
+    assert_eq!(http(&api, "GET", account, &bearer(ISSUER_TOKEN), b"").await.0, 403);
+    let (status, card_account) = http(&api, "GET", account, &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(status, 200, "{card_account}");
+    assert_eq!(
+        (&card_account["citizen_id_masked"], &card_account["cardholder_name"], &card_account["balance_yuan"]),
+        (&Value::from("310*************34"), &Value::from("Zhang San"), &Value::from("30.00"))
+    );
+    assert!(!card_account.to_string().contains("310101199001011234"), "{card_account}");
+    assert_eq!(http(&api, "GET", "/v1/operator/cards/3100000000000078", &bearer(OPERATOR_TOKEN), b"").await.0, 404);
     // A card with money, spent a little, is lost and replaced: the new card carries the balance.
     let mut card = world.issue(1, 10_000).await;
     world.upload(BUS, "b", &[card.purchase(1_000, BUS, at(24, 8, 0))], uploaded_after(24)).await;
@@ -293,6 +304,12 @@ both!(issuer_issues_and_replaces_cards, |backend: Backend| async move {
     assert_eq!((status, &replaced["balance_moved_fen"]), (200, &Value::from(9_000)), "{replaced}");
     assert_eq!(http(&api, "POST", &replace, &bearer(ISSUER_TOKEN), body.as_bytes()).await.0, 409);
     let new_serial = card_host::model::ApplicationSerial::parse_hex("3100000000000099").expect("serial");
+    let (_, old_account) =
+        http(&api, "GET", &format!("/v1/operator/cards/{}", card.serial.to_hex()), &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(
+        (&old_account["status"], &old_account["replaced_by"], &old_account["balance_fen"]),
+        (&Value::from("replaced"), &Value::from("3100000000000099"), &Value::from(0))
+    );
     let new = clearing::registry::shadow(world.db(), &new_serial).await.expect("new card");
     let old = clearing::registry::shadow(world.db(), &card.serial).await.expect("old card");
     assert_eq!(
@@ -644,3 +661,58 @@ both!(a_loss_is_listed_from_local_time_as_cards_record_it, |backend: Backend| as
     let listed = CardDateTime::from_slice(&hex::decode(listed).expect("hex")).expect("date-time").unix_seconds();
     assert!((before..=after).contains(&listed), "listed at {listed}, local time was {before}..={after}");
 });
+
+both!(operators_see_a_days_grey_records_and_the_records_refused_at_upload, |backend: Backend| async move {
+    let world = World::new(backend).await;
+    let api = start(&world).await;
+    let mut card = world.issue(1, 10_000).await;
+    let (grey, _) = card.grey(200, BUS, at(24, 8, 30), true);
+    let next = card.purchase(300, BUS, at(24, 9, 0));
+    let mut document = batch::document(&support::terminal(BUS), "b1", [batch::Entry::from(grey), next.into()]);
+    // A third record with a bad TAC field: refused at upload, listed under its own day.
+    let mut refused = document["records"][1].clone();
+    refused["tac"] = "XYZ".into();
+    document["records"].as_array_mut().expect("records").push(refused);
+    // Stored as received an hour after the day (an upload over HTTP now would be late for 2026-11-24).
+    let parsed = batch::parse(document.to_string().as_bytes()).expect("the document parses");
+    let report = clearing::ingest(world.db(), &parsed, uploaded_after(24)).await.expect("ingest");
+    assert_eq!((report.accepted_count, report.rejected_count), (2, 1), "{report:?}");
+    world.run_day(24).await;
+    let path = "/v1/operator/days/2026-11-24/grey-records";
+    assert_eq!(http(&api, "GET", path, &bearer(ISSUER_TOKEN), b"").await.0, 403);
+    let (status, greys) = http(&api, "GET", path, &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(status, 200, "{greys}");
+    assert_eq!(
+        (&greys[0]["state"], &greys[0]["amount_fen"], &greys[0]["merchant_id"], &greys[0]["card_serial"]),
+        (&Value::from("confirmed"), &Value::from(200), &Value::from("M-BUS-01"), &Value::from(card.serial.to_hex())),
+        "{greys}"
+    );
+    let (_, summary) = http(&api, "GET", "/v1/operator/days/2026-11-24", &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!((&summary["grey_confirmed_fen"], &summary["gross_fen"]), (&Value::from(200), &Value::from(500)));
+    let (_, quarantine) =
+        http(&api, "GET", "/v1/operator/days/2026-11-24/quarantine", &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!((&quarantine[0]["reason"], &quarantine[0]["transaction_id"]), (&"malformed".into(), &Value::Null));
+    assert_eq!(summary["quarantined_by_reason"]["malformed"], 1, "{summary}");
+});
+
+/// docs/clearing.md's table of the HTTP API names exactly the routes served
+/// (beside the operator screen's page): the document a reader uses cannot
+/// drift from the router either.
+#[test]
+fn the_api_table_in_the_docs_names_every_route() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/clearing.md")).expect("docs");
+    let section = docs.split("## The HTTP API").nth(1).expect("the API section");
+    let mut documented: Vec<(String, String)> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|line| line.split_once('`'))
+        .filter_map(|(route, _)| route.split_once(' '))
+        .map(|(method, path)| (method.to_owned(), path.split('?').next().unwrap_or(path).to_owned()))
+        .filter(|(method, path)| ["GET", "POST"].contains(&method.as_str()) && !path.starts_with("/operator/"))
+        .collect();
+    documented.sort();
+    let mut served: Vec<(String, String)> =
+        api::routes().iter().map(|route| (route.method.to_string(), route.path.to_owned())).collect();
+    served.sort();
+    assert_eq!(documented, served);
+}

@@ -297,3 +297,33 @@ both!(records_arriving_behind_the_cursor_are_cleared_by_the_last_pass, |backend:
     // Run again: nothing left, the same summary.
     assert_eq!(world.run_day(24).await, summary);
 });
+
+both!(a_released_record_first_in_its_old_chunk_posts_its_money, |backend: Backend| async move {
+    // Card 1's record with a counter gap is the first of a chunk that also
+    // clears card 2's purchase. Once the missing record has cleared, the held
+    // one is released and cleared in a chunk of its own: its ledger entry must
+    // not be taken for the first chunk's (it was keyed by the chunk's first
+    // record, so its postings were silently skipped).
+    let world = World::new(backend).await;
+    let mut gapped = world.issue(1, 10_000).await;
+    let mut other = world.issue(2, 10_000).await;
+    let missing = gapped.purchase(100, BUS, at(24, 8, 0));
+    let held = gapped.purchase(200, BUS, at(24, 9, 0));
+    let cleared = other.purchase(400, BUS, at(24, 9, 30));
+    world.upload(BUS, "b1", &[held, cleared], uploaded_after(24)).await;
+    let summary = world.run_day(24).await;
+    assert_eq!((summary.cleared, summary.quarantined), (1, 1));
+    world.upload(BUS, "b2", &[missing], uploaded_after(24) + 3_600).await;
+    world.run_day(24).await;
+    let held_id: i64 = sqlx::query_scalar("SELECT transaction_id FROM quarantine WHERE reason = 'counter_gap'")
+        .fetch_one(&world.db().pool)
+        .await
+        .expect("the held record");
+    registry::release_quarantined(world.db(), held_id, "operator", uploaded_after(24) + 7_200).await.expect("release");
+    let summary = world.run_day(24).await;
+    assert_eq!((summary.cleared, summary.quarantined, summary.purchases_fen), (3, 0, 700));
+    assert!(summary.card_float_matches_shadows, "{summary:?}");
+    assert!(summary.settled_equals_cleared, "{summary:?}");
+    let float = clearing::ledger::balance(world.db(), &clearing::ledger::Account::CardFloat).await.expect("float");
+    assert_eq!(float, -(20_000 - 700));
+});

@@ -27,7 +27,9 @@ async fn the_serve_binary_answers() {
         .args(["serve", "--listen", &address, "--database", &database, "--hsm", &hsm.address.to_string()])
         .arg("--tokens")
         .arg(directory.path().join("tokens"))
-        .stderr(std::process::Stdio::null())
+        .env("RUST_LOG", "clearing=info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start clearing serve");
     let mut health = String::new();
@@ -42,9 +44,24 @@ async fn the_serve_binary_answers() {
     let allowed = tokio::task::block_in_place(|| {
         get(&address, "/v1/operator/days/2026-11-24", "Authorization: Bearer TEST-operator\r\n")
     });
+    let wrong = tokio::task::block_in_place(|| {
+        get(&address, "/v1/operator/days/2026-11-24", "Authorization: Bearer TEST-wrong-secret\r\n")
+    });
+    let unsigned =
+        tokio::task::block_in_place(|| get(&address, "/v1/blacklist?since=0", "X-Terminal-Id: 310000000901\r\n"));
+    let metrics = tokio::task::block_in_place(|| get(&address, "/metrics", ""));
     let _ = child.kill();
-    let _ = child.wait();
+    let output = child.wait_with_output().expect("the server's log");
+    let log = String::from_utf8_lossy(&output.stderr);
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(day.starts_with("HTTP/1.1 401"), "{day}");
     assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert!(wrong.starts_with("HTTP/1.1 401") && unsigned.starts_with("HTTP/1.1 401"), "{wrong}\n{unsigned}");
+    // Each refusal is logged, saying why, and never with the secret it was given.
+    let refusals: Vec<&str> = log.lines().filter(|line| line.contains("request refused")).collect();
+    assert_eq!(refusals.len(), 3, "{log}");
+    assert!(refusals[0].contains("a bearer token is required") && refusals[1].contains("unknown token"), "{log}");
+    assert!(refusals[2].contains("310000000901") && refusals[2].contains("no readable X-Signature"), "{log}");
+    assert!(!log.contains("TEST-wrong-secret") && !log.contains("TEST-operator"), "{log}");
+    assert!(metrics.contains("clearing_credentials_refused_total 3"), "{metrics}");
 }

@@ -13,7 +13,8 @@
 //! browser.find("#token").expect("token field").send_keys("secret").expect("typed");
 //! browser.find("button[type=submit]").expect("button").click().expect("clicked");
 //! browser.wait_for_text("#status", "Signed in").expect("signed in");
-//! let screens = screens_directory(env!("CARGO_TARGET_TMPDIR"), "operator_screen");
+//! // An integration test passes env!("CARGO_TARGET_TMPDIR") (not defined for doctests).
+//! let screens = screens_directory("target/tmp", "operator_screen");
 //! browser.screenshot(&screens.join("signed-in.png")).expect("screenshot");
 //! ```
 //!

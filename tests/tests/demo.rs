@@ -79,7 +79,7 @@ fn city_day_through_pcscd() {
 }
 
 #[test]
-fn demo_binary_runs_in_process_and_refuses_bad_options() {
+fn demo_binary_runs_in_process_on_sqlite_and_postgres_and_refuses_bad_options() {
     let run =
         |arguments: &[&str]| Command::new(env!("CARGO_BIN_EXE_demo")).args(arguments).output().expect("demo runs");
     let output = run(&["--in-process", "--cards", "20", "--transactions", "40", "--seed", "3"]);
@@ -89,6 +89,15 @@ fn demo_binary_runs_in_process_and_refuses_bad_options() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
     assert!(!text.contains("FAIL"), "{text}");
+    // On PostgreSQL by the environment variable (the README's one switch).
+    let postgres = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--in-process", "--cards", "12", "--transactions", "30", "--seed", "3"])
+        .env("CITIZEN_CARD_DATABASE_URL", TEST_POSTGRES_URL)
+        .output()
+        .expect("demo runs");
+    let text = String::from_utf8_lossy(&postgres.stdout);
+    assert!(postgres.status.success(), "{text}\n{}", String::from_utf8_lossy(&postgres.stderr));
+    assert!(text.contains("clearing on PostgreSQL") && text.contains("[ ok ] ledger"), "{text}");
     let bad = run(&["--in-process", "--cards", "3"]);
     assert!(!bad.status.success());
     assert!(

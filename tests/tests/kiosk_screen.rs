@@ -176,6 +176,7 @@ fn a_citizen_tops_up_pays_a_bill_and_pulls_the_card_at_the_kiosk_screen() {
     control.tear_at(Tear { apdu: 5, point: TearPoint::BeforeCommand });
     browser.find("#amount-pay").expect("pay").click().expect("pay");
     browser.wait_for_text("#message", "卡已移走，未扣款").expect("nothing charged");
+    browser.wait_for_text("#message", "Card removed — nothing was charged").expect("nothing charged, English");
     browser.wait_for_text("#view-idle", "请插入市民卡").expect("idle with the message");
     shot("07-pulled-nothing-charged.png");
     wait_for_reader(&card_reader(), false);

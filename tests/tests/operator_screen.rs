@@ -99,6 +99,34 @@ fn make_day(clearing: &Clearing, address: SocketAddr, directory: &Path) -> Made 
     let sent =
         upload::upload_pending(validator.journal(), &client(address, BUS, "device-0901.key"), 100).expect("bus upload");
     assert_eq!(sent.records, 7);
+    // A grey record of the bus: a fare it attempted at 18:05 on the third card
+    // without learning whether the card took it. The card's 18:10 tap used the
+    // same counter, so run-day voids it.
+    let (counter, balance_before): (i64, i64) = clearing
+        .runtime
+        .block_on(
+            sqlx::query_as(
+                "SELECT counter, balance_before FROM transactions WHERE card_serial = $1 ORDER BY transaction_id DESC",
+            )
+            .bind(cards[2].to_hex())
+            .fetch_one(&clearing.db.pool),
+        )
+        .expect("the third card's last tap");
+    let grey = clearing::batch::GreyRecord {
+        card_serial: cards[2],
+        card_type: 1,
+        counter: u16::try_from(counter).expect("counter"),
+        balance_before: Fen(u32::try_from(balance_before).expect("balance")),
+        amount: Fen(150),
+        transaction_type: card_host::TransactionType::PursePurchase,
+        terminal_number: BUS,
+        terminal_serial: 9_999,
+        at: day.at(18, 5),
+    };
+    let document = clearing::batch::document(&BUS, "grey-1", [grey]);
+    let parsed = clearing::batch::parse(document.to_string().as_bytes()).expect("the grey batch parses");
+    let received = CardDateTime::now_utc().unix_seconds() as i64;
+    clearing.runtime.block_on(clearing::ingest(&clearing.db, &parsed, received)).expect("grey record stored");
 
     let kiosk = Kiosk::new(
         Journal::open(&directory.join("kiosk.sqlite")).expect("journal"),
@@ -318,11 +346,25 @@ fn the_operator_screen_shows_a_cleared_day() {
     browser.wait_for_text("#day-message", &format!("Business day {date}")).expect("the day again");
     assert_eq!(rows(&browser, "#settlement").len(), 2);
 
-    // A card's history: its records, newest first.
+    // The grey record, voided by the card's own later tap at its counter.
+    let grey = rows(&browser, "#grey");
+    assert_eq!(grey.len(), 1, "{grey:?}");
+    assert_eq!((grey[0][1].as_str(), grey[0][2].as_str()), ("310000000901", made.cards[2].to_hex().as_str()));
+    assert_eq!((grey[0][4].as_str(), grey[0][6].as_str(), grey[0][7].as_str()), ("1.50", "voided 未扣款作废", "—"));
+    assert!(grey[0][8].contains("no debit"), "{grey:?}");
+    browser.wait_for_text("#grey-message", "1 grey record(s)").expect("the grey count");
+
+    // A card's account and history: its records, newest first.
     let serial = made.cards[1].to_hex();
     browser.find("#serial").expect("serial field").send_keys(&serial).expect("typed");
     browser.find("#show-card").expect("look up").click().expect("clicked");
     browser.wait_for_text("#history-message", &serial).expect("history loaded");
+    // The cardholder, with the citizen ID masked (issued as 310101199000000001).
+    assert_eq!(browser.find("#account-name").expect("name").text().expect("text"), "Citizen 1");
+    let citizen = browser.find("#account-citizen").expect("citizen ID").text().expect("text");
+    assert_eq!(citizen, "310*************01");
+    assert!(!browser.find("#card-section").expect("section").text().expect("text").contains("310101199000000001"));
+    assert_eq!(browser.find("#account-status").expect("status").text().expect("text"), "active 正常");
     let history = rows(&browser, "#history");
     let recorded = clearing
         .count(&format!("SELECT COUNT(*) FROM record_states WHERE card_serial = '{serial}' AND state = 'cleared'"));
@@ -348,6 +390,14 @@ fn the_operator_screen_shows_a_cleared_day() {
     assert_eq!(blacklist[0][5], "lost 挂失");
     browser.execute("window.scrollTo(0, document.body.scrollHeight);", &[]).expect("scroll");
     browser.screenshot(&screens.join("card-and-blacklist.png")).expect("screenshot");
+
+    // An unknown card is said so.
+    let field = browser.find("#serial").expect("serial field");
+    field.clear().expect("clear");
+    field.send_keys("31000000000000FF").expect("typed");
+    browser.find("#show-card").expect("look up").click().expect("clicked");
+    browser.wait_for_text("#history-message", "No card 31000000000000FF").expect("no such card");
+    assert!(!visible(&browser.find("#card-account").expect("account")), "no account shown for no card");
 
     // A bad serial is refused on the page; signing out forgets the token.
     let field = browser.find("#serial").expect("serial field");

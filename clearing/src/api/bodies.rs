@@ -423,11 +423,13 @@ pub struct BatchDocument {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRecord {
-    /// `purchase` or `load`.
+    /// `purchase`, `load`, or `unresolved`: a grey record, a purchase the
+    /// terminal attempted without learning whether the card debited it (the
+    /// purchase's fields without `tac`).
     pub kind: String,
     pub card_serial: String,
     pub card_type: u8,
-    /// A purchase's: the card's offline counter before it.
+    /// A purchase's or a grey record's: the card's offline counter before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_counter: Option<u16>,
     /// A load's: the card's online counter before it.
@@ -440,13 +442,14 @@ pub struct BatchRecord {
     pub transaction_type: String,
     /// 12 hex digits, equal to the batch's terminal.
     pub terminal_number: String,
-    /// A purchase's: the PSAM's transaction serial.
+    /// A purchase's or a grey record's: the PSAM's transaction serial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminal_serial: Option<u32>,
     /// `YYYYMMDDhhmmss`.
     pub date_time: String,
-    /// 8 hex digits.
-    pub tac: String,
+    /// 8 hex digits; none in a grey record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tac: Option<String>,
 }
 
 impl RequestBody for batch::Batch {
@@ -548,8 +551,12 @@ mod tests {
         assert_eq!(fields::<IssueCard>(), properties::<IssueCardRequest>());
         assert_eq!(fields::<ReplaceCard>(), properties::<ReplaceCardRequest>());
         assert_eq!(fields::<batch::Batch>(), properties::<BatchDocument>());
-        let mut record: Vec<String> =
-            batch::PURCHASE_FIELDS.iter().chain(batch::LOAD_FIELDS).map(|f| f.to_string()).collect();
+        let mut record: Vec<String> = batch::PURCHASE_FIELDS
+            .iter()
+            .chain(batch::LOAD_FIELDS)
+            .chain(batch::GREY_FIELDS)
+            .map(|f| f.to_string())
+            .collect();
         record.sort();
         record.dedup();
         assert_eq!(record, properties::<BatchRecord>());

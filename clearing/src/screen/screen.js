@@ -1,7 +1,7 @@
 // The clearing operator's screen: reads the operator API with the operator's
 // bearer token (kept in sessionStorage for this tab only) and shows a day's
-// settlement, its records per hour, its quarantine, a card's history and the
-// blacklist. Data is put in the page with textContent only, never as HTML.
+// settlement, its records per hour, its quarantine and grey records, a card's
+// account (the citizen ID only ever masked) and history, and the blacklist. Data is put in the page with textContent only, never as HTML.
 // Money comes as integer fen or yuan text from the API and is only ever
 // formatted as text here: no amount goes through floating-point arithmetic.
 'use strict';
@@ -26,6 +26,7 @@ const REASONS = {
   replaced: '已换卡',
 };
 const STATES = { pending: '待处理', cleared: '已清算', quarantined: '已隔离' };
+const GREY_STATES = { open: '待判定', confirmed: '已确认扣款', proved: '已由TAC证实', voided: '未扣款作废' };
 const KINDS = { purchase: '消费', load: '充值' };
 const ACTIONS = { add: '加入', remove: '移除' };
 const CARD_STATUS = { active: '正常', lost: '挂失', replaced: '已换卡' };
@@ -199,6 +200,7 @@ async function loadDay() {
     apiJson(path).then(showSummary),
     apiJson(`${path}/hourly`).then(showHourly),
     apiJson(`${path}/quarantine`).then(showQuarantine),
+    apiJson(`${path}/grey-records`).then(showGrey),
   ]);
   const failed = results.find((r) => r.status === 'rejected');
   if (failed) {
@@ -270,6 +272,23 @@ function showQuarantine(entries) {
     [entry.detail, 'detail'],
   ], 'Nothing quarantined 无隔离记录');
   message('quarantine-message', entries.length ? `${entries.length} record(s) 条记录` : '');
+}
+
+function showGrey(entries) {
+  fillTable('grey', entries, (entry) => [
+    [String(entry.grey_id), 'num'],
+    [entry.terminal_id, 'mono'],
+    [entry.card_serial, 'mono'],
+    [String(entry.counter), 'num'],
+    [yuan(entry.amount_fen), 'num'],
+    [cardTime(entry.occurred_at), 'mono'],
+    [labelled(entry.state, GREY_STATES), `grey-${entry.state}`],
+    [entry.merchant_id || '—', 'mono'],
+    [entry.detail || '', 'detail'],
+  ], 'No grey records 无灰记录');
+  const open = entries.filter((entry) => entry.state === 'open').length;
+  message('grey-message', entries.length ?
+    `${entries.length} grey record(s) 条灰记录, ${open} open 待判定` : '');
 }
 
 // ---- the hourly plot ----
@@ -354,8 +373,20 @@ async function loadHistory() {
     return;
   }
   message('history-message', `Loading ${serial}… 加载中`);
+  $('card-account').hidden = true;
   try {
-    const entries = await apiJson(`/v1/operator/cards/${serial}/history`);
+    const [account, entries] = await Promise.all([
+      apiJson(`/v1/operator/cards/${serial}`),
+      apiJson(`/v1/operator/cards/${serial}/history`),
+    ]);
+    $('account-name').textContent = account.cardholder_name || '—';
+    $('account-citizen').textContent = account.citizen_id_masked || '—';
+    $('account-status').textContent = labelled(account.status, CARD_STATUS) +
+      (account.replaced_by ? ` → ${account.replaced_by}` : '');
+    $('account-balance').textContent = yuanText(account.balance_yuan);
+    $('account-counters').textContent =
+      `purchase 消费 ${account.offline_counter} · load 充值 ${account.online_counter}`;
+    $('card-account').hidden = false;
     fillTable('history', entries, (entry) => [
       [String(entry.transaction_id), 'num'],
       [labelled(entry.kind, KINDS), ''],
@@ -369,7 +400,10 @@ async function loadHistory() {
     ], 'No records for this card 此卡无记录');
     message('history-message', `Card ${serial} 卡号: ${entries.length} record(s), newest first 条记录，最新在前`);
   } catch (error) {
-    message('history-message', failureText(error), true);
+    fillTable('history', [], () => [], '');
+    const text = error instanceof ApiFailure && error.status === 404 ?
+      `No card ${serial} here. 无此卡：${serial}` : failureText(error);
+    message('history-message', text, true);
   }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use card_host::crypto::purse;
 use card_host::issue::{self, MasterKeySet};
 use card_host::model::{ApplicationSerial, CardDateTime, Fen, TerminalNumber, TransactionType};
-use clearing::batch::{self, Record, RecordKind};
+use clearing::batch::{self, Entry, GreyRecord, Record, RecordKind};
 use clearing::registry::{self, CitizenIdKey, MerchantFile, NewCard};
 use clearing::{Db, IngestReport};
 use hsm_sim::audit::Audit;
@@ -175,6 +175,38 @@ impl TestCard {
         record
     }
 
+    /// A purchase the terminal could not settle with the card: its grey record,
+    /// and the purchase's own record (with its TAC) if the card did debit it.
+    pub fn grey(
+        &mut self,
+        amount: u32,
+        terminal_number: &str,
+        at: CardDateTime,
+        debited: bool,
+    ) -> (GreyRecord, Option<Record>) {
+        let (before, serial) = (self.clone(), self.terminal_serial + 1);
+        let record = self.purchase(amount, terminal_number, at);
+        let grey = GreyRecord {
+            card_serial: record.card_serial,
+            card_type: record.card_type,
+            counter: record.counter,
+            balance_before: record.balance_before,
+            amount: record.amount,
+            transaction_type: record.transaction_type,
+            terminal_number: record.terminal_number,
+            terminal_serial: serial,
+            at,
+        };
+        if debited {
+            (grey, Some(record))
+        } else {
+            // The card never took it: its purse is as before (the PSAM's serial moved on).
+            self.balance = before.balance;
+            self.offline_counter = before.offline_counter;
+            (grey, None)
+        }
+    }
+
     pub fn load(&mut self, amount: u32, terminal_number: &str, at: CardDateTime) -> Record {
         let terminal = terminal(terminal_number);
         let keys = self.keys.card_keys(&self.serial);
@@ -259,11 +291,11 @@ impl World {
         }
     }
 
-    pub async fn upload(
+    pub async fn upload<E: Into<Entry>>(
         &self,
         terminal_number: &str,
         batch_id: &str,
-        records: &[Record],
+        records: impl IntoIterator<Item = E>,
         received_at: i64,
     ) -> IngestReport {
         let document = batch::document(&terminal(terminal_number), batch_id, records);
