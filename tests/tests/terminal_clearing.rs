@@ -299,6 +299,83 @@ impl Channel for Tearing {
     }
 }
 
+/// Grey records (灰记录) end to end: three bus taps torn at DEBIT — two after
+/// the card carried it out (charged), one before (not charged) — left open,
+/// flagged and uploaded as kind `unresolved` beside nothing else; clearing
+/// stores them apart and the journal has nothing pending. Then the cards' later
+/// records decide them at run-day: the first card back at this validator is
+/// proved by GET TRANSACTION PROVE and its completed purchase follows in a later
+/// batch (the grey record proved); the other two tap at another validator of the
+/// same terminal (a reinstalled one: a new journal) — the charged card's grey
+/// record is confirmed by its next purchase, the uncharged one's voided as the
+/// card used that counter again. Every shadow account equals its card.
+#[test]
+fn grey_records_are_uploaded_and_decided_by_the_cards_later_records() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let online = client(address, quick_retry(2));
+    let opening = Fen(5_000);
+    let mut paths = Vec::new();
+    let mut cards: Vec<Tearing> = (0..3)
+        .map(|profile| {
+            let (path, card) = issue_card(directory.path(), profile, opening);
+            paths.push(path);
+            let mut reader = InProcess::new(card);
+            clearing.register(&mut reader, opening);
+            Tearing { reader, sent: 0, tear: None, torn: false }
+        })
+        .collect();
+    let mut psam_reader = InProcess::new(issue_psam(directory.path(), BUS).1);
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+    let midnight = CardDateTime::now_utc().unix_seconds() / 86_400 * 86_400;
+    let at = |seconds: u64| CardDateTime::from_unix_seconds(midnight + 3_600 + seconds).expect("time");
+
+    // A flat-fare tap's 6th card APDU is DEBIT.
+    let first = validator_on(&directory.path().join("first.sqlite"));
+    for (card, point) in [(0, TearPoint::AfterCommand), (1, TearPoint::AfterCommand), (2, TearPoint::BeforeCommand)] {
+        cards[card].tear_at(6, point);
+        let tap = first.tap(&mut cards[card], &mut psam, at(60 * card as u64));
+        assert!(matches!(tap, Tap::PresentAgain { .. }) && cards[card].torn, "card {card}: {tap}");
+        cards[card].insert();
+    }
+    assert_eq!(first.journal().counts().expect("counts").intents, 3);
+    assert_eq!(first.journal().flag_unresolved_older_than(Duration::ZERO).expect("flag"), 3);
+    let summary = upload::upload_pending(first.journal(), &online, 10).expect("upload");
+    assert_eq!((summary.batches, summary.records, summary.unresolved, summary.rejected), (1, 3, 3, 0));
+    assert!(first.journal().pending_upload(10).expect("pending").is_empty(), "nothing pending once acknowledged");
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM grey_records"), 3, "stored apart");
+    assert_eq!(clearing.count("SELECT COUNT(*) FROM transactions"), 0);
+
+    // Card 0 comes back here (within the dedup window): proved, let through, and
+    // its completed purchase goes in a later batch.
+    let tap = first.tap(&mut cards[0], &mut psam, at(5));
+    assert!(matches!(tap, Tap::AlreadyPaid { .. }), "{tap}");
+    let summary = upload::upload_pending(first.journal(), &online, 10).expect("upload");
+    assert_eq!((summary.records, summary.unresolved), (1, 0), "the proved purchase, no grey record again");
+    assert_eq!(first.journal().counts().expect("counts").intents, 2, "the other two stay intents here");
+    assert!(first.journal().pending_upload(10).expect("pending").is_empty());
+
+    // Cards 1 and 2 ride on with another validator of the same terminal.
+    let second = validator_on(&directory.path().join("second.sqlite"));
+    for card in [1, 2] {
+        let tap = second.tap(&mut cards[card], &mut psam, at(600 + card as u64));
+        assert!(matches!(tap, Tap::Paid { .. }), "card {card}: {tap}");
+    }
+    let summary = upload::upload_pending(second.journal(), &online, 10).expect("upload");
+    assert_eq!((summary.records, summary.unresolved), (2, 0));
+
+    let day = clearing.run_day(&at(0));
+    println!("{day:?}");
+    assert_eq!((day.cleared, day.quarantined), (3, 0), "{day:?}");
+    assert_eq!(day.grey_confirmed, 1, "card 1's grey record confirmed by its next purchase: {day:?}");
+    let states: Vec<(&str, i64)> = day.grey_by_state.iter().map(|(state, n)| (state.as_str(), *n)).collect();
+    assert_eq!(states, [("confirmed", 1), ("proved", 1), ("voided", 1)], "{day:?}");
+    assert!(day.settled_equals_cleared && day.card_float_matches_shadows, "{day:?}");
+    let paths: Vec<&Path> = paths.iter().map(|path| path.as_path()).collect();
+    clearing.assert_shadows_match(&paths);
+}
+
 fn shop_client(address: SocketAddr) -> ClearingClient {
     let key = DeviceKey::load(&card_host::issue::fixtures::directory().join("terminals/device-0902.key")).expect("key");
     ClearingClient::new(&format!("http://{address}"), SHOP, key, quick_retry(2))
