@@ -3,6 +3,7 @@
 //! of a load played with the TEST-ONLY master keys (until the HSM takes it).
 
 pub mod browser;
+pub mod bus_day;
 pub mod city;
 pub mod clearing;
 pub mod terminal_process;

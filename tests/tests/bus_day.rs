@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use card_host::card::{CardImage, CardType, CitizenCard};
-use card_host::issue::{self, IssueOptions, ProfileFile};
+use card_host::card::{CardImage, CitizenCard};
+use card_host::issue;
 use card_host::vpcd::{Control, SLOT0_PORT};
-use card_host::{ApplicationSerial, CardDateTime, Fen, SmartCard, TerminalNumber};
+use card_host::{CardDateTime, Fen, SmartCard, TerminalNumber};
 use clearing::registry;
+use system_tests::bus_day::{assert_day_clears, card_type, distance_fare, issue_card, serial};
 use system_tests::clearing::Clearing;
-use system_tests::{Rig, ServedCard, assert_cards_agree_with_journal, card_reader, master_keys, wait_for_reader};
+use system_tests::{Rig, ServedCard, assert_cards_agree_with_journal, card_reader, wait_for_reader};
 use terminal::CardSession;
 use terminal::blacklist::Blacklist;
 use terminal::bus::{Boarding, BusSettings, Refusal, Tap, Validator};
@@ -82,45 +83,6 @@ fn swap(control: &Control, current: &AtomicUsize, n: u16) {
     wait_for_reader(&card_reader(), true);
 }
 
-fn card_type(n: u16) -> CardType {
-    [CardType::Ordinary, CardType::Student, CardType::Senior, CardType::Disabled][usize::from(n % 4)]
-}
-
-fn serial(n: u16) -> ApplicationSerial {
-    ApplicationSerial::parse_hex(&format!("310000000001{n:04X}")).expect("serial")
-}
-
-/// Issues card `n` (type by `n`, its own serial) into `directory`.
-fn issue_card(directory: &Path, n: u16, balance: Fen) -> (PathBuf, CitizenCard) {
-    let profiles = ProfileFile::load(&issue::fixtures::cardholders()).expect("fixture profiles");
-    let holder = profiles.cardholder(usize::from(n % 6)).expect("profile");
-    let options = IssueOptions {
-        card_type: Some(card_type(n)),
-        serial: Some(serial(n)),
-        initial_balance: balance,
-        ..IssueOptions::default()
-    };
-    let image = issue::issue(holder, &master_keys(), &options).expect("issue");
-    let path = directory.join(format!("card-{n}.card"));
-    card_host::storage::create(&path, &image, true).expect("write card image");
-    (path.clone(), CitizenCard::open(&path).expect("open card image"))
-}
-
-/// The fixture tariff `bus-distance.toml`, recomputed from its rules: base 2.00
-/// up to 6 stations, 1.00 per started block of 4 more, at most 5.00; senior
-/// free, student 50 % off and disabled 25 % off (discount rounded down); a
-/// transfer 1.00 off what is left.
-fn expected_fare(stations: u16, card_type: CardType, transfer: bool) -> u32 {
-    let base = if stations <= 6 { 200 } else { (200 + 100 * u32::from(stations - 6).div_ceil(4)).min(500) };
-    let after_concession = match card_type {
-        CardType::Senior => 0,
-        CardType::Student => base - base * 50 / 100,
-        CardType::Disabled => base - base * 25 / 100,
-        _ => base,
-    };
-    if transfer { after_concession.saturating_sub(100) } else { after_concession }
-}
-
 fn image(path: &Path) -> CardImage {
     card_host::storage::load(path).expect("card image")
 }
@@ -145,9 +107,7 @@ fn a_day_on_a_bus_route_through_pcscd_clears_with_no_quarantine() {
     let mut cards = Vec::new();
     for n in 0..CARDS {
         let balance = if n == POOR { Fen(100) } else { OPENING };
-        let (path, card) = issue_card(rig.directory.path(), n, balance);
-        clearing.issue(serial(n), card_type(n).code(), balance, u32::from(n));
-        cards.push((path, card));
+        cards.push(issue_card(&clearing, rig.directory.path(), n, balance));
     }
     // The issuer reports one card lost before the day: the validator's
     // blacklist comes from clearing.
@@ -205,7 +165,7 @@ fn a_day_on_a_bus_route_through_pcscd_clears_with_no_quarantine() {
         }
         let stations = exit - entry;
         let tapped_out = tap(&mut validator, exit, boarding + 600 + u64::from(stations) * 90);
-        let fare = expected_fare(stations, kind, false);
+        let fare = distance_fare(stations, kind, false);
         if n == POOR {
             assert!(matches!(tapped_out, Tap::Refused { reason: Refusal::BelowFare(_), .. }), "{tapped_out}");
             assert!(fare > 100, "the fare is above the card's balance");
@@ -226,7 +186,7 @@ fn a_day_on_a_bus_route_through_pcscd_clears_with_no_quarantine() {
             let tapped_in = tap(&mut validator, 2, later);
             assert!(matches!(tapped_in, Tap::Paid { boarding: Boarding::TapIn { .. }, .. }), "{tapped_in}");
             let tapped_out = tap(&mut validator, 12, later + 1_200);
-            let fare = expected_fare(10, kind, true);
+            let fare = distance_fare(10, kind, true);
             match &tapped_out {
                 Tap::Paid { quote, .. } => {
                     assert_eq!(quote.amount, Fen(fare), "{tapped_out}");
@@ -242,32 +202,21 @@ fn a_day_on_a_bus_route_through_pcscd_clears_with_no_quarantine() {
     }
     drop(served);
 
-    // The card images and the journal agree; the money is the tariff's.
-    let counts = validator.journal().counts().expect("counts");
-    assert_eq!(counts.intents, 0);
+    // Every card paid what the tariff says (its opening less its spending).
     let images: Vec<(u16, CardImage)> = paths.iter().map(|(n, path)| (*n, image(path))).collect();
-    let debits: u64 = images.iter().map(|(_, image)| u64::from(image.purse.offline_counter)).sum();
-    let spent: u64 = images.iter().map(|(_, image)| image.purse.spent_total).sum();
-    assert_eq!((debits, spent), (counts.completed, counts.completed_fen));
-    assert_eq!(spent, charged, "every fare as the tariff says");
     for (n, image) in &images {
         let opening = if *n == POOR { 100 } else { OPENING.0 };
         assert_eq!(u64::from(opening - image.purse.balance.0), image.purse.spent_total, "card {n}");
     }
 
-    // Upload and run-day: every record cleared, nothing in quarantine, each
-    // shadow account equals its card.
+    // Upload; the images agree with the journal; run-day clears every record
+    // with nothing in quarantine, each shadow account its card.
+    let completed = validator.journal().counts().expect("counts").completed;
     let summary = upload::upload_pending(validator.journal(), &client, 1_000).expect("upload");
-    assert_eq!((summary.records, summary.rejected), (counts.completed, 0), "{summary:?}");
-    let day = clearing.run_day(&at(3_600));
-    let completed = i64::try_from(counts.completed).expect("small");
-    assert_eq!((day.records, day.cleared, day.quarantined), (completed, completed, 0), "{day:?}");
-    assert_eq!(day.purchases_fen, i64::try_from(charged).expect("small"));
-    assert!(day.card_float_matches_shadows && day.settled_equals_cleared, "{day:?}");
-    for (n, image) in &images {
-        let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial(*n))).expect("shadow");
-        assert_eq!(shadow.balance_fen, i64::from(image.purse.balance.0), "card {n}");
-    }
+    assert_eq!((summary.records, summary.rejected), (completed, 0), "{summary:?}");
+    let card_paths: Vec<&Path> = paths.iter().map(|(_, path)| path.as_path()).collect();
+    let day = assert_day_clears(&clearing, validator.journal(), &card_paths, &at(3_600), charged);
+    let counts = validator.journal().counts().expect("counts");
     println!(
         "{CARDS} cards, {} debits, {} fen charged, {} records cleared in {:?}",
         counts.completed,
