@@ -349,6 +349,50 @@ pub fn assert_cards_agree_with_journal(
     counts
 }
 
+/// A read-only watch on a terminal's journal file while its process owns it:
+/// the random-kill tests look for the intent of a purchase in flight, to kill
+/// the process in the middle of it.
+pub struct JournalWatch {
+    runtime: tokio::runtime::Runtime,
+    connection: sqlx::sqlite::SqliteConnection,
+}
+
+impl JournalWatch {
+    /// Watches the journal at `path`, which must exist (`Journal::open` made it).
+    pub fn open(path: &Path) -> JournalWatch {
+        use sqlx::ConnectOptions;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+        let connection = runtime.block_on(options.connect()).expect("journal");
+        JournalWatch { runtime, connection }
+    }
+
+    /// The newest row's id (0: none) and whether it is an unresolved intent.
+    pub fn newest_row(&mut self) -> (i64, bool) {
+        use sqlx::Row;
+        let row = self
+            .runtime
+            .block_on(
+                sqlx::query("SELECT id, state = 'intent' AS open FROM card_transaction ORDER BY id DESC LIMIT 1")
+                    .fetch_optional(&mut self.connection),
+            )
+            .expect("query");
+        row.map_or((0, false), |row| (row.get::<i64, _>("id"), row.get::<bool, _>("open")))
+    }
+
+    /// Waits (busily: a purchase in flight lasts milliseconds) until a row
+    /// newer than `than` is written, at most `timeout`; whether one was.
+    pub fn wait_for_row_after(&mut self, than: i64, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.newest_row().0 > than {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// Stops pcscd (the process `pgrep -x pcscd` names, by its id) and starts it
 /// again, as an upgrade or an operator would; returns when pcscd lists the vpcd
 /// reader again. Served cards reconnect to vpcd by themselves (wait for their

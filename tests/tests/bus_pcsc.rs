@@ -172,6 +172,18 @@ impl Seeded {
 
 const KILL_TRIALS: u64 = 10;
 
+/// `kill -9` of `terminal bus` processes on the pcscd readers, each tapping
+/// the card in the reader once. Odd trials die at a seeded random moment
+/// (`KILL_SEED` replays) of their first 300 ms; even ones as soon as the
+/// journal (watched read-only) shows the trial's intent, plus a seeded 0-2 ms:
+/// before DEBIT goes through pcscd, while the card carries it out, or before
+/// the completion is written. Random moments alone hit the purchase in flight
+/// only by chance (start-up takes some 100 ms or more, depending on the
+/// machine's load); the watched kills make sure some do (they nearly always
+/// land before the completion: DEBIT through pcscd and two fsyncs take a few
+/// ms, the watch's poll and the kill far less), so the test asserts it. A
+/// watched trial first waits out the second of the card's last debit, which
+/// would otherwise be ALREADY PAID (no purchase to kill).
 #[test]
 fn terminal_process_killed_at_random_moments_via_pcscd() {
     let seed = std::env::var("KILL_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or(0xB05_u64);
@@ -183,15 +195,26 @@ fn terminal_process_killed_at_random_moments_via_pcscd() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace("dedup_window_seconds = 600", "dedup_window_seconds = 0")).expect("config");
     let card_path = rig.serve_card(0, START);
+    Journal::open(&journal_path).expect("journal").close();
+    let mut watch = JournalWatch::open(&journal_path);
     let mut left_open = 0;
-    for _ in 0..KILL_TRIALS {
-        // Each process taps the card in the reader once (start-up, journal,
-        // PSAM and the tap take some 100 ms here), killed somewhere along it.
+    for trial in 0..KILL_TRIALS {
+        let (before, _) = watch.newest_row();
+        if trial % 2 == 0 {
+            // A debit in the same second (card time) as the card's last one
+            // would be ALREADY PAID even with no dedup window: no purchase.
+            std::thread::sleep(Duration::from_millis(1_100));
+        }
         let process = start_terminal(&config, None, 1);
-        std::thread::sleep(Duration::from_micros(random.next() % 300_000));
+        if trial % 2 == 0 {
+            assert!(watch.wait_for_row_after(before, Duration::from_secs(10)), "trial {trial}: no purchase began");
+            std::thread::sleep(Duration::from_micros(random.next() % 2_000));
+        } else {
+            std::thread::sleep(Duration::from_micros(random.next() % 300_000));
+        }
         drop(process); // SIGKILL, wherever it is
-        let journal = Journal::open(&journal_path).expect("journal");
-        left_open += journal.counts().expect("counts").intents;
+        let (after, open) = watch.newest_row();
+        left_open += u32::from(after > before && open);
     }
     let (clean, output) = finish(start_terminal(&config, None, 1));
     assert!(clean, "{output}");
@@ -204,4 +227,5 @@ fn terminal_process_killed_at_random_moments_via_pcscd() {
     );
     let _ = std::io::stdout().flush();
     assert!(debits >= 1);
+    assert!(left_open > 0, "no kill fell in the middle of a purchase (seed {seed:#x})");
 }

@@ -368,35 +368,6 @@ fn a_tap_torn_at_every_apdu_on_the_pn532_is_charged_exactly_once() {
     );
 }
 
-/// A read-only watch on a validator's journal (the validator owns the file).
-struct JournalWatch {
-    runtime: tokio::runtime::Runtime,
-    connection: sqlx::sqlite::SqliteConnection,
-}
-
-impl JournalWatch {
-    fn open(path: &Path) -> JournalWatch {
-        use sqlx::ConnectOptions;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
-        let connection = runtime.block_on(options.connect()).expect("journal");
-        JournalWatch { runtime, connection }
-    }
-
-    /// The newest row's id (0: none) and whether it is an unresolved intent.
-    fn newest_row(&mut self) -> (i64, bool) {
-        use sqlx::Row;
-        let row = self
-            .runtime
-            .block_on(
-                sqlx::query("SELECT id, state = 'intent' AS open FROM card_transaction ORDER BY id DESC LIMIT 1")
-                    .fetch_optional(&mut self.connection),
-            )
-            .expect("query");
-        row.map_or((0, false), |row| (row.get::<i64, _>("id"), row.get::<bool, _>("open")))
-    }
-}
-
 const KILL_TRIALS: u64 = 24;
 const KILL_CARDS: u16 = 6;
 
@@ -428,7 +399,7 @@ fn kill_9_of_a_pn532_validator_mid_tap_loses_no_debit() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace("dedup_window_seconds = 600", "dedup_window_seconds = 0")).expect("config");
     journal_of(directory.path()).close();
-    let mut watch = JournalWatch::open(&directory.path().join("journal.sqlite"));
+    let mut watch = system_tests::JournalWatch::open(&directory.path().join("journal.sqlite"));
 
     let mut killed_with_intent = 0;
     for trial in 0..KILL_TRIALS {
@@ -436,8 +407,7 @@ fn kill_9_of_a_pn532_validator_mid_tap_loses_no_debit() {
         let (before, _) = watch.newest_row();
         let terminal = TerminalProcess::start(&["bus"], &config);
         if trial % 2 == 0 {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && watch.newest_row().0 == before {}
+            watch.wait_for_row_after(before, Duration::from_secs(10));
             std::thread::sleep(Duration::from_micros(random.random_range(0..2_000)));
         } else {
             std::thread::sleep(Duration::from_millis(random.random_range(0..800)));
