@@ -147,8 +147,15 @@ impl Information {
 }
 
 impl fmt::Debug for Information {
+    /// The TFI, the code and the length: the parameters may carry an APDU with
+    /// a PIN or cardholder data, so they never reach a log through `{:?}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02X} {}", self.direction.tfi(), hex::encode_upper(&self.data))
+        match self.data.first() {
+            Some(code) => {
+                write!(f, "{:02X} {code:02X} ({} parameter bytes)", self.direction.tfi(), self.data.len() - 1)
+            }
+            None => write!(f, "{:02X} (empty)", self.direction.tfi()),
+        }
     }
 }
 

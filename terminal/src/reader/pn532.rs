@@ -788,6 +788,45 @@ mod tests {
         assert_eq!(reader_for(line).firmware_version().expect("firmware").support, 7);
     }
 
+    /// Runs `f` with every event down to TRACE written to a string.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().expect("buffer").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().expect("buffer").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    /// A late answer on the line may carry cardholder data (a READ RECORD's
+    /// name, a PIN echoed by a broken chip): logged by code and length only.
+    #[test]
+    fn stray_frames_are_logged_without_their_data() {
+        let secret = [0xC0, 0xFF, 0xEE, 0xC0, 0xFF, 0xEE, 0x90, 0x00];
+        let mut line = answer(code::IN_DATA_EXCHANGE, &[[0x00].as_slice(), &secret].concat());
+        line.extend(acked(code::GET_FIRMWARE_VERSION, &FIRMWARE));
+        let logs = logs_of(|| {
+            assert_eq!(reader_for(line).firmware_version().expect("firmware").ic, 0x32);
+        });
+        assert!(logs.contains("stray frame") && logs.contains("D5 41 (9 parameter bytes)"), "{logs}");
+        assert!(!logs.to_uppercase().contains("C0FFEE") && !logs.to_uppercase().contains("C0 FF EE"), "{logs}");
+    }
+
     fn reader_for(reply: Vec<u8>) -> Pn532Reader<Script> {
         reader(vec![reply])
     }
