@@ -349,3 +349,39 @@ fn medical_data_and_a_visit_through_pcscd() {
     medical.register_visit(&visit).expect("APPEND RECORD");
     assert_eq!(medical.visits().expect("visits"), [visit]);
 }
+
+/// `PcscChannel::reset` through pcscd: a warm reset on the channel's own
+/// exclusive connection reaches the card (vpcd's reset), which forgets its
+/// session — the PIN verified before is no longer (re-selecting the application
+/// alone keeps it) — while the connection stays usable with the same ATR.
+///
+/// The other way a card is reset under a channel, another connection resetting
+/// it (`PcscChannel::transmit`'s `SCARD_W_RESET_CARD` branch), cannot be made
+/// through pcsc-lite: the channel holds the card exclusively, and a second
+/// connection, shared or direct, is refused with `SCARD_E_SHARING_VIOLATION`.
+#[test]
+fn a_channel_reset_clears_the_cards_session_through_pcscd() {
+    let mut rig = Rig::new(terminal_number());
+    rig.serve_card(0, Fen(0));
+    let mut channel = rig.card_channel();
+    let atr = channel.atr().expect("ATR");
+    let mut social = SocialSecurity::select(CardSession::new(&mut channel)).expect("select SSSE");
+    social.verify_pin("123456").expect("right PIN");
+    assert_eq!(social.cardholder().expect("cardholder after the PIN").name, "张伟");
+    // Selecting the application again keeps the verified PIN ...
+    let mut social = SocialSecurity::select(CardSession::new(&mut channel)).expect("select SSSE again");
+    assert!(social.cardholder().is_ok(), "the PIN survives a SELECT");
+
+    // ... a reset does not.
+    channel.reset().expect("warm reset");
+    assert_eq!(channel.atr().expect("ATR after the reset"), atr);
+    let mut social = SocialSecurity::select(CardSession::new(&mut channel)).expect("select after the reset");
+    let refused = social.cardholder().expect_err("the reset forgot the PIN");
+    assert_eq!(refused.status(), Some(StatusWord::SecurityStatusNotSatisfied));
+    social.verify_pin("123456").expect("the PIN again");
+    assert!(social.cardholder().is_ok());
+    // Nobody else can reach the card meanwhile: the connection is exclusive.
+    let other = PcscReaders::establish().expect("another PC/SC context");
+    let refused = other.connect(&card_reader(), Duration::from_millis(300)).err().expect("the card is held");
+    assert!(matches!(&refused, ReaderError::Pcsc(error) if format!("{error:?}") == "SharingViolation"), "{refused:?}");
+}
