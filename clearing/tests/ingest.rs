@@ -82,9 +82,11 @@ both!(malformed_records_are_quarantined_beside_kept_ones, |backend: Backend| asy
     assert!(detail.starts_with("amount_fen:"), "{detail}");
     assert!(raw.contains("\"amount_fen\":-5"), "{raw}");
     // The card's counter 1 never arrived: the record after it is a gap, not lost.
+    // The refused record is listed with its day (by its own date-time).
     let summary = world.run_day(24).await;
     assert_eq!((summary.cleared, summary.quarantined), (1, 1));
-    assert_eq!(world.quarantine_reasons(24).await, vec!["counter_gap"]);
+    assert_eq!(world.quarantine_reasons(24).await, vec!["malformed", "counter_gap"]);
+    assert_eq!(summary.quarantined_by_reason.get("malformed"), Some(&1));
 });
 
 both!(fees_round_half_up_per_merchant_per_day, |backend: Backend| async move {

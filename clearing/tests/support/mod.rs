@@ -314,13 +314,16 @@ impl World {
         summary
     }
 
-    /// The quarantine reasons of a day's records, in transaction order.
+    /// The quarantine reasons of a day's records, in transaction order (the
+    /// records refused at upload, which have no transaction, first).
     pub async fn quarantine_reasons(&self, day: u8) -> Vec<String> {
-        sqlx::query_scalar("SELECT reason FROM quarantine WHERE business_day = $1 ORDER BY transaction_id")
-            .bind(format!("2026-11-{day:02}"))
-            .fetch_all(&self.db().pool)
-            .await
-            .expect("quarantine")
+        sqlx::query_scalar(
+            "SELECT reason FROM quarantine WHERE business_day = $1 ORDER BY COALESCE(transaction_id, 0), quarantine_id",
+        )
+        .bind(format!("2026-11-{day:02}"))
+        .fetch_all(&self.db().pool)
+        .await
+        .expect("quarantine")
     }
 }
 
