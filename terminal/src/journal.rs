@@ -455,8 +455,11 @@ impl Journal {
         Ok(flagged)
     }
 
-    /// The newest completed debit of `card` at or after `since` (card time):
-    /// the bus validator's dedup window.
+    /// The newest completed debit of `card` at or after `since` (card time),
+    /// for tests and the operator: the bus validator keeps its dedup window in
+    /// memory. Like [`Journal::completed_for`] it reads the card's live rows
+    /// through the index `card_transaction_once`, which SQLite uses only when
+    /// the query names its `state <> 'voided'`.
     pub fn last_completed_since(
         &self,
         card: &ApplicationSerial,
@@ -464,8 +467,8 @@ impl Journal {
     ) -> Result<Option<Completed>, JournalError> {
         let row = self.runtime.block_on(
             sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state = 'completed' \
-                 AND at_unix_seconds >= ? ORDER BY at_unix_seconds DESC, id DESC LIMIT 1"
+                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state <> 'voided' \
+                 AND state = 'completed' AND at_unix_seconds >= ? ORDER BY at_unix_seconds DESC, id DESC LIMIT 1"
             ))
             .bind(card.to_hex())
             .bind(i64::try_from(since.unix_seconds()).unwrap_or(i64::MAX))
@@ -624,12 +627,14 @@ impl Journal {
         })
     }
 
-    /// Every completed debit of `card`, oldest first (tests, the operator).
+    /// Every completed debit of `card`, oldest first (tests, the operator),
+    /// read through the index `card_transaction_once` (see
+    /// [`Journal::last_completed_since`]).
     pub fn completed_for(&self, card: &ApplicationSerial) -> Result<Vec<Completed>, JournalError> {
         let rows = self.runtime.block_on(
             sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state = 'completed' ORDER BY id \
-                 LIMIT ?"
+                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state <> 'voided' \
+                 AND state = 'completed' ORDER BY id LIMIT ?"
             ))
             .bind(card.to_hex())
             .bind(i64::from(ROWS_MAX))
