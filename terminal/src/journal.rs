@@ -232,6 +232,34 @@ pub struct Journal {
     unresolved_cards: std::sync::Mutex<std::collections::HashMap<ApplicationSerial, u32>>,
 }
 
+/// Runs one statement that returns no rows (an INSERT, an UPDATE) in its own
+/// implicit transaction, and answers its result as soon as sqlx's worker
+/// thread sends it: the statement has run to its end, its commit (the WAL
+/// written and, with `synchronous=FULL`, `fsync`'d) included, and a commit that
+/// failed is an error here.
+///
+/// Two things this avoids. `execute` waits after the result for the worker to
+/// close the result channel as well: one more wake-up of this thread per
+/// statement. And `INSERT … RETURNING id` read with `fetch_one` (how intents
+/// were written before) makes sqlx stop after the row and reset the
+/// statement: SQLite then commits inside `sqlite3_reset`, whose error sqlx
+/// drops, so a commit that failed would have been taken for a durable row.
+async fn execute_one<'q>(
+    connection: &mut SqliteConnection,
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+) -> Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error> {
+    use sqlx::Executor;
+    // A boxed `dyn Stream`: its `poll_next` needs no import of the trait.
+    let mut results = connection.fetch_many(query);
+    match std::future::poll_fn(|context| results.as_mut().poll_next(context)).await {
+        Some(Ok(sqlx::Either::Left(done))) => Ok(done),
+        Some(Err(error)) => Err(error),
+        Some(Ok(sqlx::Either::Right(_))) | None => {
+            Err(sqlx::Error::Protocol("a statement that returns no rows answered a row, or nothing".into()))
+        }
+    }
+}
+
 fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(0))
 }
@@ -336,12 +364,12 @@ impl Journal {
         if entry.reference.as_ref().is_some_and(|reference| reference.len() > REFERENCE_BYTES_MAX) {
             return Err(JournalError::ReferenceTooLong);
         }
-        let id = self.runtime.block_on(
+        let id = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "INSERT INTO card_transaction (card_serial, offline_counter, kind, amount_fen, balance_before_fen, \
                  terminal_number, terminal_serial, card_date_time, at_unix_seconds, route, station, state, \
-                 written_unix_ms, card_type, reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?) \
-                 RETURNING id",
+                 written_unix_ms, card_type, reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?)",
             )
             .bind(entry.card.to_hex())
             .bind(i64::from(entry.offline_counter))
@@ -356,10 +384,9 @@ impl Journal {
             .bind(entry.station.map(i64::from))
             .bind(now_unix_ms())
             .bind(i64::from(entry.card_type))
-            .bind(entry.reference.clone())
-            .fetch_one(&mut *self.connection()),
-        )?;
-        let id: i64 = id.try_get(0)?;
+            .bind(entry.reference.clone()),
+        ))?;
+        let id: i64 = id.last_insert_rowid();
         *self.unresolved_cards().entry(entry.card).or_insert(0) += 1;
         tracing::debug!(id, card = %entry.card.masked(), counter = entry.offline_counter, amount = %entry.amount, "intent written");
         Ok(Intent { id, entry, flagged: false })
@@ -377,7 +404,8 @@ impl Journal {
             Some((tac, mac2)) => (Some(tac.to_vec()), Some(mac2.to_vec())),
             None => (None, None),
         };
-        let done = self.runtime.block_on(
+        let done = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "UPDATE card_transaction SET state = ?, tac = ?, mac2 = ?, resolution = ?, resolved_unix_ms = ?, \
                  uploaded_unix_ms = NULL WHERE id = ? AND state = 'intent'",
@@ -387,9 +415,8 @@ impl Journal {
             .bind(mac2)
             .bind(resolution.as_str())
             .bind(now_unix_ms())
-            .bind(id)
-            .execute(&mut *self.connection()),
-        )?;
+            .bind(id),
+        ))?;
         if done.rows_affected() != 1 {
             return Err(JournalError::NotAnIntent(id));
         }
@@ -430,15 +457,15 @@ impl Journal {
     /// and still unresolved; returns how many were newly flagged. A flagged
     /// intent can still be resolved by the card later.
     pub fn flag_unresolved_before(&self, written_before_unix_ms: i64) -> Result<u64, JournalError> {
-        let done = self.runtime.block_on(
+        let done = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "UPDATE card_transaction SET flagged_unix_ms = ? WHERE state = 'intent' AND flagged_unix_ms IS NULL \
                  AND written_unix_ms < ?",
             )
             .bind(now_unix_ms())
-            .bind(written_before_unix_ms)
-            .execute(&mut *self.connection()),
-        )?;
+            .bind(written_before_unix_ms),
+        ))?;
         Ok(done.rows_affected())
     }
 
@@ -847,11 +874,11 @@ fn load_row_from_row(row: &SqliteRow) -> Result<LoadRow, JournalError> {
 impl Journal {
     /// Writes a load intent durably, before CREDIT FOR LOAD.
     pub fn write_load_intent(&self, entry: LoadEntry) -> Result<LoadIntent, JournalError> {
-        let row = self.runtime.block_on(
+        let done = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "INSERT INTO card_load (card_serial, card_type, online_counter, amount_fen, balance_before_fen, \
-                 terminal_number, card_date_time, state, written_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?) \
-                 RETURNING id",
+                 terminal_number, card_date_time, state, written_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?)",
             )
             .bind(entry.card.to_hex())
             .bind(i64::from(entry.card_type))
@@ -860,25 +887,24 @@ impl Journal {
             .bind(i64::from(entry.balance_before.0))
             .bind(entry.terminal.to_string())
             .bind(hex::encode(entry.at.to_bytes()))
-            .bind(now_unix_ms())
-            .fetch_one(&mut *self.connection()),
-        )?;
-        let id: i64 = row.try_get(0)?;
+            .bind(now_unix_ms()),
+        ))?;
+        let id = done.last_insert_rowid();
         tracing::debug!(id, card = %entry.card.masked(), counter = entry.online_counter, amount = %entry.amount, "load intent written");
         Ok(LoadIntent { id, entry })
     }
 
     fn resolve_load(&self, id: i64, state: &str, tac: Option<[u8; 4]>) -> Result<(), JournalError> {
-        let done = self.runtime.block_on(
+        let done = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "UPDATE card_load SET state = ?, tac = ?, resolved_unix_ms = ? WHERE id = ? AND state = 'intent'",
             )
             .bind(state)
             .bind(tac.map(|tac| tac.to_vec()))
             .bind(now_unix_ms())
-            .bind(id)
-            .execute(&mut *self.connection()),
-        )?;
+            .bind(id),
+        ))?;
         if done.rows_affected() != 1 {
             return Err(JournalError::NotAnIntent(id));
         }
@@ -913,12 +939,12 @@ impl Journal {
 
     /// Records that clearing took the load's TAC.
     pub fn mark_load_confirmed(&self, id: i64) -> Result<(), JournalError> {
-        self.runtime.block_on(
+        self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query("UPDATE card_load SET confirmed_unix_ms = ? WHERE id = ? AND state = 'completed'")
                 .bind(now_unix_ms())
-                .bind(id)
-                .execute(&mut *self.connection()),
-        )?;
+                .bind(id),
+        ))?;
         Ok(())
     }
 
@@ -957,5 +983,55 @@ impl LoadIntent {
         journal.resolve_load(self.id, "voided", None)?;
         tracing::debug!(id = self.id, card = %self.entry.card.masked(), "load voided");
         Ok(LoadRow { id: self.id, entry: self.entry, tac: None, confirmed: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A statement whose implicit transaction fails to commit is an error of
+    /// [`execute_one`]; read as `INSERT … RETURNING` with `fetch_one` (how
+    /// intents were written before) the same failure answered a row. The
+    /// commit is made to fail by a deferred foreign key, which SQLite checks
+    /// when the statement's transaction commits.
+    #[test]
+    fn a_commit_that_fails_is_an_error_of_execute_one() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let mut connection =
+                SqliteConnectOptions::new().filename(":memory:").connect().await.expect("in-memory database");
+            sqlx::raw_sql(
+                "CREATE TABLE parent (id INTEGER PRIMARY KEY); CREATE TABLE child (id INTEGER PRIMARY KEY, \
+                 parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .execute(&mut connection)
+            .await
+            .expect("schema");
+            async fn children(connection: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM child").fetch_one(connection).await
+            }
+
+            let refused = execute_one(&mut connection, sqlx::query("INSERT INTO child (parent) VALUES (?)").bind(7))
+                .await
+                .expect_err("the commit fails");
+            assert!(refused.to_string().contains("FOREIGN KEY"), "{refused}");
+            assert_eq!(children(&mut connection).await.expect("count"), 0);
+
+            let answered = sqlx::query("INSERT INTO child (parent) VALUES (?) RETURNING id")
+                .bind(7)
+                .fetch_one(&mut connection)
+                .await;
+            let answered = answered.map(|_| ()).map_err(|error| error.to_string());
+            assert_eq!(answered, Ok(()), "sqlx drops the error of the commit made by the reset");
+            assert_eq!(children(&mut connection).await.expect("count"), 0, "yet nothing was committed");
+
+            sqlx::query("INSERT INTO parent (id) VALUES (7)").execute(&mut connection).await.expect("parent");
+            let done = execute_one(&mut connection, sqlx::query("INSERT INTO child (parent) VALUES (?)").bind(7))
+                .await
+                .expect("committed");
+            assert_eq!((done.rows_affected(), done.last_insert_rowid()), (1, 1));
+            assert_eq!(children(&mut connection).await.expect("count"), 1);
+        });
     }
 }
