@@ -20,7 +20,7 @@ use system_tests::{issue_card, issue_psam, terminal_binary};
 use terminal::blacklist::Blacklist;
 use terminal::bus::{BusSettings, Tap, Validator};
 use terminal::journal::{Journal, UploadRecord};
-use terminal::kiosk::{Bill, Kiosk, Utility};
+use terminal::kiosk::{Bill, Kiosk, KioskError, Utility};
 use terminal::psam::PsamSession;
 use terminal::reader::Channel;
 use terminal::reader::InProcess;
@@ -610,6 +610,75 @@ fn a_load_whose_confirmation_could_not_reach_clearing_is_confirmed_later() {
     assert_eq!((day.cleared, day.quarantined, day.loads_fen), (1, 0, 2_000), "{day:?}");
     let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
     assert_eq!(shadow.balance_fen, 3_000);
+}
+
+/// Sends CREDIT FOR LOAD (INS 52) once with its MAC2 altered: the card refuses
+/// the load with a status word and does nothing.
+struct WrongMac2<'a> {
+    reader: &'a mut InProcess<CitizenCard>,
+    armed: bool,
+}
+
+impl Channel for WrongMac2<'_> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        if self.armed && command.get(1) == Some(&0x52) {
+            self.armed = false;
+            // CLA INS P1 P2 Lc, the host date-time (7 bytes), then MAC2.
+            let mut altered = command.to_vec();
+            altered[5 + 7] ^= 0x01;
+            return self.reader.transmit(&altered);
+        }
+        self.reader.transmit(command)
+    }
+}
+
+/// A load the card refuses at CREDIT FOR LOAD (a wrong MAC2: status word
+/// 9302) is voided in the journal and at clearing, where its authorisation
+/// no longer holds the card's online counter: a top-up of another amount
+/// takes the same counter (while the refused one was only voided locally,
+/// clearing answered it 409, "another top-up holds this online counter").
+#[test]
+fn a_load_the_card_refuses_is_voided_at_clearing_and_frees_its_counter() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let mut reader = InProcess::new(issue_card(directory.path(), 0, Fen(1_000)).1);
+    let serial = clearing.register(&mut reader, Fen(1_000));
+    let kiosk =
+        Kiosk::new(Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal"), shop_client(address));
+    let mut card = WrongMac2 { reader: &mut reader, armed: true };
+
+    let error = kiosk.top_up(&mut card, Fen(500)).expect_err("the card refuses the load");
+    let KioskError::LoadRefused { voided, source } = &error else { panic!("not a refusal: {error}") };
+    assert_eq!(source.status(), Some(card_host::status::StatusWord::MacInvalid), "{source}");
+    assert_eq!((voided.tac, voided.entry.amount), (None, Fen(500)));
+    assert_eq!(card.reader.card().image().purse.balance, Fen(1_000), "nothing loaded");
+    let counter = voided.entry.online_counter;
+    let state = |counter: u16| {
+        let states = ["authorised", "confirmed", "voided"];
+        states.map(|state| {
+            clearing.count(&format!(
+                "SELECT COUNT(*) FROM topups WHERE card_serial = '{}' AND online_counter = {counter} AND state = '{state}'",
+                serial.to_hex()
+            ))
+        })
+    };
+    assert_eq!(state(counter), [0, 0, 1], "clearing voided the load the card refused");
+
+    let loaded = kiosk.top_up(&mut card, Fen(300)).expect("a top-up of another amount");
+    assert!(loaded.confirmed);
+    assert_eq!(loaded.row.entry.online_counter, counter, "on the same online counter");
+    assert_eq!((loaded.balance, card.reader.card().image().purse.balance), (Fen(1_300), Fen(1_300)));
+    assert_eq!(state(counter), [0, 1, 0]);
+    let loads = kiosk.journal().loads_for(&serial).expect("loads");
+    assert_eq!(
+        loads.iter().map(|row| (row.entry.amount, row.tac.is_some())).collect::<Vec<_>>(),
+        [(Fen(500), false), (Fen(300), true)]
+    );
+    let day = clearing.run_day(&loaded.row.entry.at);
+    assert_eq!((day.cleared, day.quarantined, day.loads_fen), (1, 0, 300), "{day:?}");
+    let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
+    assert_eq!(shadow.balance_fen, 1_300, "clearing's shadow account equals the card");
 }
 
 /// Runs `terminal MODE --config FILE` with `input` on standard input; its standard output.
