@@ -59,6 +59,9 @@ pub enum JournalError {
     TooManyRows,
     #[error("a purchase reference longer than {REFERENCE_BYTES_MAX} bytes")]
     ReferenceTooLong,
+    /// A batch id to re-seal under is already some row's batch.
+    #[error("batch id {0} is already in the journal")]
+    BatchIdTaken(String),
 }
 
 /// What a debit is, as written before DEBIT is sent.
@@ -596,6 +599,64 @@ impl Journal {
             })
             .collect::<Result<_, JournalError>>()?;
         Ok(Some((batch, records)))
+    }
+
+    /// Re-seals, in one transaction, every record of the sealed,
+    /// unacknowledged batch `batch` (completed rows and grey records) under a
+    /// new id, which `name` makes from the batch's first and last row ids and
+    /// a fresh 64-bit random number (SQLite's, seeded from the system's
+    /// randomness): for a batch clearing refuses with 409 because it holds
+    /// other records under its id. No record is dropped or added: the same rows
+    /// move from one id to the other. Returns the new id and how many records
+    /// moved, or `None` when no unacknowledged batch has that id.
+    pub fn reseal_batch(
+        &self,
+        batch: &str,
+        name: impl FnOnce(i64, i64, u64) -> String,
+    ) -> Result<Option<(String, u64)>, JournalError> {
+        let mut connection = self.connection();
+        self.runtime.block_on(async {
+            let mut transaction = connection.begin().await?;
+            let sealed = sqlx::query(
+                "SELECT MIN(id), MAX(id), COUNT(*), random() FROM card_transaction \
+                 WHERE (upload_batch = ?1 AND uploaded_unix_ms IS NULL) \
+                 OR (grey_batch = ?1 AND grey_uploaded_unix_ms IS NULL)",
+            )
+            .bind(batch)
+            .fetch_one(&mut *transaction)
+            .await?;
+            let (Some(first), Some(last)) =
+                (sealed.try_get::<Option<i64>, _>(0)?, sealed.try_get::<Option<i64>, _>(1)?)
+            else {
+                return Ok(None);
+            };
+            let fresh = u64::from_ne_bytes(sealed.try_get::<i64, _>(3)?.to_ne_bytes());
+            let resealed = name(first, last, fresh);
+            let taken: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM card_transaction WHERE upload_batch = ?1 OR grey_batch = ?1")
+                    .bind(&resealed)
+                    .fetch_one(&mut *transaction)
+                    .await?;
+            if taken > 0 {
+                return Err(JournalError::BatchIdTaken(resealed));
+            }
+            let completed = sqlx::query(
+                "UPDATE card_transaction SET upload_batch = ? WHERE upload_batch = ? AND uploaded_unix_ms IS NULL",
+            )
+            .bind(&resealed)
+            .bind(batch)
+            .execute(&mut *transaction)
+            .await?;
+            let grey = sqlx::query(
+                "UPDATE card_transaction SET grey_batch = ? WHERE grey_batch = ? AND grey_uploaded_unix_ms IS NULL",
+            )
+            .bind(&resealed)
+            .bind(batch)
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await?;
+            Ok(Some((resealed, completed.rows_affected() + grey.rows_affected())))
+        })
     }
 
     /// Seals into a batch, in one transaction, the oldest records of

@@ -231,6 +231,8 @@ fn two_journals_of_one_terminal_both_upload_and_a_conflict_is_told() {
     let error = upload::upload_pending(third.journal(), &online, 10).expect_err("409");
     assert!(matches!(&error, UploadError::BatchConflict { batch, .. } if *batch == taken), "{error}");
     assert_eq!(third.journal().pending_upload(10).expect("pending").len(), 1, "the row is kept");
+    let third_identity = third.journal().identity();
+    let third_rows = third.journal().completed_for(&serial_and_type(&mut card).0).expect("rows");
     drop(third);
     let config = directory.path().join("bus.toml");
     std::fs::write(
@@ -252,6 +254,59 @@ fn two_journals_of_one_terminal_both_upload_and_a_conflict_is_told() {
     assert!(!output.status.success(), "terminal upload fails on a 409: {out} {err}");
     assert!(out.contains(&taken) && out.contains("409"), "the summary line names the batch: {out}");
     assert!(err.contains("ERROR") && err.contains(&taken), "logged as an error naming the batch: {err}");
+    assert!(out.contains("--reseal-conflicting"), "the way out is named: {out}");
+
+    // The operator re-seals the wedged batch: its row goes under a new id, once.
+    let upload = |extra: &[&str]| {
+        let output = std::process::Command::new(terminal_binary())
+            .arg("upload")
+            .args(extra)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("terminal upload");
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "terminal upload {extra:?}: {out} {err}");
+        (out, err)
+    };
+    let (out, err) = upload(&["--reseal-conflicting"]);
+    let line = out.lines().find(|line| line.starts_with("re-sealed batch")).unwrap_or_else(|| panic!("{out}"));
+    let resealed = line
+        .strip_prefix(&format!("re-sealed batch {taken} as "))
+        .and_then(|rest| rest.split_once(" (1 records)"))
+        .map(|(id, _)| id.to_owned())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(resealed.starts_with(&format!("{third_identity}-1-1.")) && resealed.len() <= 64, "{resealed}");
+    assert!(resealed.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{resealed}");
+    assert!(out.contains("uploaded 1 records (0 grey) in 1 batches"), "{out}");
+    assert!(err.contains("WARN") && err.contains(&taken) && err.contains(&resealed), "the re-seal is logged: {err}");
+    let in_batch =
+        |batch: &str| clearing.count(&format!("SELECT COUNT(*) FROM transactions WHERE batch_id = '{batch}'"));
+    let [row] = third_rows.as_slice() else { panic!("{third_rows:?}") };
+    assert_eq!(
+        clearing.count(&format!(
+            "SELECT COUNT(*) FROM transactions WHERE batch_id = '{resealed}' AND card_serial = '{}' AND counter = {}",
+            row.entry.card.to_hex(),
+            row.entry.offline_counter
+        )),
+        1,
+        "the third journal's row is at clearing under the new id"
+    );
+    assert_eq!((in_batch(&resealed), in_batch(&taken)), (1, 1), "and the forged batch is untouched");
+    let third = Journal::open(&third_path).expect("the third journal");
+    assert!(third.pending_upload(10).expect("pending").is_empty(), "nothing left to send");
+    assert_eq!(third.sealed_batch().expect("sealed"), None, "no batch waits");
+    assert_eq!(third.completed_for(&row.entry.card).expect("rows"), third_rows, "the row is the same, not doubled");
+    third.close();
+    let (out, _) = upload(&[]);
+    assert!(out.contains("uploaded 0 records"), "nothing wedged any more: {out}");
+    // The day again: the two stored first, the re-sealed row; the forged copy
+    // of the first journal's row is a duplicate by the card's counter.
+    let day = clearing.run_day(&at(60));
+    assert_eq!((day.records, day.cleared, day.quarantined), (4, 3, 1), "{day:?}");
+    assert_eq!(day.quarantined_by_reason.get("duplicate"), Some(&1), "{day:?}");
 }
 
 /// The fixture shop terminal: the kiosk.
