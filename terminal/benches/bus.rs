@@ -3,22 +3,30 @@
 //! in the same run, and the journal's fsync'd commit.
 //!
 //! Run: `cargo bench -p terminal --bench bus` (pcscd with vpcd must be running:
-//! `bash scripts/test.sh` or `scripts/demo.sh` starts it).
+//! `bash scripts/test.sh` or `scripts/demo.sh` starts it). `cargo bench -p
+//! terminal --bench bus -- cpu` runs only the in-process rows on a tmpfs (no
+//! pcscd, no disk): the figures to compare with the CPU goal, and what to profile.
 //!
 //! A paid tap is 8 round trips: the card's SELECT, READ BINARY, READ RECORD,
 //! INITIALIZE, UPDATE CAPP DATA CACHE and DEBIT, the PSAM's INIT SAM and CREDIT
 //! SAM; and 2 journal commits, each fsync'd (the intent before DEBIT, its
 //! completion after). Figures are medians of batches; ratios within the run.
+//!
+//! Beside each wall time the bench gives the process's CPU time per operation
+//! (`getrusage(RUSAGE_SELF)`, user + system, every thread: the journal's sqlx
+//! worker thread included), and for the in-process taps the card's and PSAM's
+//! share of it (the time spent inside their `transmit`, measured on separate
+//! taps), so the terminal's own CPU per tap is the difference.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use card_host::card::CitizenCard;
 use card_host::psam::Psam;
 use card_host::storage::Storage;
 use card_host::vpcd::{SLOT0_PORT, SLOT1_PORT};
 use card_host::{ApplicationSerial, CardDateTime, Fen, SmartCard, TerminalNumber, TransactionType};
-use system_tests::bench::{bare_round_trip, median_per_operation};
+use system_tests::bench::{BATCHES, bare_round_trip};
 use system_tests::{ReaderLock, ServedCard, card_reader, issue_card, issue_psam, psam_reader};
 use terminal::CardSession;
 use terminal::blacklist::Blacklist;
@@ -43,40 +51,112 @@ fn validator(directory: &Path, name: &str) -> Validator {
     Validator::new(settings, tariff, Blacklist::empty(), journal, Duration::from_secs(86_400)).expect("validator")
 }
 
-/// (bare GET BALANCE round trip, paid tap) over the given channels. Each tap is
-/// 20 s of card time after the last, beyond the dedup window.
+/// The process's CPU time so far (user + system, all threads).
+fn process_cpu() -> Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage");
+    let time = |value: nix::sys::time::TimeVal| {
+        Duration::new(u64::try_from(value.tv_sec()).expect("positive"), 0)
+            + Duration::from_micros(u64::try_from(value.tv_usec()).expect("positive"))
+    };
+    time(usage.user_time()) + time(usage.system_time())
+}
+
+/// Wall and CPU time per operation: the medians over [`BATCHES`] runs of
+/// `batch`, which does `operations` of them.
+#[derive(Debug, Clone, Copy)]
+struct PerOperation {
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn median_wall_and_cpu(operations: u32, mut batch: impl FnMut()) -> PerOperation {
+    let mut walls = Vec::with_capacity(BATCHES);
+    let mut cpus = Vec::with_capacity(BATCHES);
+    for _ in 0..BATCHES {
+        let (start, cpu_start) = (Instant::now(), process_cpu());
+        batch();
+        cpus.push(process_cpu().saturating_sub(cpu_start) / operations);
+        walls.push(start.elapsed() / operations);
+    }
+    walls.sort();
+    cpus.sort();
+    PerOperation { wall: walls[BATCHES / 2], cpu: cpus[BATCHES / 2] }
+}
+
+/// A channel that adds up the time spent in the channel under it: for an
+/// in-process card (pure CPU on this thread), the card's own CPU.
+struct Metered<'a> {
+    inner: &'a mut dyn Channel,
+    spent: Duration,
+}
+
+impl Channel for Metered<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, terminal::ReaderError> {
+        let start = Instant::now();
+        let answer = self.inner.transmit(apdu);
+        self.spent += start.elapsed();
+        answer
+    }
+}
+
+/// What [`measure`] found: the bare GET BALANCE round trip, a paid tap, and
+/// (with `share_taps`) the card's and PSAM's share of a tap.
+struct Measured {
+    bare: Duration,
+    tap: PerOperation,
+    card_share: Option<Duration>,
+}
+
+/// Measures the paid taps of a validator with its journal in `directory`.
+/// Each tap is 20 s of card time after the last, beyond the dedup window. With
+/// `share_taps` > 0 that many more taps are made through [`Metered`] channels
+/// afterwards: the card's and PSAM's share per tap (in-process only).
 fn measure(
     directory: &Path,
     name: &str,
     card: &mut dyn Channel,
     psam: &mut dyn Channel,
-    bare_count: u32,
-    tap_count: u32,
-) -> (Duration, Duration) {
+    counts: (u32, u32, u32),
+) -> Measured {
+    let (bare_count, tap_count, share_taps) = counts;
     let bare = bare_round_trip(card, bare_count);
     let validator = validator(directory, name);
-    let mut psam = PsamSession::open(CardSession::new(psam)).expect("PSAM");
     let start = CardDateTime::new(2026, 11, 25, 6, 0, 0).expect("valid").unix_seconds();
     let mut taps = 0u64;
-    let tap = median_per_operation(tap_count, || {
-        for _ in 0..tap_count {
-            taps += 1;
-            let now = CardDateTime::from_unix_seconds(start + taps * 20).expect("valid");
-            let tap = validator.tap(&mut *card, &mut psam, now);
+    let mut next = move || {
+        taps += 1;
+        CardDateTime::from_unix_seconds(start + taps * 20).expect("valid")
+    };
+    let tap = {
+        let mut psam = PsamSession::open(CardSession::new(&mut *psam)).expect("PSAM");
+        median_wall_and_cpu(tap_count, || {
+            for _ in 0..tap_count {
+                let tap = validator.tap(&mut *card, &mut psam, next());
+                assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
+            }
+        })
+    };
+    let card_share = (share_taps > 0).then(|| {
+        let mut card = Metered { inner: card, spent: Duration::ZERO };
+        let mut psam_channel = Metered { inner: psam, spent: Duration::ZERO };
+        let mut psam = PsamSession::open(CardSession::new(&mut psam_channel)).expect("PSAM");
+        for _ in 0..share_taps {
+            let tap = validator.tap(&mut card, &mut psam, next());
             assert!(matches!(tap, Tap::Paid { .. }), "{tap}");
         }
+        (card.spent + psam_channel.spent) / share_taps
     });
-    (bare, tap)
+    Measured { bare, tap, card_share }
 }
 
 /// One fsync'd journal commit: an intent written (and, separately, completed).
-fn journal_commit(directory: &Path) -> (Duration, Duration) {
+fn journal_commit(directory: &Path) -> (PerOperation, PerOperation) {
     let journal = Journal::open(&directory.join("commit.sqlite")).expect("journal");
     let at = CardDateTime::new(2026, 11, 25, 6, 0, 0).expect("valid");
     let mut counter = 0u16;
     let mut intents = Vec::new();
     let count = 50;
-    let write = median_per_operation(count, || {
+    let write = median_wall_and_cpu(count, || {
         for _ in 0..count {
             counter += 1;
             let entry = Entry {
@@ -97,7 +177,7 @@ fn journal_commit(directory: &Path) -> (Duration, Duration) {
         }
     });
     let mut intents = intents.into_iter();
-    let complete = median_per_operation(count, || {
+    let complete = median_wall_and_cpu(count, || {
         for _ in 0..count {
             let intent = intents.next().expect("an intent per completion");
             intent.complete(&journal, [1; 4], [2; 4], Resolution::Answer).expect("complete");
@@ -107,10 +187,10 @@ fn journal_commit(directory: &Path) -> (Duration, Duration) {
 }
 
 /// The floor under any journal call: an empty statement through its connection.
-fn journal_round_trip(directory: &Path) -> Duration {
+fn journal_round_trip(directory: &Path) -> PerOperation {
     let journal = Journal::open(&directory.join("round-trip.sqlite")).expect("journal");
     let count = 2_000;
-    median_per_operation(count, || {
+    median_wall_and_cpu(count, || {
         for _ in 0..count {
             journal.round_trip().expect("SELECT 1");
         }
@@ -132,42 +212,71 @@ fn memory_psam() -> Psam {
 }
 
 fn main() {
-    let _reader = ReaderLock::take();
+    // `-- cpu`: only the in-process rows on a tmpfs (no pcscd, no disk).
+    let cpu_only = std::env::args().skip(1).any(|argument| argument == "cpu");
+    let _reader = (!cpu_only).then(ReaderLock::take);
     // The journal on the disk it would be on (not a tmpfs) ...
     let directory = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let path = directory.path();
     // ... and on a tmpfs, where fsync costs nothing: what is left is CPU.
     let memory_directory = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
 
-    let (write, complete) = journal_commit(path);
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
     let (cpu_write, cpu_complete) = journal_commit(memory_directory.path());
     let journal_floor = journal_round_trip(memory_directory.path());
 
     // In-process, cards in memory, journal on tmpfs: the terminal's own CPU
     // (with SQLite's and the software card's).
-    let (cpu_bare, cpu_tap) = measure(
+    let cpu = measure(
         memory_directory.path(),
         "cpu",
         &mut InProcess::new(memory_card(path, 0)),
         &mut InProcess::new(memory_psam()),
-        20_000,
-        200,
+        (20_000, 200, 200),
     );
+    let card_share = cpu.card_share.expect("measured");
+
+    println!(
+        "journal commit on tmpfs (no fsync cost: CPU and sqlx's hand-offs): intent {:.0} µs (CPU {:.0} µs), \
+         completion {:.0} µs (CPU {:.0} µs)",
+        micros(cpu_write.wall),
+        micros(cpu_write.cpu),
+        micros(cpu_complete.wall),
+        micros(cpu_complete.cpu)
+    );
+    println!(
+        "journal round trip (SELECT 1 through the same connection: sqlx's hand-off to its SQLite thread): {:.1} µs \
+         (CPU {:.1} µs)",
+        micros(journal_floor.wall),
+        micros(journal_floor.cpu)
+    );
+    println!(
+        "in-process paid tap, journal on tmpfs: {:.0} µs wall, {:.0} µs CPU of the process (all threads), of which \
+         the software card's and PSAM's {:.1} µs: the terminal's own CPU {:.0} µs a tap (goal ≤ 50 µs)",
+        micros(cpu.tap.wall),
+        micros(cpu.tap.cpu),
+        micros(card_share),
+        micros(cpu.tap.cpu.saturating_sub(card_share))
+    );
+    if cpu_only {
+        return;
+    }
+
+    let (write, complete) = journal_commit(path);
 
     // In-process, cards in memory, journal on disk.
-    let (memory_bare, memory_tap) = measure(
+    let memory = measure(
         path,
         "memory",
         &mut InProcess::new(memory_card(path, 3)),
         &mut InProcess::new(memory_psam()),
-        20_000,
-        100,
+        (20_000, 100, 0),
     );
 
     // In-process, card and PSAM images saved with fsync as the served cards do.
     let (_, card) = issue_card(path, 1, BALANCE);
     let (_, psam) = issue_psam(path, TERMINAL);
-    let (file_bare, file_tap) = measure(path, "file", &mut InProcess::new(card), &mut InProcess::new(psam), 2_000, 50);
+    let file = measure(path, "file", &mut InProcess::new(card), &mut InProcess::new(psam), (2_000, 50, 0));
 
     // Through pcscd + vpcd.
     let (_, card) = issue_card(path, 2, BALANCE);
@@ -177,46 +286,47 @@ fn main() {
     let readers = PcscReaders::establish().expect("PC/SC");
     let mut card_channel = readers.connect(&card_reader(), Duration::from_secs(10)).expect("card");
     let mut psam_channel = readers.connect(&psam_reader(), Duration::from_secs(10)).expect("PSAM");
-    let (pcsc_bare, pcsc_tap) = measure(path, "pcsc", &mut card_channel, &mut psam_channel, 500, 50);
+    let pcsc = measure(path, "pcsc", &mut card_channel, &mut psam_channel, (500, 50, 0));
 
-    let micros = |d: Duration| d.as_secs_f64() * 1e6;
     let ratio = |tap: Duration, bare: Duration| tap.as_secs_f64() / (f64::from(TAP_ROUND_TRIPS) * bare.as_secs_f64());
     println!(
-        "journal commit (fsync'd, on {}): intent {:.0} µs, completion {:.0} µs",
+        "journal commit (fsync'd, on {}): intent {:.0} µs (CPU {:.0} µs), completion {:.0} µs (CPU {:.0} µs)",
         path.display(),
-        micros(write),
-        micros(complete)
-    );
-    println!(
-        "journal commit on tmpfs (no fsync cost: CPU and sqlx's hand-offs): intent {:.0} µs, completion {:.0} µs",
-        micros(cpu_write),
-        micros(cpu_complete)
-    );
-    println!(
-        "journal round trip (SELECT 1 through the same connection: sqlx's hand-off to its SQLite thread): {:.1} µs",
-        micros(journal_floor)
+        micros(write.wall),
+        micros(write.cpu),
+        micros(complete.wall),
+        micros(complete.cpu)
     );
     println!();
-    println!("| path | bare round trip | paid tap (8 round trips, 2 journal commits) | tap ÷ (8 × bare) |");
-    println!("| --- | ---: | ---: | ---: |");
-    for (name, bare, tap) in [
-        ("in-process, cards in memory, journal on tmpfs (CPU)", cpu_bare, cpu_tap),
-        ("in-process, cards in memory, journal on disk", memory_bare, memory_tap),
-        ("in-process, card images saved with fsync, journal on disk", file_bare, file_tap),
-        ("pcscd + vpcd, card images saved with fsync, journal on disk", pcsc_bare, pcsc_tap),
+    println!(
+        "| path | bare round trip | paid tap (8 round trips, 2 journal commits) | tap's CPU (process) | tap ÷ (8 × bare) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, measured) in [
+        ("in-process, cards in memory, journal on tmpfs (CPU)", &cpu),
+        ("in-process, cards in memory, journal on disk", &memory),
+        ("in-process, card images saved with fsync, journal on disk", &file),
+        ("pcscd + vpcd, card images saved with fsync, journal on disk", &pcsc),
     ] {
-        println!("| {name} | {:.2} µs | {:.0} µs | {:.1} |", micros(bare), micros(tap), ratio(tap, bare));
+        println!(
+            "| {name} | {:.2} µs | {:.0} µs | {:.0} µs | {:.1} |",
+            micros(measured.bare),
+            micros(measured.tap.wall),
+            micros(measured.tap.cpu),
+            ratio(measured.tap.wall, measured.bare)
+        );
     }
     println!();
-    let card_saves = file_tap.saturating_sub(memory_tap);
+    let card_saves = file.tap.wall.saturating_sub(memory.tap.wall);
     println!("the card's and PSAM's own image saves per tap (file − memory, in-process): {:.0} µs", micros(card_saves));
     println!(
         "pcscd tap ÷ (8 × pcscd bare + the tap in-process with card images saved and journal on disk): {:.2}",
-        pcsc_tap.as_secs_f64() / (f64::from(TAP_ROUND_TRIPS) * pcsc_bare.as_secs_f64() + file_tap.as_secs_f64())
+        pcsc.tap.wall.as_secs_f64()
+            / (f64::from(TAP_ROUND_TRIPS) * pcsc.bare.as_secs_f64() + file.tap.wall.as_secs_f64())
     );
     println!(
         "goal as written, pcscd tap ≤ 1.2 × 8 × bare + one journal commit: {:.0} µs against {:.0} µs",
-        micros(pcsc_tap),
-        1.2 * f64::from(TAP_ROUND_TRIPS) * micros(pcsc_bare) + micros(write)
+        micros(pcsc.tap.wall),
+        1.2 * f64::from(TAP_ROUND_TRIPS) * micros(pcsc.bare) + micros(write.wall)
     );
 }

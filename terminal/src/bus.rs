@@ -201,8 +201,12 @@ pub struct Validator {
     recent: std::cell::RefCell<std::collections::HashMap<ApplicationSerial, (CardDateTime, Fen)>>,
 }
 
+/// What the rider is told when the card failed or refused before DEBIT (or
+/// during recovery, or a read): nothing was charged. A card that left, or
+/// whose answer a PN532 lost (INITIALIZE, UPDATE CAPP DATA CACHE), is to be
+/// presented again, as a PC/SC card pulled out at the same point is.
 fn card_failure(card: Option<ApplicationSerial>, error: &CardError) -> Tap {
-    if error.is_card_removed() {
+    if error.is_answer_lost() {
         return Tap::PresentAgain { card };
     }
     match error.status() {

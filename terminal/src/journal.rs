@@ -59,6 +59,9 @@ pub enum JournalError {
     TooManyRows,
     #[error("a purchase reference longer than {REFERENCE_BYTES_MAX} bytes")]
     ReferenceTooLong,
+    /// A batch id to re-seal under is already some row's batch.
+    #[error("batch id {0} is already in the journal")]
+    BatchIdTaken(String),
 }
 
 /// What a debit is, as written before DEBIT is sent.
@@ -232,6 +235,34 @@ pub struct Journal {
     unresolved_cards: std::sync::Mutex<std::collections::HashMap<ApplicationSerial, u32>>,
 }
 
+/// Runs one statement that returns no rows (an INSERT, an UPDATE) in its own
+/// implicit transaction, and answers its result as soon as sqlx's worker
+/// thread sends it: the statement has run to its end, its commit (the WAL
+/// written and, with `synchronous=FULL`, `fsync`'d) included, and a commit that
+/// failed is an error here.
+///
+/// Two things this avoids. `execute` waits after the result for the worker to
+/// close the result channel as well: one more wake-up of this thread per
+/// statement. And `INSERT … RETURNING id` read with `fetch_one` (how intents
+/// were written before) makes sqlx stop after the row and reset the
+/// statement: SQLite then commits inside `sqlite3_reset`, whose error sqlx
+/// drops, so a commit that failed would have been taken for a durable row.
+async fn execute_one<'q>(
+    connection: &mut SqliteConnection,
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+) -> Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error> {
+    use sqlx::Executor;
+    // A boxed `dyn Stream`: its `poll_next` needs no import of the trait.
+    let mut results = connection.fetch_many(query);
+    match std::future::poll_fn(|context| results.as_mut().poll_next(context)).await {
+        Some(Ok(sqlx::Either::Left(done))) => Ok(done),
+        Some(Err(error)) => Err(error),
+        Some(Ok(sqlx::Either::Right(_))) | None => {
+            Err(sqlx::Error::Protocol("a statement that returns no rows answered a row, or nothing".into()))
+        }
+    }
+}
+
 fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(0))
 }
@@ -336,12 +367,12 @@ impl Journal {
         if entry.reference.as_ref().is_some_and(|reference| reference.len() > REFERENCE_BYTES_MAX) {
             return Err(JournalError::ReferenceTooLong);
         }
-        let id = self.runtime.block_on(
+        let id = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "INSERT INTO card_transaction (card_serial, offline_counter, kind, amount_fen, balance_before_fen, \
                  terminal_number, terminal_serial, card_date_time, at_unix_seconds, route, station, state, \
-                 written_unix_ms, card_type, reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?) \
-                 RETURNING id",
+                 written_unix_ms, card_type, reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'intent', ?, ?, ?)",
             )
             .bind(entry.card.to_hex())
             .bind(i64::from(entry.offline_counter))
@@ -356,10 +387,9 @@ impl Journal {
             .bind(entry.station.map(i64::from))
             .bind(now_unix_ms())
             .bind(i64::from(entry.card_type))
-            .bind(entry.reference.clone())
-            .fetch_one(&mut *self.connection()),
-        )?;
-        let id: i64 = id.try_get(0)?;
+            .bind(entry.reference.clone()),
+        ))?;
+        let id: i64 = id.last_insert_rowid();
         *self.unresolved_cards().entry(entry.card).or_insert(0) += 1;
         tracing::debug!(id, card = %entry.card.masked(), counter = entry.offline_counter, amount = %entry.amount, "intent written");
         Ok(Intent { id, entry, flagged: false })
@@ -377,7 +407,8 @@ impl Journal {
             Some((tac, mac2)) => (Some(tac.to_vec()), Some(mac2.to_vec())),
             None => (None, None),
         };
-        let done = self.runtime.block_on(
+        let done = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "UPDATE card_transaction SET state = ?, tac = ?, mac2 = ?, resolution = ?, resolved_unix_ms = ?, \
                  uploaded_unix_ms = NULL WHERE id = ? AND state = 'intent'",
@@ -387,9 +418,8 @@ impl Journal {
             .bind(mac2)
             .bind(resolution.as_str())
             .bind(now_unix_ms())
-            .bind(id)
-            .execute(&mut *self.connection()),
-        )?;
+            .bind(id),
+        ))?;
         if done.rows_affected() != 1 {
             return Err(JournalError::NotAnIntent(id));
         }
@@ -430,15 +460,15 @@ impl Journal {
     /// and still unresolved; returns how many were newly flagged. A flagged
     /// intent can still be resolved by the card later.
     pub fn flag_unresolved_before(&self, written_before_unix_ms: i64) -> Result<u64, JournalError> {
-        let done = self.runtime.block_on(
+        let done = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "UPDATE card_transaction SET flagged_unix_ms = ? WHERE state = 'intent' AND flagged_unix_ms IS NULL \
                  AND written_unix_ms < ?",
             )
             .bind(now_unix_ms())
-            .bind(written_before_unix_ms)
-            .execute(&mut *self.connection()),
-        )?;
+            .bind(written_before_unix_ms),
+        ))?;
         Ok(done.rows_affected())
     }
 
@@ -455,8 +485,11 @@ impl Journal {
         Ok(flagged)
     }
 
-    /// The newest completed debit of `card` at or after `since` (card time):
-    /// the bus validator's dedup window.
+    /// The newest completed debit of `card` at or after `since` (card time),
+    /// for tests and the operator: the bus validator keeps its dedup window in
+    /// memory. Like [`Journal::completed_for`] it reads the card's live rows
+    /// through the index `card_transaction_once`, which SQLite uses only when
+    /// the query names its `state <> 'voided'`.
     pub fn last_completed_since(
         &self,
         card: &ApplicationSerial,
@@ -464,8 +497,8 @@ impl Journal {
     ) -> Result<Option<Completed>, JournalError> {
         let row = self.runtime.block_on(
             sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state = 'completed' \
-                 AND at_unix_seconds >= ? ORDER BY at_unix_seconds DESC, id DESC LIMIT 1"
+                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state <> 'voided' \
+                 AND state = 'completed' AND at_unix_seconds >= ? ORDER BY at_unix_seconds DESC, id DESC LIMIT 1"
             ))
             .bind(card.to_hex())
             .bind(i64::try_from(since.unix_seconds()).unwrap_or(i64::MAX))
@@ -568,6 +601,64 @@ impl Journal {
         Ok(Some((batch, records)))
     }
 
+    /// Re-seals, in one transaction, every record of the sealed,
+    /// unacknowledged batch `batch` (completed rows and grey records) under a
+    /// new id, which `name` makes from the batch's first and last row ids and
+    /// a fresh 64-bit random number (SQLite's, seeded from the system's
+    /// randomness): for a batch clearing refuses with 409 because it holds
+    /// other records under its id. No record is dropped or added: the same rows
+    /// move from one id to the other. Returns the new id and how many records
+    /// moved, or `None` when no unacknowledged batch has that id.
+    pub fn reseal_batch(
+        &self,
+        batch: &str,
+        name: impl FnOnce(i64, i64, u64) -> String,
+    ) -> Result<Option<(String, u64)>, JournalError> {
+        let mut connection = self.connection();
+        self.runtime.block_on(async {
+            let mut transaction = connection.begin().await?;
+            let sealed = sqlx::query(
+                "SELECT MIN(id), MAX(id), COUNT(*), random() FROM card_transaction \
+                 WHERE (upload_batch = ?1 AND uploaded_unix_ms IS NULL) \
+                 OR (grey_batch = ?1 AND grey_uploaded_unix_ms IS NULL)",
+            )
+            .bind(batch)
+            .fetch_one(&mut *transaction)
+            .await?;
+            let (Some(first), Some(last)) =
+                (sealed.try_get::<Option<i64>, _>(0)?, sealed.try_get::<Option<i64>, _>(1)?)
+            else {
+                return Ok(None);
+            };
+            let fresh = u64::from_ne_bytes(sealed.try_get::<i64, _>(3)?.to_ne_bytes());
+            let resealed = name(first, last, fresh);
+            let taken: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM card_transaction WHERE upload_batch = ?1 OR grey_batch = ?1")
+                    .bind(&resealed)
+                    .fetch_one(&mut *transaction)
+                    .await?;
+            if taken > 0 {
+                return Err(JournalError::BatchIdTaken(resealed));
+            }
+            let completed = sqlx::query(
+                "UPDATE card_transaction SET upload_batch = ? WHERE upload_batch = ? AND uploaded_unix_ms IS NULL",
+            )
+            .bind(&resealed)
+            .bind(batch)
+            .execute(&mut *transaction)
+            .await?;
+            let grey = sqlx::query(
+                "UPDATE card_transaction SET grey_batch = ? WHERE grey_batch = ? AND grey_uploaded_unix_ms IS NULL",
+            )
+            .bind(&resealed)
+            .bind(batch)
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await?;
+            Ok(Some((resealed, completed.rows_affected() + grey.rows_affected())))
+        })
+    }
+
     /// Seals into a batch, in one transaction, the oldest records of
     /// `terminal` that clearing has not taken and no batch holds (at most
     /// `limit` ≤ [`ROWS_MAX`]): completed debits, and the grey records of
@@ -624,12 +715,14 @@ impl Journal {
         })
     }
 
-    /// Every completed debit of `card`, oldest first (tests, the operator).
+    /// Every completed debit of `card`, oldest first (tests, the operator),
+    /// read through the index `card_transaction_once` (see
+    /// [`Journal::last_completed_since`]).
     pub fn completed_for(&self, card: &ApplicationSerial) -> Result<Vec<Completed>, JournalError> {
         let rows = self.runtime.block_on(
             sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state = 'completed' ORDER BY id \
-                 LIMIT ?"
+                "SELECT {COLUMNS} FROM card_transaction WHERE card_serial = ? AND state <> 'voided' \
+                 AND state = 'completed' ORDER BY id LIMIT ?"
             ))
             .bind(card.to_hex())
             .bind(i64::from(ROWS_MAX))
@@ -842,11 +935,11 @@ fn load_row_from_row(row: &SqliteRow) -> Result<LoadRow, JournalError> {
 impl Journal {
     /// Writes a load intent durably, before CREDIT FOR LOAD.
     pub fn write_load_intent(&self, entry: LoadEntry) -> Result<LoadIntent, JournalError> {
-        let row = self.runtime.block_on(
+        let done = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "INSERT INTO card_load (card_serial, card_type, online_counter, amount_fen, balance_before_fen, \
-                 terminal_number, card_date_time, state, written_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?) \
-                 RETURNING id",
+                 terminal_number, card_date_time, state, written_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'intent', ?)",
             )
             .bind(entry.card.to_hex())
             .bind(i64::from(entry.card_type))
@@ -855,25 +948,24 @@ impl Journal {
             .bind(i64::from(entry.balance_before.0))
             .bind(entry.terminal.to_string())
             .bind(hex::encode(entry.at.to_bytes()))
-            .bind(now_unix_ms())
-            .fetch_one(&mut *self.connection()),
-        )?;
-        let id: i64 = row.try_get(0)?;
+            .bind(now_unix_ms()),
+        ))?;
+        let id = done.last_insert_rowid();
         tracing::debug!(id, card = %entry.card.masked(), counter = entry.online_counter, amount = %entry.amount, "load intent written");
         Ok(LoadIntent { id, entry })
     }
 
     fn resolve_load(&self, id: i64, state: &str, tac: Option<[u8; 4]>) -> Result<(), JournalError> {
-        let done = self.runtime.block_on(
+        let done = self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query(
                 "UPDATE card_load SET state = ?, tac = ?, resolved_unix_ms = ? WHERE id = ? AND state = 'intent'",
             )
             .bind(state)
             .bind(tac.map(|tac| tac.to_vec()))
             .bind(now_unix_ms())
-            .bind(id)
-            .execute(&mut *self.connection()),
-        )?;
+            .bind(id),
+        ))?;
         if done.rows_affected() != 1 {
             return Err(JournalError::NotAnIntent(id));
         }
@@ -908,12 +1000,12 @@ impl Journal {
 
     /// Records that clearing took the load's TAC.
     pub fn mark_load_confirmed(&self, id: i64) -> Result<(), JournalError> {
-        self.runtime.block_on(
+        self.runtime.block_on(execute_one(
+            &mut self.connection(),
             sqlx::query("UPDATE card_load SET confirmed_unix_ms = ? WHERE id = ? AND state = 'completed'")
                 .bind(now_unix_ms())
-                .bind(id)
-                .execute(&mut *self.connection()),
-        )?;
+                .bind(id),
+        ))?;
         Ok(())
     }
 
@@ -952,5 +1044,55 @@ impl LoadIntent {
         journal.resolve_load(self.id, "voided", None)?;
         tracing::debug!(id = self.id, card = %self.entry.card.masked(), "load voided");
         Ok(LoadRow { id: self.id, entry: self.entry, tac: None, confirmed: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A statement whose implicit transaction fails to commit is an error of
+    /// [`execute_one`]; read as `INSERT … RETURNING` with `fetch_one` (how
+    /// intents were written before) the same failure answered a row. The
+    /// commit is made to fail by a deferred foreign key, which SQLite checks
+    /// when the statement's transaction commits.
+    #[test]
+    fn a_commit_that_fails_is_an_error_of_execute_one() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let mut connection =
+                SqliteConnectOptions::new().filename(":memory:").connect().await.expect("in-memory database");
+            sqlx::raw_sql(
+                "CREATE TABLE parent (id INTEGER PRIMARY KEY); CREATE TABLE child (id INTEGER PRIMARY KEY, \
+                 parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .execute(&mut connection)
+            .await
+            .expect("schema");
+            async fn children(connection: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM child").fetch_one(connection).await
+            }
+
+            let refused = execute_one(&mut connection, sqlx::query("INSERT INTO child (parent) VALUES (?)").bind(7))
+                .await
+                .expect_err("the commit fails");
+            assert!(refused.to_string().contains("FOREIGN KEY"), "{refused}");
+            assert_eq!(children(&mut connection).await.expect("count"), 0);
+
+            let answered = sqlx::query("INSERT INTO child (parent) VALUES (?) RETURNING id")
+                .bind(7)
+                .fetch_one(&mut connection)
+                .await;
+            let answered = answered.map(|_| ()).map_err(|error| error.to_string());
+            assert_eq!(answered, Ok(()), "sqlx drops the error of the commit made by the reset");
+            assert_eq!(children(&mut connection).await.expect("count"), 0, "yet nothing was committed");
+
+            sqlx::query("INSERT INTO parent (id) VALUES (7)").execute(&mut connection).await.expect("parent");
+            let done = execute_one(&mut connection, sqlx::query("INSERT INTO child (parent) VALUES (?)").bind(7))
+                .await
+                .expect("committed");
+            assert_eq!((done.rows_affected(), done.last_insert_rowid()), (1, 1));
+            assert_eq!(children(&mut connection).await.expect("count"), 1);
+        });
     }
 }

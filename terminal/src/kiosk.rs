@@ -8,7 +8,8 @@
 //!    makes MAC2 with the host date-time;
 //! 3. the journal writes a load intent durably ([`Journal::write_load_intent`]);
 //! 4. CREDIT FOR LOAD with MAC2: the card's TAC completes the intent; a refusal
-//!    (a status word) voids it; no answer (the card left) leaves it open;
+//!    (a status word) voids it, and the void is told to clearing; no answer
+//!    (the card left) leaves it open;
 //! 5. clearing is given the TAC (`POST /v1/topups/confirm`); until it answers
 //!    the completed row stays unconfirmed and [`Kiosk::confirm_pending`] tries
 //!    again.
@@ -16,8 +17,8 @@
 //! An open load intent is settled by the card when it is presented again
 //! ([`Kiosk::settle`], done first by every operation on a card): GET
 //! TRANSACTION PROVE of load number online counter + 1 returns the TAC (the
-//! load happened: complete and confirm) or nothing (it did not: void; clearing
-//! never clears a top-up it was not given the TAC of).
+//! load happened: complete and confirm) or nothing (it did not: void, told to
+//! clearing; clearing never clears a top-up it was not given the TAC of).
 //!
 //! A bill is paid as a journaled purchase with the kiosk's PSAM
 //! ([`crate::transaction::purchase_for`]) whose journal row keeps the bill's
@@ -236,10 +237,11 @@ impl Kiosk {
         }
     }
 
-    /// Tells clearing a load never reached the card (POST /v1/topups/void), so
-    /// its authorisation no longer holds the card's online counter. Best effort:
-    /// a failure is logged (clearing keeps the authorisation, which a retry of
-    /// the same top-up gets again).
+    /// Tells clearing a load did not happen on the card (POST /v1/topups/void):
+    /// GET TRANSACTION PROVE found no such load, or the card refused CREDIT FOR
+    /// LOAD with a status word. Its authorisation then no longer holds the
+    /// card's online counter. Best effort: a failure is logged (clearing keeps
+    /// the authorisation, which a retry of the same top-up gets again).
     fn void_at_clearing(&self, row: &LoadRow) {
         let void = crate::upload::TopupVoid {
             card_serial: row.entry.card.to_hex(),
@@ -353,7 +355,13 @@ impl Kiosk {
         let tac = match purse.credit_load(&at, mac2) {
             Ok(tac) => tac,
             Err(source @ CardError::Refused { .. }) => {
+                // A status word is an answer: the card did not load. Certain,
+                // so clearing is told too, and the authorisation no longer
+                // holds the card's online counter (a top-up of another amount
+                // may take it).
                 let voided = intent.void(&self.journal)?;
+                tracing::warn!(id = voided.id, card = %public.application_serial.masked(), error = %source, "the card refused the load; voided");
+                self.void_at_clearing(&voided);
                 return Err(KioskError::LoadRefused { voided: Box::new(voided), source });
             }
             Err(source) => {

@@ -70,6 +70,12 @@ enum Mode {
     Upload {
         #[arg(long)]
         config: PathBuf,
+        /// A sealed batch clearing refuses with 409 (it holds other records
+        /// under that id) is re-sealed under a new id (the journal identity,
+        /// the row ids and a random suffix) and sent: the same rows, none
+        /// dropped or added. For an operator, after the 409 was reported.
+        #[arg(long)]
+        reseal_conflicting: bool,
     },
 }
 
@@ -80,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().mode {
         Mode::Bus { config, taps } => run_bus(&config, taps),
-        Mode::Upload { config } => run_upload(&config),
+        Mode::Upload { config, reseal_conflicting } => run_upload(&config, reseal_conflicting),
         Mode::Kiosk { config } => run_kiosk(&config),
         Mode::Counter { config } => run_counter(&config),
     }
@@ -174,7 +180,7 @@ fn run_kiosk(config_path: &Path) -> anyhow::Result<()> {
             },
             ["confirm"] => format!("{} loads confirmed", kiosk.confirm_pending()?),
             ["upload"] => {
-                let mut text = match upload_journal(kiosk.journal(), kiosk.client(), &config) {
+                let mut text = match upload_journal(kiosk.journal(), kiosk.client(), &config, None) {
                     Ok(summary) => format!("uploaded {} records ({} grey)", summary.records, summary.unresolved),
                     Err(error) => format!("upload stopped, records kept: {error}"),
                 };
@@ -284,7 +290,7 @@ fn spawn_kiosk_rounds(config: &Config) {
                 Ok(confirmed) => tracing::info!(confirmed, "loads confirmed at clearing"),
                 Err(error) => tracing::error!(%error, "load confirmation round"),
             }
-            log_upload_round(upload_round(&config));
+            log_upload_round(upload_round(&config, None));
             std::thread::sleep(interval);
         }
     });
@@ -498,7 +504,7 @@ fn run_counter(config_path: &Path) -> anyhow::Result<()> {
                 _ => "visit PIN TYPE FEN".into(),
             },
             ["upload"] => match &client {
-                Some(client) => match upload_journal(counter.journal(), client, &config) {
+                Some(client) => match upload_journal(counter.journal(), client, &config, None) {
                     Ok(summary) => format!("uploaded {} records ({} grey)", summary.records, summary.unresolved),
                     Err(error) => format!("upload stopped, records kept: {error}"),
                 },
@@ -518,23 +524,37 @@ fn run_counter(config_path: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// One upload round and a blacklist refresh; prints one summary line.
-fn run_upload(config_path: &Path) -> anyhow::Result<()> {
+/// One upload round and a blacklist refresh; prints one summary line (and
+/// one line per batch re-sealed with `--reseal-conflicting`).
+fn run_upload(config_path: &Path, reseal_conflicting: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let (line, uploaded) = upload_round(&config)?;
+    let mut resealed = Vec::new();
+    let round = upload_round(&config, reseal_conflicting.then_some(&mut resealed));
+    for batch in &resealed {
+        println!(
+            "re-sealed batch {} as {} ({} records): clearing held other records under its id",
+            batch.from, batch.to, batch.records
+        );
+    }
+    let (line, uploaded) = round?;
     println!("{line}");
     uploaded?;
     Ok(())
 }
 
 /// Uploads the journal and refreshes the blacklist file: a summary line, and
-/// how the upload ended (records are kept when it failed).
-fn upload_round(config: &Config) -> anyhow::Result<(String, Result<(), terminal::upload::UploadError>)> {
+/// how the upload ended (records are kept when it failed). With `resealed`, a
+/// batch clearing refuses with 409 is re-sealed under a new id and sent (see
+/// `upload_pending_resealing_conflicts`), each re-seal pushed there.
+fn upload_round(
+    config: &Config,
+    resealed: Option<&mut Vec<terminal::upload::Resealed>>,
+) -> anyhow::Result<(String, Result<(), terminal::upload::UploadError>)> {
     let Some(clearing) = &config.clearing else { bail!("no [clearing] section") };
     let client = clearing.client()?;
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
-    let uploaded = upload_journal(&journal, &client, config);
+    let uploaded = upload_journal(&journal, &client, config, resealed);
     journal.close();
     let mut line = match &uploaded {
         Ok(summary) => format!(
@@ -560,14 +580,22 @@ fn upload_round(config: &Config) -> anyhow::Result<(String, Result<(), terminal:
 /// One upload of `journal`: first the purchase intents unresolved for longer
 /// than `[journal] flag_unresolved_after_seconds` are flagged, so their grey
 /// records go in this round (every mode: bus, kiosk, counter, `terminal upload`).
+/// With `resealed` (`terminal upload --reseal-conflicting`), a batch clearing
+/// refuses with 409 is re-sealed under a new id and sent.
 fn upload_journal(
     journal: &Journal,
     client: &terminal::upload::ClearingClient,
     config: &Config,
+    resealed: Option<&mut Vec<terminal::upload::Resealed>>,
 ) -> Result<terminal::upload::UploadSummary, terminal::upload::UploadError> {
     journal.flag_unresolved_older_than(config.journal.flag_unresolved_after())?;
     let batch_records = config.clearing.as_ref().map_or(terminal::upload::BATCH_RECORDS_MAX, |c| c.batch_records);
-    terminal::upload::upload_pending(journal, client, batch_records)
+    match resealed {
+        None => terminal::upload::upload_pending(journal, client, batch_records),
+        Some(resealed) => {
+            terminal::upload::upload_pending_resealing_conflicts(journal, client, batch_records, resealed)
+        }
+    }
 }
 
 /// Logs how a background upload round ended: clearing away is a warning (the
@@ -595,7 +623,7 @@ fn spawn_uploader(config: &Config) {
     std::thread::spawn(move || {
         // A round at start too: a validator back after hours offline sends at once.
         loop {
-            log_upload_round(upload_round(&config));
+            log_upload_round(upload_round(&config, None));
             std::thread::sleep(interval);
         }
     });

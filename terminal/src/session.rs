@@ -33,6 +33,17 @@ impl CardError {
     pub fn is_card_removed(&self) -> bool {
         matches!(self, CardError::Reader(ReaderError::CardRemoved | ReaderError::CardReset))
     }
+
+    /// Whether the last command's answer never came: the card left the reader
+    /// ([`CardError::is_card_removed`]), or a PN532 lost the answer to an APDU
+    /// that changes the card, which it does not send again
+    /// ([`Pn532Error::OutcomeUnknown`](crate::reader::Pn532Error::OutcomeUnknown):
+    /// the card may simply have moved in the field). Either way the outcome
+    /// of that command is unknown and the card, presented again, tells.
+    pub fn is_answer_lost(&self) -> bool {
+        self.is_card_removed()
+            || matches!(self, CardError::Reader(ReaderError::Pn532(crate::reader::Pn532Error::OutcomeUnknown(_))))
+    }
 }
 
 /// One card in one reader, for the length of a transaction.

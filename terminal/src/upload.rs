@@ -20,7 +20,9 @@
 //! [`RetryPolicy::attempts`] the rows stay in the journal for the next round,
 //! however long clearing is away. A 409 (clearing holds other records under the
 //! sealed batch's id) is [`UploadError::BatchConflict`], logged as an error
-//! naming the batch: the batch and every later one wait for an operator.
+//! naming the batch: the batch and every later one wait for an operator, whose
+//! `terminal upload --reseal-conflicting` ([`upload_pending_resealing_conflicts`])
+//! re-seals its rows under a new id and sends them.
 //!
 //! The client is blocking (`ureq`, plain HTTP/1.1, no TLS stack: clearing is
 //! reached on a private network or through a local TLS proxy).
@@ -46,6 +48,13 @@ const _: () = assert!(
     JournalIdentity::HEX_DIGITS + 2 * (1 + ROW_ID_DIGITS_MAX) <= BATCH_ID_LENGTH_MAX,
     "every batch id fits clearing's limit"
 );
+/// Hex digits of a re-sealed batch id's random suffix ([`resealed_batch_id`])
+/// that always fit clearing's limit, whatever the row ids.
+pub const RESEAL_SUFFIX_DIGITS_MIN: usize =
+    BATCH_ID_LENGTH_MAX - (JournalIdentity::HEX_DIGITS + 2 * (1 + ROW_ID_DIGITS_MAX)) - 1;
+const _: () = assert!(RESEAL_SUFFIX_DIGITS_MIN >= 7, "at least 28 random bits in a re-sealed id");
+/// Re-seals of conflicting batches one upload round makes at most.
+pub const RESEALS_PER_ROUND_MAX: usize = 10;
 /// Records one batch holds at most (clearing takes up to 10,000).
 pub const BATCH_RECORDS_MAX: u32 = 1_000;
 /// Batches one [`upload_pending`] round sends at most.
@@ -81,7 +90,8 @@ pub enum UploadError {
     /// The batch is sent first in every round, so no later batch goes either
     /// until an operator acts.
     #[error(
-        "clearing holds other records under batch {batch} (HTTP 409): it and every later batch wait for an operator: {body}"
+        "clearing holds other records under batch {batch} (HTTP 409): it and every later batch wait for an operator \
+         (terminal upload --reseal-conflicting re-seals it under a new id): {body}"
     )]
     BatchConflict { batch: String, body: String },
     /// Clearing's answer does not parse or does not match the request.
@@ -265,6 +275,31 @@ pub fn batch_id(journal: &JournalIdentity, first: i64, last: i64) -> String {
     let id = format!("{journal}-{first}-{last}");
     debug_assert!(id.len() <= BATCH_ID_LENGTH_MAX, "checked at compile time for any row ids");
     id
+}
+
+/// The id the rows `first..=last` are re-sealed under when clearing refused
+/// their batch with 409: [`batch_id`] and a fresh random suffix,
+/// `IDENTITY-FIRST-LAST.RANDOM`, RANDOM being as many hex digits of `fresh` as
+/// fit clearing's 64 characters (16 while both row ids have at most 14 digits, never fewer than
+/// [`RESEAL_SUFFIX_DIGITS_MIN`]). Never an id [`batch_id`] makes (those have
+/// no dot).
+pub fn resealed_batch_id(journal: &JournalIdentity, first: i64, last: i64, fresh: u64) -> String {
+    let base = batch_id(journal, first, last);
+    let digits = (BATCH_ID_LENGTH_MAX - base.len() - 1).min(16);
+    let random = format!("{fresh:016x}");
+    let id = format!("{base}.{}", &random[..digits]);
+    debug_assert!(id.len() <= BATCH_ID_LENGTH_MAX);
+    id
+}
+
+/// A sealed batch clearing refused with 409, re-sealed under a new id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resealed {
+    /// The id clearing holds other records under.
+    pub from: String,
+    pub to: String,
+    /// Records moved (the same rows, none dropped or added).
+    pub records: u64,
 }
 
 /// Clearing's answer to an upload (its `IngestReport`).
@@ -511,11 +546,37 @@ pub struct UploadSummary {
 /// (completed debits and the grey records of flagged purchase intents)
 /// (≤ [`BATCH_RECORDS_MAX`]), until none is left (or [`BATCHES_PER_ROUND_MAX`]).
 /// Records are marked uploaded only after clearing's acknowledgement; on an
-/// error the unacknowledged batch stays sealed for the next round.
+/// error the unacknowledged batch stays sealed for the next round. A batch
+/// clearing refuses with 409 stops the round ([`UploadError::BatchConflict`]).
 pub fn upload_pending(
     journal: &Journal,
     client: &ClearingClient,
     batch_records: u32,
+) -> Result<UploadSummary, UploadError> {
+    upload_batches(journal, client, batch_records, None)
+}
+
+/// [`upload_pending`] for an operator who has seen a batch wedged by a 409
+/// (`terminal upload --reseal-conflicting`): a sealed batch clearing refuses
+/// because it holds other records under its id is re-sealed under a new id
+/// ([`resealed_batch_id`], [`Journal::reseal_batch`]: the same rows, none
+/// dropped or added) and sent again, and the round goes on; at most
+/// [`RESEALS_PER_ROUND_MAX`] times. Each re-seal is pushed to `resealed` when
+/// it is made, so it is told even if the round then fails.
+pub fn upload_pending_resealing_conflicts(
+    journal: &Journal,
+    client: &ClearingClient,
+    batch_records: u32,
+    resealed: &mut Vec<Resealed>,
+) -> Result<UploadSummary, UploadError> {
+    upload_batches(journal, client, batch_records, Some(resealed))
+}
+
+fn upload_batches(
+    journal: &Journal,
+    client: &ClearingClient,
+    batch_records: u32,
+    mut resealed: Option<&mut Vec<Resealed>>,
 ) -> Result<UploadSummary, UploadError> {
     let limit = batch_records.clamp(1, BATCH_RECORDS_MAX);
     let terminal = client.terminal();
@@ -535,6 +596,26 @@ pub fn upload_pending(
         let document = BatchDocument::new(&terminal, id, &records);
         let report = match client.upload_batch(&document) {
             Err(UploadError::Refused { status: 409, body, .. }) => {
+                if let Some(resealed) = resealed.as_deref_mut().filter(|done| done.len() < RESEALS_PER_ROUND_MAX) {
+                    let moved = journal
+                        .reseal_batch(&document.batch_id, |first, last, fresh| {
+                            resealed_batch_id(&journal.identity(), first, last, fresh)
+                        })?
+                        .ok_or_else(|| UploadError::BadAnswer {
+                            what: "batch upload",
+                            detail: format!("batch {} is no longer sealed in the journal", document.batch_id),
+                        })?;
+                    let (to, records) = moved;
+                    tracing::warn!(
+                        from = %document.batch_id,
+                        to = %to,
+                        records,
+                        answer = %body,
+                        "clearing holds other records under this sealed batch's id (HTTP 409): its rows re-sealed under a new id"
+                    );
+                    resealed.push(Resealed { from: document.batch_id, to, records });
+                    continue;
+                }
                 tracing::error!(
                     batch = %document.batch_id,
                     records = records.len(),
@@ -681,6 +762,21 @@ mod tests {
         assert!(longest.len() <= BATCH_ID_LENGTH_MAX, "{longest}");
         assert!(longest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         assert_eq!(batch_id(&identity, 1, 20), "0123456789abcdef-1-20");
+    }
+
+    #[test]
+    fn resealed_ids_fit_clearing_and_differ_from_sealed_ones() {
+        let identity = crate::journal::JournalIdentity::parse_hex("0123456789abcdef").expect("hex");
+        let fresh = 0xfedc_ba98_7654_3210;
+        assert_eq!(resealed_batch_id(&identity, 1, 20, fresh), "0123456789abcdef-1-20.fedcba9876543210");
+        let longest = resealed_batch_id(&identity, i64::MAX, i64::MAX, fresh);
+        assert_eq!(longest.len(), BATCH_ID_LENGTH_MAX, "{longest}");
+        assert!(longest.ends_with(".fedcba9"), "{longest}: {RESEAL_SUFFIX_DIGITS_MIN} digits at least");
+        for id in [longest, resealed_batch_id(&identity, 1, 1, 0)] {
+            assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{id}");
+            assert!(id.starts_with(&identity.to_string()));
+        }
+        assert_ne!(resealed_batch_id(&identity, 1, 1, 1), resealed_batch_id(&identity, 1, 1, 2));
     }
 
     #[test]

@@ -399,3 +399,49 @@ fn flagged_intents_are_sealed_as_grey_records_and_settled_ones_follow_completed(
     assert!(journal.pending_upload(100).expect("pending").is_empty());
     assert_eq!(journal.seal_batch(&TERMINAL, 10, name).expect("seal"), None);
 }
+
+/// A sealed batch clearing refused with 409 is re-sealed under a new id: the
+/// same records (a completed row and a grey record) move to it, none dropped
+/// or added, and it is what is sent and acknowledged from then on; an id
+/// already in the journal is refused, an unknown batch is nothing to re-seal.
+#[test]
+fn a_conflicting_batch_is_resealed_with_the_same_records() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let identity = journal.identity();
+    let name = |first: i64, last: i64| terminal::upload::batch_id(&identity, first, last);
+    let done = journal.write_intent(entry(20, 0, 100)).expect("intent");
+    done.complete(&journal, [1; 4], [1; 4], Resolution::Answer).expect("complete");
+    let _grey = journal.write_intent(entry(21, 4, 150)).expect("intent");
+    assert_eq!(journal.flag_unresolved_before(i64::MAX).expect("flag"), 1);
+    let (batch, records) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("records wait");
+    let pending = journal.pending_upload(100).expect("pending");
+
+    let taken = journal.reseal_batch(&batch, |_, _, _| batch.clone());
+    assert!(matches!(&taken, Err(JournalError::BatchIdTaken(id)) if *id == batch), "{taken:?}");
+    let mut drawn = Vec::new();
+    let (resealed, moved) = journal
+        .reseal_batch(&batch, |first, last, fresh| {
+            drawn.push(fresh);
+            terminal::upload::resealed_batch_id(&identity, first, last, fresh)
+        })
+        .expect("re-seal")
+        .expect("the batch is sealed");
+    assert_eq!(moved, 2);
+    assert!(resealed.starts_with(&format!("{batch}.")), "{resealed}");
+    assert_eq!(journal.sealed_batch().expect("sealed"), Some((resealed.clone(), records)), "the same records");
+    assert_eq!(journal.pending_upload(100).expect("pending"), pending, "nothing pending added or dropped");
+    assert_eq!(journal.reseal_batch(&batch, |_, _, _| "unused".into()).expect("nothing under the old id"), None);
+    // A second re-seal draws another random suffix.
+    let (again, _) = journal
+        .reseal_batch(&resealed, |first, last, fresh| {
+            drawn.push(fresh);
+            terminal::upload::resealed_batch_id(&identity, first, last, fresh)
+        })
+        .expect("re-seal")
+        .expect("sealed");
+    assert!(drawn[0] != drawn[1] && again != resealed, "{drawn:?}");
+    assert_eq!(journal.mark_batch_uploaded(&again).expect("acknowledged"), 2);
+    assert!(journal.pending_upload(100).expect("pending").is_empty());
+    assert_eq!(journal.sealed_batch().expect("sealed"), None);
+}

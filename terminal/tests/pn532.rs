@@ -212,6 +212,55 @@ fn a_lost_answer_to_debit_is_never_sent_again_and_is_settled_by_prove() {
     assert_eq!(cards[0].image().purse.offline_counter, 1, "one debit on the card");
 }
 
+/// A bus tap on a PN532 whose answer to INITIALIZE (the tap's 4th card APDU:
+/// SELECT, READ BINARY, READ RECORD, INITIALIZE) or to UPDATE CAPP DATA CACHE
+/// (the 5th) is lost on the line: the driver does not send it again, nothing
+/// is journaled and nothing charged, and the rider is told `PRESENT CARD
+/// AGAIN`, as for a PC/SC card pulled out at the same APDU (`bus.rs`, a tap
+/// torn at every APDU). Presented again, the card is charged once.
+#[test]
+fn a_lost_answer_before_debit_at_a_validator_is_present_card_again() {
+    use terminal::blacklist::Blacklist;
+    use terminal::bus::{BusSettings, Tap, Validator};
+    use terminal::tariff::Tariff;
+
+    let serial = 0x3100_0000_0000_0301;
+    let cards = vec![(card(CardType::Ordinary, serial, Fen(1_000), 3), Uid::random_single([3, 3, 1]))];
+    let (mut field, host) = Field::start(cards, 262);
+    let options = Pn532Options { ack_timeout: Duration::from_millis(200), ..Pn532Options::default() };
+    let mut reader = Pn532Reader::with_options(host, options);
+    reader.wake_up().expect("awake");
+    let directory = tempfile::tempdir().expect("temp dir");
+    let tariff = Tariff::parse("name = \"flat\"\nfare = { kind = \"flat\", amount_fen = 200 }\n").expect("tariff");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("journal");
+    let settings = BusSettings { route: 42, station: 1, dedup_window_seconds: 10 };
+    let validator =
+        Validator::new(settings, tariff, Blacklist::empty(), journal, Duration::from_secs(86_400)).expect("validator");
+    let mut psam_reader = InProcess::new(psam());
+    let mut psam = PsamSession::open(CardSession::new(&mut psam_reader)).expect("PSAM");
+
+    for (paid, (lost_apdu, what)) in [(4, "INITIALIZE"), (5, "UPDATE CAPP DATA CACHE")].into_iter().enumerate() {
+        reader.find_card().expect("listed").expect("the card in the field");
+        let before = field.control.apdus();
+        field.control.lose_answer_at(lost_apdu);
+        let tap = validator.tap(&mut reader, &mut psam, at(8, 10 * lost_apdu as u8, 0));
+        assert!(matches!(tap, Tap::PresentAgain { card: Some(_) }), "{what}: {tap}");
+        assert!(tap.to_string().starts_with("PRESENT CARD AGAIN card ************0301"), "{what}: {tap}");
+        assert_eq!(field.control.apdus() - before, u64::from(lost_apdu), "{what}: nothing after it, nothing twice");
+        let counts = validator.journal().counts().expect("counts");
+        assert_eq!((counts.intents, counts.completed, counts.voided), (0, paid as u64, 0), "{what}: nothing journaled");
+
+        reader.find_card().expect("listed").expect("the card presented again");
+        let tap = validator.tap(&mut reader, &mut psam, at(8, 10 * lost_apdu as u8 + 1, 0));
+        assert!(matches!(tap, Tap::Paid { .. }), "{what}, presented again: {tap}");
+    }
+    let counts = validator.journal().counts().expect("counts");
+    assert_eq!((counts.intents, counts.completed, counts.completed_fen), (0, 2, 400));
+    let cards = field.stop();
+    assert_eq!(cards[0].image().purse.balance, Fen(600), "charged once a presentation that paid");
+    assert_eq!(cards[0].image().purse.offline_counter, 2, "two debits on the card");
+}
+
 /// A serial line that injects garbage (with fake start codes) between reads
 /// and writes, and breaks one answer frame in `break_every` (the driver asks
 /// for it again with NACK) and one command frame in `break_every` (the PN532

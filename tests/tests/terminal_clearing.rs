@@ -20,7 +20,7 @@ use system_tests::{issue_card, issue_psam, terminal_binary};
 use terminal::blacklist::Blacklist;
 use terminal::bus::{BusSettings, Tap, Validator};
 use terminal::journal::{Journal, UploadRecord};
-use terminal::kiosk::{Bill, Kiosk, Utility};
+use terminal::kiosk::{Bill, Kiosk, KioskError, Utility};
 use terminal::psam::PsamSession;
 use terminal::reader::Channel;
 use terminal::reader::InProcess;
@@ -231,6 +231,8 @@ fn two_journals_of_one_terminal_both_upload_and_a_conflict_is_told() {
     let error = upload::upload_pending(third.journal(), &online, 10).expect_err("409");
     assert!(matches!(&error, UploadError::BatchConflict { batch, .. } if *batch == taken), "{error}");
     assert_eq!(third.journal().pending_upload(10).expect("pending").len(), 1, "the row is kept");
+    let third_identity = third.journal().identity();
+    let third_rows = third.journal().completed_for(&serial_and_type(&mut card).0).expect("rows");
     drop(third);
     let config = directory.path().join("bus.toml");
     std::fs::write(
@@ -252,6 +254,59 @@ fn two_journals_of_one_terminal_both_upload_and_a_conflict_is_told() {
     assert!(!output.status.success(), "terminal upload fails on a 409: {out} {err}");
     assert!(out.contains(&taken) && out.contains("409"), "the summary line names the batch: {out}");
     assert!(err.contains("ERROR") && err.contains(&taken), "logged as an error naming the batch: {err}");
+    assert!(out.contains("--reseal-conflicting"), "the way out is named: {out}");
+
+    // The operator re-seals the wedged batch: its row goes under a new id, once.
+    let upload = |extra: &[&str]| {
+        let output = std::process::Command::new(terminal_binary())
+            .arg("upload")
+            .args(extra)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("terminal upload");
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "terminal upload {extra:?}: {out} {err}");
+        (out, err)
+    };
+    let (out, err) = upload(&["--reseal-conflicting"]);
+    let line = out.lines().find(|line| line.starts_with("re-sealed batch")).unwrap_or_else(|| panic!("{out}"));
+    let resealed = line
+        .strip_prefix(&format!("re-sealed batch {taken} as "))
+        .and_then(|rest| rest.split_once(" (1 records)"))
+        .map(|(id, _)| id.to_owned())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(resealed.starts_with(&format!("{third_identity}-1-1.")) && resealed.len() <= 64, "{resealed}");
+    assert!(resealed.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{resealed}");
+    assert!(out.contains("uploaded 1 records (0 grey) in 1 batches"), "{out}");
+    assert!(err.contains("WARN") && err.contains(&taken) && err.contains(&resealed), "the re-seal is logged: {err}");
+    let in_batch =
+        |batch: &str| clearing.count(&format!("SELECT COUNT(*) FROM transactions WHERE batch_id = '{batch}'"));
+    let [row] = third_rows.as_slice() else { panic!("{third_rows:?}") };
+    assert_eq!(
+        clearing.count(&format!(
+            "SELECT COUNT(*) FROM transactions WHERE batch_id = '{resealed}' AND card_serial = '{}' AND counter = {}",
+            row.entry.card.to_hex(),
+            row.entry.offline_counter
+        )),
+        1,
+        "the third journal's row is at clearing under the new id"
+    );
+    assert_eq!((in_batch(&resealed), in_batch(&taken)), (1, 1), "and the forged batch is untouched");
+    let third = Journal::open(&third_path).expect("the third journal");
+    assert!(third.pending_upload(10).expect("pending").is_empty(), "nothing left to send");
+    assert_eq!(third.sealed_batch().expect("sealed"), None, "no batch waits");
+    assert_eq!(third.completed_for(&row.entry.card).expect("rows"), third_rows, "the row is the same, not doubled");
+    third.close();
+    let (out, _) = upload(&[]);
+    assert!(out.contains("uploaded 0 records"), "nothing wedged any more: {out}");
+    // The day again: the two stored first, the re-sealed row; the forged copy
+    // of the first journal's row is a duplicate by the card's counter.
+    let day = clearing.run_day(&at(60));
+    assert_eq!((day.records, day.cleared, day.quarantined), (4, 3, 1), "{day:?}");
+    assert_eq!(day.quarantined_by_reason.get("duplicate"), Some(&1), "{day:?}");
 }
 
 /// The fixture shop terminal: the kiosk.
@@ -340,6 +395,9 @@ fn grey_records_are_uploaded_and_decided_by_the_cards_later_records() {
         cards[card].insert();
     }
     assert_eq!(first.journal().counts().expect("counts").intents, 3);
+    // Flagged once older than the age, 0 here: written before this millisecond
+    // (the last intent may have been committed in the one the flagging reads).
+    std::thread::sleep(Duration::from_millis(2));
     assert_eq!(first.journal().flag_unresolved_older_than(Duration::ZERO).expect("flag"), 3);
     let summary = upload::upload_pending(first.journal(), &online, 10).expect("upload");
     assert_eq!((summary.batches, summary.records, summary.unresolved, summary.rejected), (1, 3, 3, 0));
@@ -610,6 +668,75 @@ fn a_load_whose_confirmation_could_not_reach_clearing_is_confirmed_later() {
     assert_eq!((day.cleared, day.quarantined, day.loads_fen), (1, 0, 2_000), "{day:?}");
     let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
     assert_eq!(shadow.balance_fen, 3_000);
+}
+
+/// Sends CREDIT FOR LOAD (INS 52) once with its MAC2 altered: the card refuses
+/// the load with a status word and does nothing.
+struct WrongMac2<'a> {
+    reader: &'a mut InProcess<CitizenCard>,
+    armed: bool,
+}
+
+impl Channel for WrongMac2<'_> {
+    fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        if self.armed && command.get(1) == Some(&0x52) {
+            self.armed = false;
+            // CLA INS P1 P2 Lc, the host date-time (7 bytes), then MAC2.
+            let mut altered = command.to_vec();
+            altered[5 + 7] ^= 0x01;
+            return self.reader.transmit(&altered);
+        }
+        self.reader.transmit(command)
+    }
+}
+
+/// A load the card refuses at CREDIT FOR LOAD (a wrong MAC2: status word
+/// 9302) is voided in the journal and at clearing, where its authorisation
+/// no longer holds the card's online counter: a top-up of another amount
+/// takes the same counter (while the refused one was only voided locally,
+/// clearing answered it 409, "another top-up holds this online counter").
+#[test]
+fn a_load_the_card_refuses_is_voided_at_clearing_and_frees_its_counter() {
+    let clearing = Clearing::start();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (address, _server) = clearing.serve();
+    let mut reader = InProcess::new(issue_card(directory.path(), 0, Fen(1_000)).1);
+    let serial = clearing.register(&mut reader, Fen(1_000));
+    let kiosk =
+        Kiosk::new(Journal::open(&directory.path().join("kiosk.sqlite")).expect("journal"), shop_client(address));
+    let mut card = WrongMac2 { reader: &mut reader, armed: true };
+
+    let error = kiosk.top_up(&mut card, Fen(500)).expect_err("the card refuses the load");
+    let KioskError::LoadRefused { voided, source } = &error else { panic!("not a refusal: {error}") };
+    assert_eq!(source.status(), Some(card_host::status::StatusWord::MacInvalid), "{source}");
+    assert_eq!((voided.tac, voided.entry.amount), (None, Fen(500)));
+    assert_eq!(card.reader.card().image().purse.balance, Fen(1_000), "nothing loaded");
+    let counter = voided.entry.online_counter;
+    let state = |counter: u16| {
+        let states = ["authorised", "confirmed", "voided"];
+        states.map(|state| {
+            clearing.count(&format!(
+                "SELECT COUNT(*) FROM topups WHERE card_serial = '{}' AND online_counter = {counter} AND state = '{state}'",
+                serial.to_hex()
+            ))
+        })
+    };
+    assert_eq!(state(counter), [0, 0, 1], "clearing voided the load the card refused");
+
+    let loaded = kiosk.top_up(&mut card, Fen(300)).expect("a top-up of another amount");
+    assert!(loaded.confirmed);
+    assert_eq!(loaded.row.entry.online_counter, counter, "on the same online counter");
+    assert_eq!((loaded.balance, card.reader.card().image().purse.balance), (Fen(1_300), Fen(1_300)));
+    assert_eq!(state(counter), [0, 1, 0]);
+    let loads = kiosk.journal().loads_for(&serial).expect("loads");
+    assert_eq!(
+        loads.iter().map(|row| (row.entry.amount, row.tac.is_some())).collect::<Vec<_>>(),
+        [(Fen(500), false), (Fen(300), true)]
+    );
+    let day = clearing.run_day(&loaded.row.entry.at);
+    assert_eq!((day.cleared, day.quarantined, day.loads_fen), (1, 0, 300), "{day:?}");
+    let shadow = clearing.runtime.block_on(registry::shadow(&clearing.db, &serial)).expect("shadow");
+    assert_eq!(shadow.balance_fen, 1_300, "clearing's shadow account equals the card");
 }
 
 /// Runs `terminal MODE --config FILE` with `input` on standard input; its standard output.

@@ -313,7 +313,10 @@ impl<P: Read + Write> Pn532Reader<P> {
                     self.release()?;
                     return Err(Pn532Error::NotIsoDep(target.sak).into());
                 }
-                tracing::debug!(uid = %hex::encode_upper(&target.uid), "card activated");
+                // Not the UID: it identifies the card (a software card's is
+                // the last three bytes of its serial), and logs keep no card
+                // number but masked.
+                tracing::debug!(uid_bytes = target.uid.len(), sak = target.sak, "card activated");
                 self.target = Some(target.clone());
                 Ok(Some(target))
             }
@@ -811,6 +814,21 @@ mod tests {
         tracing::subscriber::with_default(subscriber, f);
         let bytes = buffer.0.lock().expect("buffer").clone();
         String::from_utf8(bytes).expect("utf-8")
+    }
+
+    /// The card's UID identifies it (a software card's UID is the last three
+    /// bytes of its serial): the log of its activation does not carry it.
+    #[test]
+    fn an_activated_card_is_logged_without_its_uid() {
+        let target = TypeATarget { number: 1, atqa: [0, 4], sak: 0x20, uid: vec![8, 0xC0, 0xFF, 0xEE], ats: vec![1] };
+        let mut listed = vec![1];
+        listed.extend(target.to_bytes());
+        let logs = logs_of(|| {
+            let mut reader = reader(vec![acked(code::IN_LIST_PASSIVE_TARGET, &listed)]);
+            assert_eq!(reader.find_card().expect("listed").expect("a card").uid, target.uid);
+        });
+        assert!(logs.contains("card activated") && logs.contains("uid_bytes=4"), "{logs}");
+        assert!(!logs.to_uppercase().contains("C0FFEE") && !logs.to_uppercase().contains("C0 FF EE"), "{logs}");
     }
 
     /// A late answer on the line may carry cardholder data (a READ RECORD's
