@@ -47,6 +47,9 @@ pub const WAKE_UP: [u8; 16] =
 pub const BAUD_RATE: u32 = 115_200;
 /// The serial port's read timeout: how often the driver looks at its deadlines.
 pub const PORT_READ_TIMEOUT: Duration = Duration::from_millis(10);
+/// Bytes read past a wait's deadline, without a frame, before the wait gives
+/// up on a line that keeps talking (a few of the longest frames).
+pub const LINE_BYTES_PAST_DEADLINE_MAX: usize = 1_024;
 /// Sends of one command frame before the driver gives up on an ACK.
 pub const COMMAND_ATTEMPTS_MAX: usize = 3;
 /// NACKs for one answer before the driver gives up on it.
@@ -362,27 +365,46 @@ impl<P: Read + Write> Pn532Reader<P> {
         self.port
     }
 
-    /// Reads until a frame, a broken frame, or `deadline`.
+    /// Reads until a frame, a broken frame, or `deadline`. The deadline ends
+    /// the wait only when the line has nothing more: bytes already on it are
+    /// read even past the deadline (a thread that was not scheduled for a while
+    /// must not drop an answer that did come in time), up to
+    /// [`LINE_BYTES_PAST_DEADLINE_MAX`] of a line that keeps talking without
+    /// making a frame.
     fn read_frame(&mut self, deadline: Instant) -> Result<Option<Result<Frame, FrameError>>, ReaderError> {
         let mut buffer = [0u8; 300];
+        let mut past_deadline = 0usize;
         loop {
             if let Some(outcome) = self.decoder.next_frame() {
                 return Ok(Some(outcome));
             }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
             match self.port.read(&mut buffer) {
-                Ok(0) => std::thread::sleep(PORT_READ_TIMEOUT),
+                Ok(0) => {
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(PORT_READ_TIMEOUT);
+                }
                 Ok(count) => {
                     self.received += count as u64;
                     self.decoder.push(&buffer[..count]);
+                    if Instant::now() >= deadline {
+                        past_deadline += count;
+                        if past_deadline > LINE_BYTES_PAST_DEADLINE_MAX {
+                            return Ok(None);
+                        }
+                    }
                 }
                 Err(error)
                     if matches!(
                         error.kind(),
                         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
+                    ) =>
+                {
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
                 Err(error) => return Err(error.into()),
             }
         }
@@ -502,7 +524,9 @@ impl<P: Read + Write> Pn532Reader<P> {
                     tracing::debug!(%error, "broken frame while waiting for the answer");
                     broken_at = Some(Instant::now());
                 }
-                None if broken_at.is_some() && Instant::now() < deadline => {
+                // A broken answer that came in time is asked for again (when it
+                // came, not when the quiet after it was over, decides).
+                None if broken_at.is_some_and(|at| at < deadline) => {
                     // The broken frame was the answer: ask for it again.
                     nacks += 1;
                     if nacks > NACKS_MAX {
