@@ -42,6 +42,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "topup_void", include_str!("../migrations/sqlite/0005_topup_void.sql")),
     (6, "pending_index", include_str!("../migrations/sqlite/0006_pending_index.sql")),
     (7, "clearings", include_str!("../migrations/sqlite/0007_clearings.sql")),
+    (9, "chunk_totals", include_str!("../migrations/sqlite/0009_chunk_totals.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
@@ -51,6 +52,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "topup_void", include_str!("../migrations/postgres/0005_topup_void.sql")),
     (6, "pending_index", include_str!("../migrations/postgres/0006_pending_index.sql")),
     (7, "clearings", include_str!("../migrations/postgres/0007_clearings.sql")),
+    (9, "chunk_totals", include_str!("../migrations/postgres/0009_chunk_totals.sql")),
 ];
 
 /// The migrations of `dialect` up to version `through`.
@@ -203,8 +205,12 @@ mod tests {
                 .collect();
             files.sort();
             assert_eq!(files.len(), list.len(), "{directory}");
-            for (index, (file, (version, description, sql))) in files.iter().zip(list).enumerate() {
-                assert_eq!(*version, index as i64 + 1);
+            // Numbered in order; 0008 is reserved for a migration on another branch.
+            let mut previous = 0;
+            for (file, (version, description, sql)) in files.iter().zip(list) {
+                assert!(*version > previous, "{file}: versions in order");
+                assert!(*version == previous + 1 || (previous, *version) == (7, 9), "{file}: no gap but 0008");
+                previous = *version;
                 assert_eq!(file, &format!("{version:04}_{description}.sql"));
                 assert_eq!(std::fs::read_to_string(path.join(file)).expect("read"), *sql);
             }
@@ -279,6 +285,26 @@ mod tests {
                 (3, "quarantined".into(), None, 0, "load".into(), 102)
             ]
         );
+        // Migration 0009: the cleared outcome's chunk has its total.
+        let totals: Vec<(String, i64, String, String, i64, i64)> = sqlx::query(
+            "SELECT business_day, clear_chunk, kind, merchant_id, record_count, amount_fen FROM chunk_totals",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("chunk_totals")
+        .iter()
+        .map(|row| {
+            (
+                row.get("business_day"),
+                row.get("clear_chunk"),
+                row.get("kind"),
+                row.get("merchant_id"),
+                row.get("record_count"),
+                row.get("amount_fen"),
+            )
+        })
+        .collect();
+        assert_eq!(totals, vec![("2026-11-24".into(), 2, "purchase".into(), "M1".into(), 1, 101)]);
         let states: Vec<String> = sqlx::query_scalar("SELECT state FROM record_states ORDER BY transaction_id")
             .fetch_all(&db.pool)
             .await
