@@ -41,6 +41,9 @@ pub const CHUNK_RECORDS_MAX: i64 = 5_000;
 pub const LATE_UPLOAD_SECONDS_MAX: i64 = 7 * 86_400;
 /// The most chunks in one run (a bound on the loop: 5 × 10⁹ records).
 pub const CHUNKS_MAX: u64 = 1_000_000;
+/// Chunks read and decided that wait for the writer, beside the one it writes
+/// and the one being read.
+const PIPELINE_CHUNKS_AHEAD: usize = 1;
 /// The most rows in one statement of a chunk's write (multi-row VALUES, at most
 /// 7 values a row: SQLite allows 32,766 parameters a statement, PostgreSQL 65,535).
 const WRITE_ROWS_PER_STATEMENT: usize = 1_000;
@@ -121,6 +124,7 @@ impl Step {
 
 pub type StepHook = Arc<dyn Fn(Step) + Send + Sync>;
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub day: BusinessDay,
     /// Where the settlement file, its manifest and the reconciliation report go.
@@ -427,10 +431,10 @@ fn parse_cards(text: &str) -> Result<HashMap<String, CardState>, Error> {
 }
 
 /// Clears the day's pending records, chunk after chunk in the clearing order.
-/// While a chunk is written, the next one (of other cards) is read, verified by
-/// the HSM and decided: pipelined, on a reading connection of its own. A pass
-/// ends when nothing is left after the cursor; a last pass from the start takes
-/// records that arrived behind it meanwhile.
+/// While a chunk is written, the next ones (of other cards) are read, verified
+/// by the HSM and decided: pipelined, on a reading connection of its own. A
+/// pass ends when nothing is left after the cursor; a last pass from the start
+/// takes records that arrived behind it meanwhile.
 async fn clear_pending(
     db: &Db,
     hsm: &HsmClient,
@@ -454,8 +458,6 @@ async fn clear_pending(
         // (200,000 records: 119k -> 129k records/s). Back to SQLite's default after.
         sqlx::query(&format!("PRAGMA wal_autocheckpoint = {CLEARING_WAL_CHECKPOINT_PAGES}")).execute(&db.pool).await?;
     }
-    let mut number = 1;
-    let mut cursor: Option<Cursor> = None;
     // The last pass looks only at records stored after the run began (above
     // this id): every record pending then is taken by the first pass. Reading
     // the whole day again against `clearings` cost 0.7 s of 1,000,000 records
@@ -465,51 +467,84 @@ async fn clear_pending(
         sqlx::query_scalar("SELECT CAST(COALESCE(MAX(transaction_id), 0) AS BIGINT) FROM transactions")
             .fetch_one(&db.pool)
             .await?;
-    let mut since: Option<i64> = None;
-    let mut next = prepare_chunk(&reader, hsm, options, reference, None, since, number).await?;
-    while stats.chunks < CHUNKS_MAX {
-        let Some(chunk) = next else {
-            if cursor.is_none() {
-                break;
-            }
-            // The pass is done: once more from the start, for late arrivals behind the cursor.
-            cursor = None;
-            since = Some(high_water);
-            next = prepare_chunk(&reader, hsm, options, reference, None, since, number).await?;
-            if next.is_none() {
-                break;
-            }
-            continue;
-        };
-        number += 1;
-        stats.tacs_verified += chunk.tacs_verified;
-        stats.hsm_micros += chunk.hsm_micros;
-        tracing::debug!(
-            chunk = number - 1,
-            records = chunk.records.len(),
-            select_micros = chunk.select_micros,
-            cards_micros = chunk.cards_micros,
-            decided_micros = chunk.decided_micros,
-            hsm_micros = chunk.hsm_micros,
-            "chunk decided"
-        );
-        let after = chunk.cursor.clone();
-        let processed = if chunk.whole_cards {
-            let (written, prepared) = tokio::join!(
-                write_chunk(db, options, chunk, stats),
-                prepare_chunk(&reader, hsm, options, reference, Some(&after), since, number)
+    // Two loops in one task: the reader prepares chunks (read, HSM, decide)
+    // and queues them; the writer commits them in order. The reader runs up
+    // to PIPELINE_CHUNKS_AHEAD + 1 chunks ahead of the commits, which is safe
+    // while each chunk holds whole cards (its successors' cards are others);
+    // after a chunk that does not, and before a last pass, it waits for every
+    // chunk queued to be committed.
+    let (queue, queued) = tokio::sync::mpsc::channel::<Prepared>(PIPELINE_CHUNKS_AHEAD);
+    let (committed, commits) = tokio::sync::watch::channel(0u64);
+    let writer_stopped = || Error::Inconsistent("the chunk writer stopped".into());
+    // Each loop owns its end of the channels, so that either one stopping (done
+    // or failed) closes them and the other stops waiting.
+    let reading = async {
+        let (queue, mut commits) = (queue, commits);
+        let (mut number, mut sent, mut tacs_verified, mut hsm_micros) = (1u64, 0u64, 0u64, 0u64);
+        let (mut after, mut since, mut in_pass): (Option<Cursor>, Option<i64>, u64) = (None, None, 0);
+        while sent < CHUNKS_MAX {
+            let Some(chunk) = prepare_chunk(&reader, hsm, options, reference, after.as_ref(), since, number).await?
+            else {
+                if in_pass == 0 {
+                    break;
+                }
+                // The pass is done: once more from the start, for late arrivals
+                // behind the cursor, once every chunk of it is committed.
+                commits.wait_for(|&n| n >= sent).await.map_err(|_| writer_stopped())?;
+                (after, since, in_pass) = (None, Some(high_water), 0);
+                continue;
+            };
+            tracing::debug!(
+                chunk = number,
+                records = chunk.records.len(),
+                select_micros = chunk.select_micros,
+                cards_micros = chunk.cards_micros,
+                decided_micros = chunk.decided_micros,
+                hsm_micros = chunk.hsm_micros,
+                "chunk decided"
             );
-            let processed = written?;
-            next = prepared?;
-            processed
-        } else {
-            let processed = write_chunk(db, options, chunk, stats).await?;
-            next = prepare_chunk(&reader, hsm, options, reference, Some(&after), since, number).await?;
-            processed
-        };
-        cursor = Some(after);
-        bar.inc(processed);
-    }
+            (number, in_pass) = (number + 1, in_pass + 1);
+            tacs_verified += chunk.tacs_verified;
+            hsm_micros += chunk.hsm_micros;
+            after = Some(chunk.cursor.clone());
+            let whole_cards = chunk.whole_cards;
+            queue.send(chunk).await.map_err(|_| writer_stopped())?;
+            sent += 1;
+            if !whole_cards {
+                // The next chunk may hold this one's last card: its shadow account as committed.
+                commits.wait_for(|&n| n >= sent).await.map_err(|_| writer_stopped())?;
+            }
+        }
+        Ok::<_, Error>((tacs_verified, hsm_micros))
+    };
+    // The writer is a task of its own, so that building a chunk's statements
+    // runs beside the reader's parsing and deciding (on another thread of the
+    // runtime), not between them: with both loops in one task the writing
+    // connection waited on the other loop's CPU work half of the time.
+    let writing = {
+        let (db, options, bar, mut stats) = (db.clone(), options.clone(), bar.clone(), std::mem::take(stats));
+        AbortOnDrop(tokio::spawn(async move {
+            let (mut queued, committed) = (queued, committed);
+            while let Some(chunk) = queued.recv().await {
+                match write_chunk(&db, &options, chunk, &mut stats).await {
+                    Ok(processed) => {
+                        committed.send_modify(|n| *n += 1);
+                        bar.inc(processed);
+                    }
+                    Err(error) => return (stats, Err(error)),
+                }
+            }
+            (stats, Ok(()))
+        }))
+    };
+    let (read, written) = tokio::join!(reading, writing.join());
+    let (written_stats, written) = written?;
+    *stats = written_stats;
+    // The writer's error first: the reader's is then only that the writer stopped.
+    written?;
+    let (tacs_verified, hsm_micros) = read?;
+    stats.tacs_verified += tacs_verified;
+    stats.hsm_micros += hsm_micros;
     if db.dialect == crate::db::Dialect::Sqlite {
         // Its own reading connection (see Db::reader).
         reader.close().await;
@@ -518,6 +553,22 @@ async fn clear_pending(
             .await?;
     }
     Ok(())
+}
+
+/// A task that is aborted if its handle is dropped before it ends (the run
+/// that spawned it was cancelled or failed).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, Error> {
+        (&mut self.0).await.map_err(|error| Error::Inconsistent(format!("the chunk writer failed: {error}")))
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Clears, settles and reports one day. Safe to run again, and to run again
