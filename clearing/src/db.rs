@@ -123,32 +123,38 @@ impl Db {
         AnyPoolOptions::new().max_connections(1).connect(url).await.map_err(Error::Database)
     }
 
-    /// A pool to read from while this one writes: PostgreSQL's pool has
-    /// connections enough (the same pool, not to be closed apart); SQLite's one
-    /// writer gets a reading connection beside it, to close after use (WAL
-    /// readers see the last commit and never block it).
+    /// A pool of one connection to read from while this one writes, to close
+    /// after use. SQLite: a reading connection beside the one writer (WAL
+    /// readers see the last commit and never block it). PostgreSQL: a
+    /// connection that plans index walks: no parallel query, no hash or merge
+    /// join. run-day reads a few thousand records at a time in the
+    /// clearing-order index, each probed against `clearings`; with the day's
+    /// outcomes growing under it, the planner chose a parallel scan of the card
+    /// index with a sort (20-50 ms a chunk), or hashed all the day's outcomes
+    /// for the last chunks (0.25-0.45 s each), over the index read in order
+    /// (`docs/benchmarks.md`).
     pub async fn reader(&self) -> Result<Db, Error> {
-        match self.dialect {
-            Dialect::Postgres => Ok(self.clone()),
-            Dialect::Sqlite => {
-                let options = (*self.pool.connect_options()).clone();
-                let pool = AnyPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
-                    .after_connect(|connection, _| {
-                        Box::pin(async move {
-                            connection
-                                .execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
-                                .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(options)
-                    .await
-                    .map_err(Error::Database)?;
-                Ok(Db { pool, dialect: self.dialect })
-            }
-        }
+        let options = (*self.pool.connect_options()).clone();
+        let pool =
+            AnyPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS));
+        let pool = match self.dialect {
+            Dialect::Postgres => pool.after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection.execute("SET max_parallel_workers_per_gather = 0").await?;
+                    connection.execute("SET enable_hashjoin = off").await?;
+                    connection.execute("SET enable_mergejoin = off").await?;
+                    Ok(())
+                })
+            }),
+            Dialect::Sqlite => pool.after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+                    Ok(())
+                })
+            }),
+        };
+        let pool = pool.connect_with(options).await.map_err(Error::Database)?;
+        Ok(Db { pool, dialect: self.dialect })
     }
 
     pub async fn close(&self) {

@@ -545,9 +545,9 @@ async fn clear_pending(
     let (tacs_verified, hsm_micros) = read?;
     stats.tacs_verified += tacs_verified;
     stats.hsm_micros += hsm_micros;
+    // Its own reading connection (see Db::reader).
+    reader.close().await;
     if db.dialect == crate::db::Dialect::Sqlite {
-        // Its own reading connection (see Db::reader).
-        reader.close().await;
         sqlx::query(&format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_CHECKPOINT_PAGES_DEFAULT}"))
             .execute(&db.pool)
             .await?;
