@@ -43,6 +43,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "pending_index", include_str!("../migrations/sqlite/0006_pending_index.sql")),
     (7, "clearings", include_str!("../migrations/sqlite/0007_clearings.sql")),
     (8, "grey_records", include_str!("../migrations/sqlite/0008_grey_records.sql")),
+    (9, "chunk_totals", include_str!("../migrations/sqlite/0009_chunk_totals.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "schema", include_str!("../migrations/postgres/0001_schema.sql")),
@@ -53,6 +54,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "pending_index", include_str!("../migrations/postgres/0006_pending_index.sql")),
     (7, "clearings", include_str!("../migrations/postgres/0007_clearings.sql")),
     (8, "grey_records", include_str!("../migrations/postgres/0008_grey_records.sql")),
+    (9, "chunk_totals", include_str!("../migrations/postgres/0009_chunk_totals.sql")),
 ];
 
 /// The migrations of `dialect` up to version `through`.
@@ -123,32 +125,38 @@ impl Db {
         AnyPoolOptions::new().max_connections(1).connect(url).await.map_err(Error::Database)
     }
 
-    /// A pool to read from while this one writes: PostgreSQL's pool has
-    /// connections enough (the same pool, not to be closed apart); SQLite's one
-    /// writer gets a reading connection beside it, to close after use (WAL
-    /// readers see the last commit and never block it).
+    /// A pool of one connection to read from while this one writes, to close
+    /// after use. SQLite: a reading connection beside the one writer (WAL
+    /// readers see the last commit and never block it). PostgreSQL: a
+    /// connection that plans index walks: no parallel query, no hash or merge
+    /// join. run-day reads a few thousand records at a time in the
+    /// clearing-order index, each probed against `clearings`; with the day's
+    /// outcomes growing under it, the planner chose a parallel scan of the card
+    /// index with a sort (20-50 ms a chunk), or hashed all the day's outcomes
+    /// for the last chunks (0.25-0.45 s each), over the index read in order
+    /// (`docs/benchmarks.md`).
     pub async fn reader(&self) -> Result<Db, Error> {
-        match self.dialect {
-            Dialect::Postgres => Ok(self.clone()),
-            Dialect::Sqlite => {
-                let options = (*self.pool.connect_options()).clone();
-                let pool = AnyPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
-                    .after_connect(|connection, _| {
-                        Box::pin(async move {
-                            connection
-                                .execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str())
-                                .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(options)
-                    .await
-                    .map_err(Error::Database)?;
-                Ok(Db { pool, dialect: self.dialect })
-            }
-        }
+        let options = (*self.pool.connect_options()).clone();
+        let pool =
+            AnyPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS));
+        let pool = match self.dialect {
+            Dialect::Postgres => pool.after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection.execute("SET max_parallel_workers_per_gather = 0").await?;
+                    connection.execute("SET enable_hashjoin = off").await?;
+                    connection.execute("SET enable_mergejoin = off").await?;
+                    Ok(())
+                })
+            }),
+            Dialect::Sqlite => pool.after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+                    Ok(())
+                })
+            }),
+        };
+        let pool = pool.connect_with(options).await.map_err(Error::Database)?;
+        Ok(Db { pool, dialect: self.dialect })
     }
 
     pub async fn close(&self) {
@@ -205,8 +213,10 @@ mod tests {
                 .collect();
             files.sort();
             assert_eq!(files.len(), list.len(), "{directory}");
-            for (index, (file, (version, description, sql))) in files.iter().zip(list).enumerate() {
-                assert_eq!(*version, index as i64 + 1);
+            let mut previous = 0;
+            for (file, (version, description, sql)) in files.iter().zip(list) {
+                assert_eq!(*version, previous + 1, "{file}: numbered in order, no gap");
+                previous = *version;
                 assert_eq!(file, &format!("{version:04}_{description}.sql"));
                 assert_eq!(std::fs::read_to_string(path.join(file)).expect("read"), *sql);
             }
@@ -281,6 +291,26 @@ mod tests {
                 (3, "quarantined".into(), None, 0, "load".into(), 102)
             ]
         );
+        // Migration 0009: the cleared outcome's chunk has its total.
+        let totals: Vec<(String, i64, String, String, i64, i64)> = sqlx::query(
+            "SELECT business_day, clear_chunk, kind, merchant_id, record_count, amount_fen FROM chunk_totals",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("chunk_totals")
+        .iter()
+        .map(|row| {
+            (
+                row.get("business_day"),
+                row.get("clear_chunk"),
+                row.get("kind"),
+                row.get("merchant_id"),
+                row.get("record_count"),
+                row.get("amount_fen"),
+            )
+        })
+        .collect();
+        assert_eq!(totals, vec![("2026-11-24".into(), 2, "purchase".into(), "M1".into(), 1, 101)]);
         let states: Vec<String> = sqlx::query_scalar("SELECT state FROM record_states ORDER BY transaction_id")
             .fetch_all(&db.pool)
             .await

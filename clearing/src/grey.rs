@@ -137,12 +137,8 @@ pub(crate) fn explaining_chain<'a>(
 
 /// The open grey records of some cards (serials as one parameter, as run-day
 /// reads their shadow accounts), by card.
-pub(crate) async fn load_open(
-    tx: &mut sqlx::Transaction<'_, Any>,
-    dialect: Dialect,
-    serials: &[String],
-) -> Result<HashMap<String, Vec<OpenGrey>>, Error> {
-    let (list, chosen) = match dialect {
+pub(crate) async fn load_open(reader: &Db, serials: &[String]) -> Result<HashMap<String, Vec<OpenGrey>>, Error> {
+    let (list, chosen) = match reader.dialect {
         Dialect::Sqlite => (serde_json::Value::from(serials).to_string(), "SELECT value FROM json_each(?)"),
         Dialect::Postgres => {
             (format!("{{{}}}", serials.join(",")), "SELECT serial FROM unnest(CAST($1 AS TEXT[])) AS chosen(serial)")
@@ -153,7 +149,7 @@ pub(crate) async fn load_open(
          FROM grey_records WHERE state = 'open' AND card_serial IN ({chosen}) ORDER BY card_serial, counter, grey_id"
     );
     let mut open: HashMap<String, Vec<OpenGrey>> = HashMap::new();
-    for row in sqlx::query(&sql).bind(list).fetch_all(&mut **tx).await? {
+    for row in sqlx::query(&sql).bind(list).fetch_all(&reader.pool).await? {
         open.entry(row.try_get("card_serial")?).or_default().push(OpenGrey {
             grey_id: row.try_get("grey_id")?,
             counter: row.try_get("counter")?,

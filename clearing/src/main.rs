@@ -57,6 +57,16 @@ enum Command {
         /// `sqlite` (a temporary file) or a postgres:// URL (a fresh schema in it).
         #[arg(long, default_value = "sqlite")]
         database: String,
+        /// Seconds each concurrent top-up load runs (0: none).
+        #[arg(long, default_value_t = clearing::bench::TOPUP_LOAD_SECONDS_DEFAULT)]
+        topup_load_seconds: u64,
+        /// The `clearing` binary whose run-day is measured (default: this one), to
+        /// compare builds side by side under the same bench.
+        #[arg(long)]
+        run_day_binary: Option<PathBuf>,
+        /// The concurrent top-up loads: keep-alive connections of each, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = clearing::bench::TOPUP_LOAD_CONNECTIONS_DEFAULT)]
+        topup_load_connections: Vec<usize>,
     },
     /// Creates or upgrades the database schema.
     Migrate {
@@ -165,12 +175,14 @@ async fn main() -> anyhow::Result<()> {
             }
             clearing::api::serve(listener, state).await?;
         }
-        Command::Bench { records, database } => {
-            let config = clearing::bench::BenchConfig {
-                records,
-                database,
-                clearing_binary: std::env::current_exe().context("the clearing binary")?,
+        Command::Bench { records, database, topup_load_seconds, run_day_binary, topup_load_connections } => {
+            let binary = match run_day_binary {
+                Some(path) => path,
+                None => std::env::current_exe().context("the clearing binary")?,
             };
+            let mut config = clearing::bench::BenchConfig::new(records, database, binary);
+            config.topup_load_seconds = topup_load_seconds;
+            config.topup_load_connections = topup_load_connections;
             let report = clearing::bench::run(&config).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }

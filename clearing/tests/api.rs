@@ -207,6 +207,17 @@ both!(tokens_and_roles, |backend: Backend| async move {
     let mut forged = records[1].clone();
     forged.tac = [0; 4];
     world.upload(BUS, "b2", &[forged], uploaded_after(24)).await;
+    // Before run-day, the bus terminal's three records are pending, the other terminals' none.
+    let (status, terminals) = http(&api, "GET", "/v1/operator/terminals", &bearer(OPERATOR_TOKEN), b"").await;
+    assert_eq!(status, 200, "{terminals}");
+    let pending: Vec<(&str, i64)> = terminals
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|t| (t["terminal_number"].as_str().expect("number"), t["pending_records"].as_i64().expect("count")))
+        .collect();
+    assert_eq!(pending[0], (BUS, 3), "{terminals}");
+    assert!(pending[1..].iter().all(|(_, n)| *n == 0), "{terminals}");
     world.run_day(24).await;
     let path = "/v1/operator/days/2026-11-24";
     assert_eq!(http(&api, "GET", path, &[], b"").await.0, 401);

@@ -304,6 +304,45 @@ pub fn verify_batch(
     results
 }
 
+/// In-process TAC-verification rates: the crypto's own limit, without the
+/// network (`hsm-sim bench` and `clearing bench` report their figures against it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InProcessRates {
+    pub records: usize,
+    /// One record after another on the calling thread.
+    pub one_core_per_second: f64,
+    /// The batch path ([`verify_batch`]) over all cores.
+    pub all_cores_per_second: f64,
+}
+
+impl Hsm {
+    /// Verifies `records` under the key set's TAC master key twice, timed: one
+    /// after another on this thread, then as one batch over all cores. Every
+    /// record must verify (`VerificationFailure` otherwise): a benchmark of
+    /// genuine TACs. Blocks the calling thread for the whole measurement.
+    pub fn measure_in_process(&self, key_set: &str, records: &[TacRecord]) -> Result<InProcessRates, ErrorCode> {
+        let (algorithm, master) = self.read().key16(&format!("{key_set}.tac"), KeyType::CardTacMaster)?;
+        let started = std::time::Instant::now();
+        let valid = records.iter().filter(|record| verify_one(algorithm, &master, record)).count();
+        let one_core = started.elapsed().as_secs_f64();
+        if valid != records.len() {
+            return Err(ErrorCode::VerificationFailure);
+        }
+        let batch: Vec<BatchRecord> = records.iter().cloned().map(BatchRecord::Tac).collect();
+        let started = std::time::Instant::now();
+        let results = verify_batch(algorithm, &master, &batch);
+        let all_cores = started.elapsed().as_secs_f64();
+        if results.iter().any(|code| !code.is_ok()) {
+            return Err(ErrorCode::VerificationFailure);
+        }
+        Ok(InProcessRates {
+            records: records.len(),
+            one_core_per_second: records.len() as f64 / one_core.max(f64::MIN_POSITIVE),
+            all_cores_per_second: records.len() as f64 / all_cores.max(f64::MIN_POSITIVE),
+        })
+    }
+}
+
 /// A TAC record, for the benchmark's in-process figure.
 pub fn verify_one(algorithm: card_host::crypto::Algorithm, master: &Key16, record: &TacRecord) -> bool {
     card::verify_tac(algorithm, master, record)
