@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod hexser;
 pub mod icc;
 pub mod issue;
+pub mod logs;
 pub mod model;
 pub mod pn532;
 pub mod psam;

@@ -146,20 +146,46 @@ pub struct GreyRecord {
 }
 
 impl GreyRecord {
-    /// The record as the document carries it.
+    /// The record as the document carries it: the purchase's fields, kind
+    /// `unresolved`, no `tac`.
     pub fn to_json(&self) -> Value {
-        let mut map = Map::new();
-        map.insert("kind".into(), UNRESOLVED.into());
-        map.insert("card_serial".into(), self.card_serial.to_hex().into());
-        map.insert("card_type".into(), self.card_type.into());
-        map.insert("offline_counter".into(), self.counter.into());
-        map.insert("balance_before_fen".into(), self.balance_before.0.into());
-        map.insert("amount_fen".into(), self.amount.0.into());
-        map.insert("transaction_type".into(), format!("{:02X}", self.transaction_type.code()).into());
-        map.insert("terminal_number".into(), self.terminal_number.to_string().into());
-        map.insert("terminal_serial".into(), self.terminal_serial.into());
-        map.insert("date_time".into(), hex::encode(self.at.to_bytes()).into());
-        Value::Object(map)
+        let purchase = Record {
+            kind: RecordKind::Purchase,
+            card_serial: self.card_serial,
+            card_type: self.card_type,
+            counter: self.counter,
+            balance_before: self.balance_before,
+            amount: self.amount,
+            transaction_type: self.transaction_type,
+            terminal_number: self.terminal_number,
+            terminal_serial: self.terminal_serial,
+            at: self.at,
+            tac: [0; 4],
+        };
+        let mut value = purchase.to_json();
+        if let Value::Object(map) = &mut value {
+            map.remove("tac");
+            map.insert("kind".into(), UNRESOLVED.into());
+        }
+        value
+    }
+}
+
+impl Record {
+    /// This purchase as the grey record a terminal uploads when it never learned
+    /// whether the card took it (`None` for a load: only purchases are grey).
+    pub fn grey(&self) -> Option<GreyRecord> {
+        (self.kind == RecordKind::Purchase).then_some(GreyRecord {
+            card_serial: self.card_serial,
+            card_type: self.card_type,
+            counter: self.counter,
+            balance_before: self.balance_before,
+            amount: self.amount,
+            transaction_type: self.transaction_type,
+            terminal_number: self.terminal_number,
+            terminal_serial: self.terminal_serial,
+            at: self.at,
+        })
     }
 }
 
@@ -529,29 +555,7 @@ mod tests {
     }
 
     fn grey() -> GreyRecord {
-        let Record {
-            card_serial,
-            card_type,
-            counter,
-            balance_before,
-            amount,
-            transaction_type,
-            terminal_number,
-            terminal_serial,
-            at,
-            ..
-        } = purchase();
-        GreyRecord {
-            card_serial,
-            card_type,
-            counter,
-            balance_before,
-            amount,
-            transaction_type,
-            terminal_number,
-            terminal_serial,
-            at,
-        }
+        purchase().grey().expect("a purchase has its grey record")
     }
 
     fn parse_one(record: Value) -> Result<Entry, RecordRejection> {

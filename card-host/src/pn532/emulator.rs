@@ -934,30 +934,7 @@ mod tests {
         assert_eq!(ask(&mut chip, code::DIAGNOSE, &[0x06]), Ok(vec![0x00]));
     }
 
-    /// Runs `f` with every event down to TRACE written to a string.
-    fn logs_of(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-                self.0.lock().expect("buffer").extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let bytes = buffer.0.lock().expect("buffer").clone();
-        String::from_utf8(bytes).expect("utf-8")
-    }
+    use crate::logs::captured as logs_of;
 
     #[test]
     fn apdu_data_never_reaches_the_log() {

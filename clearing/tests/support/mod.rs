@@ -184,19 +184,9 @@ impl TestCard {
         at: CardDateTime,
         debited: bool,
     ) -> (GreyRecord, Option<Record>) {
-        let (before, serial) = (self.clone(), self.terminal_serial + 1);
+        let before = self.clone();
         let record = self.purchase(amount, terminal_number, at);
-        let grey = GreyRecord {
-            card_serial: record.card_serial,
-            card_type: record.card_type,
-            counter: record.counter,
-            balance_before: record.balance_before,
-            amount: record.amount,
-            transaction_type: record.transaction_type,
-            terminal_number: record.terminal_number,
-            terminal_serial: serial,
-            at,
-        };
+        let grey = record.grey().expect("a purchase");
         if debited {
             (grey, Some(record))
         } else {

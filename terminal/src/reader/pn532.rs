@@ -815,30 +815,7 @@ mod tests {
         assert_eq!(reader_for(line).firmware_version().expect("firmware").support, 7);
     }
 
-    /// Runs `f` with every event down to TRACE written to a string.
-    fn logs_of(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-                self.0.lock().expect("buffer").extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let bytes = buffer.0.lock().expect("buffer").clone();
-        String::from_utf8(bytes).expect("utf-8")
-    }
+    use card_host::logs::captured as logs_of;
 
     /// The card's UID identifies it (a software card's UID is the last three
     /// bytes of its serial): the log of its activation does not carry it.
