@@ -184,8 +184,9 @@ pub fn mask_citizen_id(citizen_id: &str) -> String {
     )
 }
 
-/// A new card for the issuer's records: the cardholder and the card's state at issue.
-#[derive(Debug, Clone)]
+/// A new card for the issuer's records: the cardholder and the card's state at
+/// issue. Its `Debug` masks the citizen ID.
+#[derive(Clone)]
 pub struct NewCard {
     pub serial: ApplicationSerial,
     pub card_type: u8,
@@ -195,6 +196,20 @@ pub struct NewCard {
     pub name: String,
     pub initial_balance: Fen,
     pub issued_at: CardDateTime,
+}
+
+impl std::fmt::Debug for NewCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCard")
+            .field("serial", &self.serial)
+            .field("card_type", &self.card_type)
+            .field("key_set", &self.key_set)
+            .field("citizen_id", &mask_citizen_id(&self.citizen_id))
+            .field("name", &self.name)
+            .field("initial_balance", &self.initial_balance)
+            .field("issued_at", &self.issued_at)
+            .finish()
+    }
 }
 
 /// Records an issued card and opens its shadow account; an initial balance is

@@ -210,8 +210,8 @@ impl RequestBody for TopupVoid {
     }
 }
 
-/// `POST /v1/issuer/cards`: a card to issue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// `POST /v1/issuer/cards`: a card to issue. Its `Debug` masks the citizen ID.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueCardRequest {
     /// 16 hex digits.
@@ -319,8 +319,9 @@ fn personalisation_refused(error: &serde_json::Error) -> ApiError {
     }
 }
 
-/// A card to issue, parsed (the issue time is the server's).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A card to issue, parsed (the issue time is the server's). Its `Debug`
+/// masks the citizen ID.
+#[derive(Clone, PartialEq, Eq)]
 pub struct IssueCard {
     pub serial: ApplicationSerial,
     pub card_type: u8,
@@ -329,6 +330,41 @@ pub struct IssueCard {
     pub name: String,
     pub initial_balance: Fen,
     pub personalisation: Option<Personalisation>,
+}
+
+/// A card serial as text, for `Debug`: only its last four characters.
+fn serial_tail(text: &str) -> String {
+    let characters: Vec<char> = text.chars().collect();
+    let keep = characters.len().saturating_sub(4);
+    characters.iter().enumerate().map(|(index, c)| if index < keep { '*' } else { *c }).collect()
+}
+
+impl std::fmt::Debug for IssueCardRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssueCardRequest")
+            .field("card_serial", &serial_tail(&self.card_serial))
+            .field("card_type", &self.card_type)
+            .field("key_set", &self.key_set)
+            .field("citizen_id", &crate::registry::mask_citizen_id(&self.citizen_id))
+            .field("name", &self.name)
+            .field("initial_balance_fen", &self.initial_balance_fen)
+            .field("personalisation", &self.personalisation)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for IssueCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssueCard")
+            .field("serial", &self.serial)
+            .field("card_type", &self.card_type)
+            .field("key_set", &self.key_set)
+            .field("citizen_id", &crate::registry::mask_citizen_id(&self.citizen_id))
+            .field("name", &self.name)
+            .field("initial_balance", &self.initial_balance)
+            .field("personalisation", &self.personalisation)
+            .finish()
+    }
 }
 
 impl RequestBody for IssueCard {
@@ -560,5 +596,19 @@ mod tests {
         record.sort();
         record.dedup();
         assert_eq!(record, properties::<BatchRecord>());
+    }
+
+    #[test]
+    fn a_card_to_issue_prints_its_citizen_id_and_serial_masked() {
+        let body = br#"{"card_serial": "3100000000001234", "card_type": 1, "key_set": "card",
+            "citizen_id": "310101199001011234", "name": "Li Lei", "initial_balance_fen": 0}"#;
+        let card = IssueCard::parse(body).expect("a valid body");
+        let wire: IssueCardRequest = serde_json::from_slice(body).expect("the wire form");
+        for printed in [format!("{card:?}"), format!("{wire:?}")] {
+            assert!(!printed.contains("310101199001011234"), "{printed}");
+            assert!(!printed.contains("3100000000001234"), "{printed}");
+            assert!(printed.contains("310*************34"), "{printed}");
+            assert!(printed.contains("1234"), "the serial's tail: {printed}");
+        }
     }
 }
