@@ -162,6 +162,54 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// A native PostgreSQL connection with the pool's options (`None` on
+    /// SQLite), for run-day's chunk writer: sqlx's `Any` binds no arrays, and a
+    /// chunk's thousands of rows go into each table as one `unnest` of binary
+    /// array parameters, a few values instead of one bound value a column a row
+    /// (`docs/benchmarks.md`).
+    pub async fn postgres_connection(&self) -> Result<Option<sqlx::PgConnection>, Error> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let options = sqlx::postgres::PgConnectOptions::from_url(&self.pool.connect_options().database_url)
+            .map_err(Error::Database)?
+            .disable_statement_logging();
+        Ok(Some(options.connect().await.map_err(Error::Database)?))
+    }
+}
+
+/// A connection inside a transaction, of the `Any` driver or a native
+/// PostgreSQL one, for the statements both of run-day's chunk writers run
+/// (through [`on_connection!`](crate::on_connection)).
+pub enum Connection<'a> {
+    Any(&'a mut sqlx::AnyConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+impl<'a, 't> From<&'a mut sqlx::Transaction<'t, sqlx::Any>> for Connection<'a> {
+    fn from(tx: &'a mut sqlx::Transaction<'t, sqlx::Any>) -> Self {
+        Connection::Any(tx)
+    }
+}
+
+impl<'a, 't> From<&'a mut sqlx::Transaction<'t, sqlx::Postgres>> for Connection<'a> {
+    fn from(tx: &'a mut sqlx::Transaction<'t, sqlx::Postgres>) -> Self {
+        Connection::Postgres(tx)
+    }
+}
+
+/// Runs `$body` with `$c` bound to the connection inside a
+/// [`Connection`](crate::db::Connection), whichever driver it is: the same
+/// statement text and binds, compiled once for each.
+#[macro_export]
+macro_rules! on_connection {
+    ($connection:expr, $c:ident => $body:expr) => {
+        match $connection {
+            $crate::db::Connection::Any($c) => $body,
+            $crate::db::Connection::Postgres($c) => $body,
+        }
+    };
 }
 
 /// Placeholder number `n` (from 1) in a statement that numbers from `first`:

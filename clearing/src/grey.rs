@@ -28,9 +28,9 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, Row};
+use sqlx::Row;
 
-use crate::db::{Db, Dialect};
+use crate::db::{Connection, Db, Dialect};
 use crate::error::Error;
 
 /// An open grey record, as a chunk's decisions need it.
@@ -166,26 +166,26 @@ pub(crate) async fn load_open(reader: &Db, serials: &[String]) -> Result<HashMap
 /// Each is guarded by `state = 'open'`: a grey record another job decided
 /// meanwhile fails the chunk.
 pub(crate) async fn write_decisions(
-    tx: &mut sqlx::Transaction<'_, Any>,
+    mut connection: Connection<'_>,
     day: &str,
     chunk_number: i64,
     decisions: &[GreyDecision],
 ) -> Result<(), Error> {
     for decision in decisions {
-        let done = sqlx::query(
-            "UPDATE grey_records SET state = $1, resolved_day = $2, resolved_chunk = $3, merchant_id = $4,
-             resolved_by = $5, detail = $6 WHERE grey_id = $7 AND state = 'open'",
-        )
-        .bind(decision.state.as_str())
-        .bind(day)
-        .bind(chunk_number)
-        .bind(decision.merchant_id.clone())
-        .bind(decision.resolved_by)
-        .bind(&decision.detail)
-        .bind(decision.grey_id)
-        .execute(&mut **tx)
-        .await?;
-        if done.rows_affected() != 1 {
+        let sql = "UPDATE grey_records SET state = $1, resolved_day = $2, resolved_chunk = $3, merchant_id = $4,
+             resolved_by = $5, detail = $6 WHERE grey_id = $7 AND state = 'open'";
+        let done = crate::on_connection!(&mut connection, c => sqlx::query(sql)
+            .bind(decision.state.as_str())
+            .bind(day)
+            .bind(chunk_number)
+            .bind(decision.merchant_id.clone())
+            .bind(decision.resolved_by)
+            .bind(&decision.detail)
+            .bind(decision.grey_id)
+            .execute(&mut **c)
+            .await?
+            .rows_affected());
+        if done != 1 {
             return Err(Error::Conflict(format!("grey record {} was decided meanwhile: run again", decision.grey_id)));
         }
     }
@@ -204,28 +204,25 @@ pub(crate) struct ConfirmedGrey {
 
 /// The confirmed grey record that spent a card's offline counter, if any.
 pub(crate) async fn confirmed_at(
-    tx: &mut sqlx::Transaction<'_, Any>,
+    mut connection: Connection<'_>,
     card_serial: &str,
     counter: i64,
 ) -> Result<Option<ConfirmedGrey>, Error> {
-    let row = sqlx::query(
-        "SELECT grey_id, resolved_day, terminal_number, terminal_serial, amount_fen FROM grey_records
-         WHERE card_serial = $1 AND counter = $2 AND state = 'confirmed'",
-    )
-    .bind(card_serial)
-    .bind(counter)
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.map(|row| {
-        Ok(ConfirmedGrey {
-            grey_id: row.try_get("grey_id")?,
-            resolved_day: row.try_get::<Option<String>, _>("resolved_day")?.unwrap_or_default(),
-            terminal_number: row.try_get("terminal_number")?,
-            terminal_serial: row.try_get("terminal_serial")?,
-            amount: row.try_get("amount_fen")?,
+    let sql = "SELECT grey_id, resolved_day, terminal_number, terminal_serial, amount_fen FROM grey_records
+         WHERE card_serial = $1 AND counter = $2 AND state = 'confirmed'";
+    crate::on_connection!(&mut connection, c => {
+        let row = sqlx::query(sql).bind(card_serial).bind(counter).fetch_optional(&mut **c).await?;
+        row.map(|row| {
+            Ok(ConfirmedGrey {
+                grey_id: row.try_get("grey_id")?,
+                resolved_day: row.try_get::<Option<String>, _>("resolved_day")?.unwrap_or_default(),
+                terminal_number: row.try_get("terminal_number")?,
+                terminal_serial: row.try_get("terminal_serial")?,
+                amount: row.try_get("amount_fen")?,
+            })
         })
+        .transpose()
     })
-    .transpose()
 }
 
 /// Decides the open grey records whose counter the card's shadow account has

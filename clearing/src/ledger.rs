@@ -9,9 +9,7 @@
 //! | `topup_funding` | money received for loads (cash, bank): debited by loads and initial balances |
 //! | `settlement_bank` | payouts to merchants in the settlement file: credited at settlement |
 
-use sqlx::{Any, Transaction};
-
-use crate::db::Db;
+use crate::db::{Connection, Db};
 use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,28 +39,29 @@ impl Account {
 /// its step durable, so a retried step has nothing posted to collide with, and
 /// a collision is a wrong entry id (it was once skipped in silence, dropping
 /// money from the ledger).
-pub async fn post(
-    tx: &mut Transaction<'_, Any>,
+pub async fn post<'c>(
+    connection: impl Into<Connection<'c>>,
     entry_id: &str,
     business_day: &str,
     postings: &[(Account, i64)],
 ) -> Result<(), Error> {
     let sum: i128 = postings.iter().map(|(_, amount)| i128::from(*amount)).sum();
     assert_eq!(sum, 0, "entry {entry_id} does not balance");
+    let mut connection = connection.into();
     for (account, amount) in postings.iter().filter(|(_, amount)| *amount != 0) {
         // An entry is posted once: a second posting of the same entry and
         // account is a bug in the caller's entry id, never skipped in silence.
-        let done = sqlx::query(
-            "INSERT INTO ledger_postings (entry_id, business_day, account, amount_fen) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (entry_id, account) DO NOTHING",
-        )
-        .bind(entry_id)
-        .bind(business_day)
-        .bind(account.name())
-        .bind(*amount)
-        .execute(&mut **tx)
-        .await?;
-        if done.rows_affected() != 1 {
+        let sql = "INSERT INTO ledger_postings (entry_id, business_day, account, amount_fen) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (entry_id, account) DO NOTHING";
+        let posted = crate::on_connection!(&mut connection, c => sqlx::query(sql)
+            .bind(entry_id)
+            .bind(business_day)
+            .bind(account.name())
+            .bind(*amount)
+            .execute(&mut **c)
+            .await?
+            .rows_affected());
+        if posted != 1 {
             return Err(Error::Inconsistent(format!(
                 "ledger entry {entry_id} is already posted to {}",
                 account.name()

@@ -30,11 +30,12 @@ use serde_json::Value;
 use sqlx::Row;
 
 use crate::batch::RecordKind;
-use crate::db::Db;
+use crate::db::{Connection, Db, Dialect};
 use crate::error::Error;
 use crate::grey::{self, CardPosition, Evidence, GreyDecision, GreyState, OpenGrey};
 use crate::ledger::{self, Account};
 use crate::money::{BusinessDay, FeeRate, fee_fen};
+use crate::on_connection;
 
 /// The most records cleared in one chunk (one HSM round, one database transaction).
 pub const CHUNK_RECORDS_MAX: i64 = 5_000;
@@ -539,11 +540,12 @@ async fn clear_pending(
     // runtime), not between them: with both loops in one task the writing
     // connection waited on the other loop's CPU work half of the time.
     let writing = {
-        let (db, options, bar, mut stats) = (db.clone(), options.clone(), bar.clone(), std::mem::take(stats));
+        let mut writer = ChunkWriter::new(db).await?;
+        let (dialect, options, bar, mut stats) = (db.dialect, options.clone(), bar.clone(), std::mem::take(stats));
         AbortOnDrop(tokio::spawn(async move {
             let (mut queued, committed) = (queued, committed);
             while let Some(chunk) = queued.recv().await {
-                match write_chunk(&db, &options, chunk, &mut stats).await {
+                match write_chunk(&mut writer, dialect, &options, chunk, &mut stats).await {
                     Ok(processed) => {
                         committed.send_modify(|n| *n += 1);
                         bar.inc(processed);
@@ -551,6 +553,7 @@ async fn clear_pending(
                     Err(error) => return (stats, Err(error)),
                 }
             }
+            writer.close().await;
             (stats, Ok(()))
         }))
     };
@@ -847,37 +850,108 @@ async fn prepare_chunk(
     }))
 }
 
+/// Where run-day writes its chunks: the pool's connection, or on PostgreSQL a
+/// native connection of the writer's own (see [`Db::postgres_connection`]).
+enum ChunkWriter {
+    Pool(Db),
+    Postgres(sqlx::PgConnection),
+}
+
+/// A chunk's transaction on the writer's connection.
+enum ChunkTx<'c> {
+    Any(sqlx::Transaction<'static, sqlx::Any>),
+    Postgres(sqlx::Transaction<'c, sqlx::Postgres>),
+}
+
+impl ChunkWriter {
+    async fn new(db: &Db) -> Result<ChunkWriter, Error> {
+        Ok(match db.postgres_connection().await? {
+            Some(connection) => ChunkWriter::Postgres(connection),
+            None => ChunkWriter::Pool(db.clone()),
+        })
+    }
+
+    async fn begin(&mut self) -> Result<ChunkTx<'_>, Error> {
+        Ok(match self {
+            ChunkWriter::Pool(db) => ChunkTx::Any(db.pool.begin().await?),
+            ChunkWriter::Postgres(connection) => ChunkTx::Postgres(sqlx::Connection::begin(connection).await?),
+        })
+    }
+
+    async fn close(self) {
+        if let ChunkWriter::Postgres(connection) = self {
+            // A connection that will not close cleanly is dropped all the same.
+            let _ = sqlx::Connection::close(connection).await;
+        }
+    }
+}
+
+impl ChunkTx<'_> {
+    fn connection(&mut self) -> Connection<'_> {
+        match self {
+            ChunkTx::Any(tx) => tx.into(),
+            ChunkTx::Postgres(tx) => tx.into(),
+        }
+    }
+
+    async fn commit(self) -> Result<(), Error> {
+        match self {
+            ChunkTx::Any(tx) => tx.commit().await?,
+            ChunkTx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// The outcomes' insert failed: a unique violation is another job deciding
+/// the same records.
+fn outcome_insert_error(error: sqlx::Error) -> Error {
+    match error {
+        sqlx::Error::Database(error) if error.is_unique_violation() => {
+            Error::Conflict(format!("another job is clearing this day ({error})"))
+        }
+        error => error.into(),
+    }
+}
+
 /// Writes a decided chunk in one transaction; returns how many records it cleared or quarantined.
-async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut RunStats) -> Result<u64, Error> {
+async fn write_chunk(
+    writer: &mut ChunkWriter,
+    dialect: Dialect,
+    options: &RunOptions,
+    chunk: Prepared,
+    stats: &mut RunStats,
+) -> Result<u64, Error> {
     let phase = std::time::Instant::now();
     let day = options.day.to_string();
     let Prepared { records, mut outcomes, possibly_spent, cards, greys, .. } = chunk;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = writer.begin().await?;
     // The day's next chunk number (also a row lock: one clearing job per day at a time on PostgreSQL).
-    let chunk_number: i64 = sqlx::query_scalar(
+    let chunk_number: i64 = on_connection!(tx.connection(), c => sqlx::query_scalar(
         "UPDATE day_runs SET chunks_cleared = chunks_cleared + 1 WHERE business_day = $1 RETURNING chunks_cleared",
     )
     .bind(&day)
-    .fetch_one(&mut *tx)
-    .await?;
+    .fetch_one(&mut *c)
+    .await?);
     // A counter behind the shadow account: a duplicate if that counter was cleared.
     for &index in &possibly_spent {
         let record = &records[index];
-        let spent: Option<i64> = sqlx::query_scalar(
+        let spent: Option<i64> = on_connection!(tx.connection(), c => sqlx::query_scalar(
             "SELECT transaction_id FROM card_counters WHERE card_serial = $1 AND kind = $2 AND counter = $3",
         )
         .bind(record.serial.to_hex())
         .bind(record.kind.as_str())
         .bind(record.counter)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *c)
+        .await?);
         if let Some(original) = spent {
             outcomes[index] = Err((
                 Reason::Duplicate,
                 format!("counter {} already cleared in transaction {original}", record.counter),
             ));
         } else if record.kind == RecordKind::Purchase
-            && let Some(confirmed) = grey::confirmed_at(&mut tx, &record.serial.to_hex(), record.counter).await?
+            && let Some(confirmed) =
+                grey::confirmed_at(tx.connection(), &record.serial.to_hex(), record.counter).await?
         {
             // The purchase's own record after its grey record was confirmed
             // (paid once already), or another purchase at that counter.
@@ -928,40 +1002,56 @@ async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut
     // (migration 0007), not an UPDATE of its wide indexed row. Its primary key
     // is the guard: a record another job decided meanwhile fails the insert
     // (a unique violation, or PostgreSQL waits for the other job's commit
-    // first), and the chunk fails whole with a conflict.
-    let mut inserted = 0;
-    for (records, outcomes) in statement_parts(&records).zip(statement_parts(&outcomes)) {
-        let sql = format!(
+    // first), and the chunk fails whole with a conflict. A record with a
+    // merchant is cleared, one without quarantined.
+    let merchants: Vec<Option<&str>> = outcomes.iter().map(|o| o.as_ref().ok().map(String::as_str)).collect();
+    let inserted = match tx.connection() {
+        Connection::Postgres(c) => sqlx::query(
             "INSERT INTO clearings (transaction_id, business_day, clear_chunk, state, merchant_id, kind, amount_fen)
-             VALUES {}",
-            crate::db::row_placeholders(db.dialect, records.len(), 7, 1)
-        );
-        let mut insert = sqlx::query(&sql);
-        for (record, outcome) in records.iter().zip(outcomes) {
-            insert = insert
-                .bind(record.transaction_id)
-                .bind(&day)
-                .bind(chunk_number)
-                .bind(if outcome.is_ok() { "cleared" } else { "quarantined" })
-                .bind(outcome.as_ref().ok().map(String::as_str))
-                .bind(record.kind.as_str())
-                .bind(record.amount);
-        }
-        inserted += match insert.execute(&mut *tx).await {
-            Ok(done) => done.rows_affected(),
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                return Err(Error::Conflict(format!("another job is clearing this day ({error})")));
+             SELECT id, $1, $2, CASE WHEN merchant IS NULL THEN 'quarantined' ELSE 'cleared' END, merchant, kind, amount
+             FROM unnest($3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[]) AS r (id, merchant, kind, amount)",
+        )
+        .bind(&day)
+        .bind(chunk_number)
+        .bind(records.iter().map(|r| r.transaction_id).collect::<Vec<i64>>())
+        .bind(&merchants)
+        .bind(records.iter().map(|r| r.kind.as_str()).collect::<Vec<&str>>())
+        .bind(records.iter().map(|r| r.amount).collect::<Vec<i64>>())
+        .execute(&mut *c)
+        .await
+        .map_err(outcome_insert_error)?
+        .rows_affected(),
+        Connection::Any(c) => {
+            let mut inserted = 0;
+            for (records, merchants) in statement_parts(&records).zip(statement_parts(&merchants)) {
+                let sql = format!(
+                    "INSERT INTO clearings (transaction_id, business_day, clear_chunk, state, merchant_id, kind,
+                     amount_fen) VALUES {}",
+                    crate::db::row_placeholders(dialect, records.len(), 7, 1)
+                );
+                let mut insert = sqlx::query(&sql);
+                for (record, merchant) in records.iter().zip(merchants) {
+                    insert = insert
+                        .bind(record.transaction_id)
+                        .bind(&day)
+                        .bind(chunk_number)
+                        .bind(if merchant.is_some() { "cleared" } else { "quarantined" })
+                        .bind(*merchant)
+                        .bind(record.kind.as_str())
+                        .bind(record.amount);
+                }
+                inserted += insert.execute(&mut *c).await.map_err(outcome_insert_error)?.rows_affected();
             }
-            Err(error) => return Err(error.into()),
-        };
-    }
+            inserted
+        }
+    };
     if inserted != records.len() as u64 {
         return Err(Error::Conflict("another job is clearing this day".into()));
     }
     for (record, outcome) in records.iter().zip(&outcomes) {
         if let Err((reason, detail)) = outcome {
             // The record's batch and place are copied from its row.
-            let done = sqlx::query(
+            let copied = on_connection!(tx.connection(), c => sqlx::query(
                 "INSERT INTO quarantine (terminal_id, batch_id, record_index, transaction_id, business_day, reason, detail)
                  SELECT terminal_id, batch_id, record_index, transaction_id, $2, $3, $4 FROM transactions
                  WHERE transaction_id = $1",
@@ -970,9 +1060,10 @@ async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut
             .bind(&day)
             .bind(reason.as_str())
             .bind(detail)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() != 1 {
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+            if copied != 1 {
                 return Err(Error::Inconsistent(format!("transaction {} vanished", record.transaction_id)));
             }
         }
@@ -982,74 +1073,117 @@ async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut
         // The spent counters of the records just cleared, from the records as
         // read (not looked up again in the wide rows). No ON CONFLICT: a
         // counter cleared twice is a bug, and fails the chunk.
-        let mut inserted = 0;
-        for records in statement_parts(&spent_counters) {
-            let sql = format!(
-                "INSERT INTO card_counters (card_serial, kind, counter, transaction_id) VALUES {}",
-                crate::db::row_placeholders(db.dialect, records.len(), 4, 1)
-            );
-            let mut insert = sqlx::query(&sql);
-            for record in records {
-                insert = insert
-                    .bind(record.serial.to_hex())
-                    .bind(record.kind.as_str())
-                    .bind(record.counter)
-                    .bind(record.transaction_id);
+        let inserted = match tx.connection() {
+            Connection::Postgres(c) => sqlx::query(
+                "INSERT INTO card_counters (card_serial, kind, counter, transaction_id)
+                 SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[])",
+            )
+            .bind(spent_counters.iter().map(|r| r.serial.to_hex()).collect::<Vec<String>>())
+            .bind(spent_counters.iter().map(|r| r.kind.as_str()).collect::<Vec<&str>>())
+            .bind(spent_counters.iter().map(|r| r.counter).collect::<Vec<i64>>())
+            .bind(spent_counters.iter().map(|r| r.transaction_id).collect::<Vec<i64>>())
+            .execute(&mut *c)
+            .await?
+            .rows_affected(),
+            Connection::Any(c) => {
+                let mut inserted = 0;
+                for records in statement_parts(&spent_counters) {
+                    let sql = format!(
+                        "INSERT INTO card_counters (card_serial, kind, counter, transaction_id) VALUES {}",
+                        crate::db::row_placeholders(dialect, records.len(), 4, 1)
+                    );
+                    let mut insert = sqlx::query(&sql);
+                    for record in records {
+                        insert = insert
+                            .bind(record.serial.to_hex())
+                            .bind(record.kind.as_str())
+                            .bind(record.counter)
+                            .bind(record.transaction_id);
+                    }
+                    inserted += insert.execute(&mut *c).await?.rows_affected();
+                }
+                inserted
             }
-            inserted += insert.execute(&mut *tx).await?.rows_affected();
-        }
+        };
         if inserted != spent_counters.len() as u64 {
             return Err(Error::Inconsistent("a cleared record's counter was not recorded".into()));
         }
     }
     let counters_micros = phase.elapsed().as_micros();
     let changed: Vec<(&String, &CardState)> = cards.iter().filter(|(_, card)| card.changed).collect();
+    assert!(changed.iter().all(|(_, card)| card.balance_fen >= 0), "a shadow balance is never negative");
     // The new shadow accounts, joined to the cards, guarded by the values read:
     // an account that moved meanwhile is not updated, and the chunk fails.
-    let mut updated = 0;
-    for rows in statement_parts(&changed) {
-        let sql = format!(
-            "WITH shadow (card_serial, balance_fen, offline_counter, online_counter, read_balance, read_offline,
-             read_online) AS (VALUES {})
-             UPDATE cards SET balance_fen = shadow.balance_fen, offline_counter = shadow.offline_counter,
-             online_counter = shadow.online_counter FROM shadow WHERE cards.card_serial = shadow.card_serial
-             AND cards.balance_fen = shadow.read_balance AND cards.offline_counter = shadow.read_offline
-             AND cards.online_counter = shadow.read_online",
-            crate::db::row_placeholders(db.dialect, rows.len(), 7, 1)
-        );
-        let mut update = sqlx::query(&sql);
-        for (serial, card) in rows {
-            assert!(card.balance_fen >= 0, "a shadow balance is never negative");
-            update = update
-                .bind(serial.as_str())
-                .bind(card.balance_fen)
-                .bind(card.offline_counter)
-                .bind(card.online_counter)
-                .bind(card.read.0)
-                .bind(card.read.1)
-                .bind(card.read.2);
+    const SET_SHADOW: &str = "UPDATE cards SET balance_fen = shadow.balance_fen,
+        offline_counter = shadow.offline_counter, online_counter = shadow.online_counter";
+    const GUARD_SHADOW: &str = "WHERE cards.card_serial = shadow.card_serial
+        AND cards.balance_fen = shadow.read_balance AND cards.offline_counter = shadow.read_offline
+        AND cards.online_counter = shadow.read_online";
+    let updated = match tx.connection() {
+        Connection::Postgres(_) if changed.is_empty() => 0,
+        Connection::Postgres(c) => {
+            let column = |value: fn(&CardState) -> i64| changed.iter().map(|(_, card)| value(card)).collect::<Vec<_>>();
+            sqlx::query(&format!(
+                "{SET_SHADOW} FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[],
+                 $6::BIGINT[], $7::BIGINT[]) AS shadow (card_serial, balance_fen, offline_counter, online_counter,
+                 read_balance, read_offline, read_online) {GUARD_SHADOW}"
+            ))
+            .bind(changed.iter().map(|(serial, _)| serial.as_str()).collect::<Vec<&str>>())
+            .bind(column(|card| card.balance_fen))
+            .bind(column(|card| card.offline_counter))
+            .bind(column(|card| card.online_counter))
+            .bind(column(|card| card.read.0))
+            .bind(column(|card| card.read.1))
+            .bind(column(|card| card.read.2))
+            .execute(&mut *c)
+            .await?
+            .rows_affected()
         }
-        updated += update.execute(&mut *tx).await?.rows_affected();
-    }
+        Connection::Any(c) => {
+            let mut updated = 0;
+            for rows in statement_parts(&changed) {
+                let sql = format!(
+                    "WITH shadow (card_serial, balance_fen, offline_counter, online_counter, read_balance,
+                     read_offline, read_online) AS (VALUES {}) {SET_SHADOW} FROM shadow {GUARD_SHADOW}",
+                    crate::db::row_placeholders(dialect, rows.len(), 7, 1)
+                );
+                let mut update = sqlx::query(&sql);
+                for (serial, card) in rows {
+                    update = update
+                        .bind(serial.as_str())
+                        .bind(card.balance_fen)
+                        .bind(card.offline_counter)
+                        .bind(card.online_counter)
+                        .bind(card.read.0)
+                        .bind(card.read.1)
+                        .bind(card.read.2);
+                }
+                updated += update.execute(&mut *c).await?.rows_affected();
+            }
+            updated
+        }
+    };
     if updated != changed.len() as u64 {
         return Err(Error::Conflict("a shadow account moved while its records were cleared: run again".into()));
     }
-    // The chunk's totals, which settlement and the summary add up (migration 0009).
+    // The chunk's totals, which settlement and the summary add up (migration 0009): a few rows.
     let totals: Vec<_> = totals.into_iter().collect();
     for rows in statement_parts(&totals) {
         let sql = format!(
             "INSERT INTO chunk_totals (business_day, clear_chunk, kind, merchant_id, record_count, amount_fen) VALUES {}",
-            crate::db::row_placeholders(db.dialect, rows.len(), 6, 1)
+            crate::db::row_placeholders(dialect, rows.len(), 6, 1)
         );
-        let mut insert = sqlx::query(&sql);
-        for ((kind, merchant), (count, amount)) in rows {
-            insert = insert.bind(&day).bind(chunk_number).bind(*kind).bind(*merchant).bind(*count).bind(*amount);
-        }
-        insert.execute(&mut *tx).await?;
+        on_connection!(tx.connection(), c => {
+            let mut insert = sqlx::query(&sql);
+            for ((kind, merchant), (count, amount)) in rows {
+                insert = insert.bind(&day).bind(chunk_number).bind(*kind).bind(*merchant).bind(*count).bind(*amount);
+            }
+            insert.execute(&mut *c).await?;
+        });
     }
     let accounts_micros = phase.elapsed().as_micros();
     // Grey records the chunk decided; those confirmed are paid like cleared purchases.
-    grey::write_decisions(&mut tx, &day, chunk_number, &greys).await?;
+    grey::write_decisions(tx.connection(), &day, chunk_number, &greys).await?;
     for decision in greys.iter().filter(|d| d.state == GreyState::Confirmed) {
         let merchant = decision.merchant_id.clone().ok_or_else(|| {
             Error::Inconsistent(format!("grey record {} confirmed without a merchant", decision.grey_id))
@@ -1063,7 +1197,7 @@ async fn write_chunk(db: &Db, options: &RunOptions, chunk: Prepared, stats: &mut
     );
     // One entry per chunk, keyed by the day's chunk number (never by a record:
     // a record quarantined in one chunk and released may clear in another).
-    ledger::post(&mut tx, &format!("clear:{day}:chunk:{chunk_number}"), &day, &postings).await?;
+    ledger::post(tx.connection(), &format!("clear:{day}:chunk:{chunk_number}"), &day, &postings).await?;
     let ledger_micros = phase.elapsed().as_micros();
     stats.chunks += 1;
     options.step(Step::ChunkBeforeCommit(stats.chunks));
