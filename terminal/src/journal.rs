@@ -36,6 +36,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub const ROWS_MAX: u32 = 10_000;
 /// The longest purchase reference (a bill number) a row keeps.
 pub const REFERENCE_BYTES_MAX: usize = 64;
+/// The most rows [`Journal::prune`] deletes in one commit.
+pub const PRUNE_ROWS_PER_COMMIT: i64 = 1_000;
 /// How long a write waits for the database lock before it fails.
 pub const BUSY_TIMEOUT_MAX: Duration = Duration::from_secs(5);
 
@@ -220,6 +222,13 @@ pub struct Counts {
     pub voided: u64,
     /// Sum of the completed debits.
     pub completed_fen: u64,
+}
+
+/// What [`Journal::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub transactions: u64,
+    pub loads: u64,
 }
 
 /// The journal file, open.
@@ -473,7 +482,6 @@ impl Journal {
     }
 
     /// Flags the intents unresolved for longer than `age` (see
-    /// [`Journal::flag_unresolved_before`]).
     /// [`Journal::flag_unresolved_before`]); logged when any are. Every
     /// terminal mode does this with `[journal] flag_unresolved_after_seconds`.
     pub fn flag_unresolved_older_than(&self, age: Duration) -> Result<u64, JournalError> {
@@ -729,6 +737,39 @@ impl Journal {
             .fetch_all(&mut *self.connection()),
         )?;
         rows.iter().map(completed_from_row).collect()
+    }
+
+    /// Deletes the rows written before `written_before_unix_ms` that clearing
+    /// holds and nothing here needs: completed debits clearing acknowledged
+    /// and voided attempts, each with no grey record still to acknowledge;
+    /// loads clearing confirmed, and voided loads. Intents, anything not yet
+    /// acknowledged and the newest row of each table stay: row ids are SQLite
+    /// rowids, which start again after the largest left, and a batch id names
+    /// its first and last row id, so ids once used must never come back. In
+    /// transactions of at most [`PRUNE_ROWS_PER_COMMIT`] rows, so that a
+    /// terminal writing beside it waits at most one short commit.
+    pub fn prune(&self, written_before_unix_ms: i64) -> Result<Pruned, JournalError> {
+        const TRANSACTIONS: &str = "DELETE FROM card_transaction WHERE id IN (SELECT id FROM card_transaction \
+             WHERE written_unix_ms < ? AND id < (SELECT MAX(id) FROM card_transaction) \
+             AND ((state = 'completed' AND uploaded_unix_ms IS NOT NULL) OR state = 'voided') \
+             AND (grey_batch IS NULL OR grey_uploaded_unix_ms IS NOT NULL) ORDER BY id LIMIT ?)";
+        const LOADS: &str = "DELETE FROM card_load WHERE id IN (SELECT id FROM card_load \
+             WHERE written_unix_ms < ? AND id < (SELECT MAX(id) FROM card_load) \
+             AND ((state = 'completed' AND confirmed_unix_ms IS NOT NULL) OR state = 'voided') ORDER BY id LIMIT ?)";
+        let mut pruned = Pruned::default();
+        for (sql, count) in [(TRANSACTIONS, &mut pruned.transactions), (LOADS, &mut pruned.loads)] {
+            loop {
+                let deleted = self.runtime.block_on(execute_one(
+                    &mut self.connection(),
+                    sqlx::query(sql).bind(written_before_unix_ms).bind(PRUNE_ROWS_PER_COMMIT),
+                ))?;
+                *count += deleted.rows_affected();
+                if deleted.rows_affected() < PRUNE_ROWS_PER_COMMIT as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
     }
 
     /// Rows in each state.

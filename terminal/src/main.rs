@@ -77,6 +77,16 @@ enum Mode {
         #[arg(long)]
         reseal_conflicting: bool,
     },
+    /// Delete from the journal what clearing holds and is older than
+    /// --keep-days: acknowledged debits, confirmed loads, voided attempts.
+    /// Intents and anything not yet acknowledged stay. For a maintenance job.
+    Prune {
+        #[arg(long)]
+        config: PathBuf,
+        /// Keep every row written in the last this many days (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        keep_days: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +97,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
         Mode::Bus { config, taps } => run_bus(&config, taps),
         Mode::Upload { config, reseal_conflicting } => run_upload(&config, reseal_conflicting),
+        Mode::Prune { config, keep_days } => run_prune(&config, keep_days),
         Mode::Kiosk { config } => run_kiosk(&config),
         Mode::Counter { config } => run_counter(&config),
     }
@@ -539,6 +550,22 @@ fn run_upload(config_path: &Path, reseal_conflicting: bool) -> anyhow::Result<()
     let (line, uploaded) = round?;
     println!("{line}");
     uploaded?;
+    Ok(())
+}
+
+fn run_prune(config_path: &Path, keep_days: u32) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let journal =
+        Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let pruned = journal.prune(now_ms - i64::from(keep_days) * 86_400_000);
+    journal.close();
+    let pruned = pruned?;
+    tracing::info!(transactions = pruned.transactions, loads = pruned.loads, keep_days, "journal pruned");
+    println!(
+        "pruned {} transactions and {} loads written more than {keep_days} days ago",
+        pruned.transactions, pruned.loads
+    );
     Ok(())
 }
 

@@ -445,3 +445,179 @@ fn a_conflicting_batch_is_resealed_with_the_same_records() {
     assert!(journal.pending_upload(100).expect("pending").is_empty());
     assert_eq!(journal.sealed_batch().expect("sealed"), None);
 }
+
+/// Pruning deletes what clearing holds (acknowledged debits, voided attempts,
+/// confirmed and voided loads) and keeps intents, anything not yet
+/// acknowledged, and the newest row of each table, so that no row id (and no
+/// batch id made of row ids) is ever given out again.
+#[test]
+fn pruning_keeps_whatever_clearing_has_not_acknowledged_and_never_reuses_an_id() {
+    use terminal::journal::{LoadEntry, Pruned};
+    let directory = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::open(&directory.path().join("journal.sqlite")).expect("open");
+    let identity = journal.identity();
+    let name = |first: i64, last: i64| terminal::upload::batch_id(&identity, first, last);
+    let complete = |serial: u64, counter: u16| {
+        let intent = journal.write_intent(entry(serial, counter, 100)).expect("intent");
+        intent.complete(&journal, [1; 4], [2; 4], Resolution::Answer).expect("complete").id
+    };
+    // Rows 1-2: acknowledged by clearing. Row 3: voided. Row 4: a flagged
+    // intent whose grey record is sealed, not acknowledged.
+    complete(20, 0);
+    complete(21, 0);
+    let (batch, _) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("rows wait");
+    assert_eq!(journal.mark_batch_uploaded(&batch).expect("acknowledged"), 2);
+    journal.write_intent(entry(22, 0, 100)).expect("intent").void(&journal, Resolution::NoProof).expect("void");
+    let _grey = journal.write_intent(entry(23, 0, 100)).expect("intent");
+    assert_eq!(journal.flag_unresolved_before(i64::MAX).expect("flag"), 1);
+    let (grey_batch, _) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("the grey record");
+    // Row 5: completed, sealed, not acknowledged. Row 6: completed, not sealed.
+    // Row 7: an intent. Row 8: acknowledged, but the newest row.
+    complete(24, 0);
+    let (sealed, _) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("row 5");
+    complete(25, 0);
+    let _intent = journal.write_intent(entry(26, 0, 100)).expect("intent");
+    let newest = complete(27, 0);
+    let (last, records) = journal.seal_batch(&TERMINAL, 1, name).expect("seal").expect("row 6");
+    assert_eq!(records[0].id(), 6);
+    assert_eq!(journal.mark_batch_uploaded(&last).expect("row 6 acknowledged"), 1);
+    let (last, _) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("row 8");
+    assert_eq!(journal.mark_batch_uploaded(&last).expect("row 8 acknowledged"), 1);
+    assert_eq!(newest, 8);
+    // Loads: confirmed, voided, completed but not confirmed, an intent, and the newest (confirmed).
+    let load = |serial: u64| LoadEntry {
+        card: ApplicationSerial(serial.to_be_bytes()),
+        card_type: 1,
+        online_counter: 0,
+        amount: Fen(500),
+        balance_before: Fen(0),
+        terminal: TERMINAL,
+        at: at(8, 0, 0),
+    };
+    let confirmed = journal.write_load_intent(load(30)).expect("load").complete(&journal, [3; 4]).expect("done");
+    journal.mark_load_confirmed(confirmed.id).expect("confirmed");
+    journal.write_load_intent(load(31)).expect("load").void(&journal).expect("voided");
+    journal.write_load_intent(load(32)).expect("load").complete(&journal, [3; 4]).expect("unconfirmed");
+    let _load_intent = journal.write_load_intent(load(33)).expect("load");
+    let newest_load = journal.write_load_intent(load(34)).expect("load").complete(&journal, [3; 4]).expect("done");
+    journal.mark_load_confirmed(newest_load.id).expect("confirmed");
+
+    assert_eq!(journal.prune(0).expect("nothing old"), Pruned::default(), "rows younger than the cut stay");
+    // Every row older than the cut: rows 1, 2 (acknowledged), 6 (acknowledged)
+    // and 3 (voided) go; loads 1 (confirmed) and 2 (voided) go.
+    assert_eq!(journal.prune(i64::MAX).expect("prune"), Pruned { transactions: 4, loads: 2 });
+    assert_eq!(journal.prune(i64::MAX).expect("again"), Pruned::default(), "pruning twice deletes nothing more");
+    assert_eq!(journal.counts().expect("counts"), Counts { intents: 2, completed: 2, voided: 0, completed_fen: 200 });
+    // What waits for clearing is all still there: the sealed grey record and row 5, sent again unchanged.
+    assert_eq!(journal.sealed_batch().expect("sealed").map(|(id, _)| id), Some(grey_batch.clone()));
+    assert_eq!(journal.mark_batch_uploaded(&grey_batch).expect("acknowledged"), 1);
+    assert_eq!(journal.sealed_batch().expect("sealed").map(|(id, records)| (id, records[0].id())), Some((sealed, 5)));
+    assert_eq!(journal.unconfirmed_loads().expect("loads").len(), 1, "the unconfirmed load stays");
+    assert_eq!(journal.unresolved_loads_for(&ApplicationSerial(33u64.to_be_bytes())).expect("load intent").len(), 1);
+    // The next row takes a new id, after the newest: never one used before.
+    let next = complete(28, 0);
+    assert_eq!(next, newest + 1);
+}
+
+/// `terminal prune --config FILE --keep-days N`: rows written more than N
+/// days ago that clearing acknowledged go, younger ones stay; 0 days is refused.
+#[test]
+fn the_prune_command_deletes_acknowledged_rows_older_than_its_days() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("journal.sqlite");
+    let journal = Journal::open(&path).expect("open");
+    let identity = journal.identity();
+    for serial in 40..43 {
+        let intent = journal.write_intent(entry(serial, 0, 100)).expect("intent");
+        intent.complete(&journal, [1; 4], [2; 4], Resolution::Answer).expect("complete");
+    }
+    let name = |first: i64, last: i64| terminal::upload::batch_id(&identity, first, last);
+    let (batch, _) = journal.seal_batch(&TERMINAL, 10, name).expect("seal").expect("rows wait");
+    assert_eq!(journal.mark_batch_uploaded(&batch).expect("acknowledged"), 3);
+    journal.close();
+    // Row 1 written 40 days ago, row 2 ten days ago, row 3 (the newest) now.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut connection =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.expect("journal file");
+        for (id, days) in [(1, 40), (2, 10)] {
+            sqlx::query("UPDATE card_transaction SET written_unix_ms = ? WHERE id = ?")
+                .bind(now_ms - days * 86_400_000)
+                .bind(id)
+                .execute(&mut connection)
+                .await
+                .expect("age a row");
+        }
+    });
+    let config = directory.path().join("terminal.toml");
+    std::fs::write(
+        &config,
+        format!("[journal]\npath = {path:?}\n[reader]\nkind = \"pcsc\"\ncard = \"unused\"\npsam = \"unused\"\n"),
+    )
+    .expect("config");
+    let prune = |days: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_terminal"))
+            .args(["prune", "--config"])
+            .arg(&config)
+            .args(["--keep-days", days])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("terminal prune")
+    };
+    let refused = prune("0");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("keep-days"), "names the option");
+    let output = prune("30");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "pruned 1 transactions and 0 loads written more than 30 days ago"
+    );
+    let output = prune("5");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("pruned 1 transactions"), "row 2; row 3 is the newest");
+    let journal = Journal::open(&path).expect("open");
+    assert_eq!(journal.counts().expect("counts").completed, 1);
+    assert!(journal.completed_for(&ApplicationSerial(42u64.to_be_bytes())).expect("row 3").len() == 1);
+}
+
+/// A prune of more rows than one commit takes goes on commit after commit
+/// until nothing old is left.
+#[test]
+fn pruning_many_rows_takes_several_commits_and_leaves_the_newest() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("journal.sqlite");
+    Journal::open(&path).expect("create").close();
+    let rows = 2 * terminal::journal::PRUNE_ROWS_PER_COMMIT + 5;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        use sqlx::{ConnectOptions, Connection};
+        let mut connection =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.expect("journal file");
+        let mut transaction = connection.begin().await.expect("begin");
+        for id in 1..=rows {
+            sqlx::query(
+                "INSERT INTO card_transaction (id, card_serial, offline_counter, kind, amount_fen, \
+                 balance_before_fen, terminal_number, terminal_serial, card_date_time, at_unix_seconds, state, tac, \
+                 mac2, resolution, written_unix_ms, upload_batch, uploaded_unix_ms) VALUES (?, '0000000000000009', ?, \
+                 6, 100, 100000, '310000000042', ?, '20261125080000', 0, 'completed', x'01010101', x'02020202', \
+                 'answer', 0, 'old', 1)",
+            )
+            .bind(id)
+            .bind(id)
+            .bind(id)
+            .execute(&mut *transaction)
+            .await
+            .expect("an old acknowledged row");
+        }
+        transaction.commit().await.expect("commit");
+    });
+    let journal = Journal::open(&path).expect("open");
+    let pruned = journal.prune(i64::MAX).expect("prune");
+    assert_eq!(pruned.transactions, rows as u64 - 1, "all but the newest");
+    assert_eq!(journal.counts().expect("counts").completed, 1);
+    let next = journal.write_intent(entry(50, 0, 100)).expect("intent");
+    assert_eq!(next.id(), rows + 1, "ids go on after the newest");
+}
