@@ -1120,7 +1120,6 @@ async fn write_chunk(
         AND cards.balance_fen = shadow.read_balance AND cards.offline_counter = shadow.read_offline
         AND cards.online_counter = shadow.read_online";
     let updated = match tx.connection() {
-        Connection::Postgres(_) if changed.is_empty() => 0,
         Connection::Postgres(c) => {
             let column = |value: fn(&CardState) -> i64| changed.iter().map(|(_, card)| value(card)).collect::<Vec<_>>();
             sqlx::query(&format!(

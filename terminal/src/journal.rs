@@ -772,6 +772,12 @@ impl Journal {
         Ok(pruned)
     }
 
+    /// Prunes the rows written more than `age` ago (see [`Journal::prune`]).
+    pub fn prune_older_than(&self, age: Duration) -> Result<Pruned, JournalError> {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        self.prune(now_unix_ms().saturating_sub(age_ms))
+    }
+
     /// Rows in each state.
     pub fn counts(&self) -> Result<Counts, JournalError> {
         let row = self.runtime.block_on(

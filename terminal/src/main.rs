@@ -557,8 +557,7 @@ fn run_prune(config_path: &Path, keep_days: u32) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let journal =
         Journal::open(&config.journal.path).with_context(|| format!("journal {}", config.journal.path.display()))?;
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let pruned = journal.prune(now_ms - i64::from(keep_days) * 86_400_000);
+    let pruned = journal.prune_older_than(std::time::Duration::from_secs(u64::from(keep_days) * 86_400));
     journal.close();
     let pruned = pruned?;
     tracing::info!(transactions = pruned.transactions, loads = pruned.loads, keep_days, "journal pruned");
